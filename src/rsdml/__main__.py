@@ -1,0 +1,4 @@
+from rsdml.cli.main import main
+
+if __name__ == "__main__":
+    main()

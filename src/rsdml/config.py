@@ -1,0 +1,219 @@
+"""The training configuration: one typed dataclass whose fields map one-to-one to YAML keys
+and CLI flags (``labeled_fraction`` <-> ``labeled_fraction:`` <-> ``--labeled-fraction``).
+
+The CLI builds its options from these fields, so a new option is one field here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rsdml.errors import RsdmlError
+
+PROTOCOLS = ("transductive", "inductive")
+PRETRAINED = ("imagenet", "none")
+DEVICES = ("auto", "cpu", "cuda")
+CACHE_MODES = ("auto", "memory", "mmap")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved as ``RUN_DIR/config.yaml``."""
+
+    # --- data and split
+    data: str | None = _opt(None, "Image folder with one sub-folder per class.")
+    out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).")
+    protocol: str = _opt(
+        "transductive",
+        "transductive: unlabelled pool = test images (paper); inductive: disjoint "
+        "labelled/unlabelled/val/test.",
+        choices=PROTOCOLS,
+    )
+    labeled_fraction: float = _opt(0.2, "Fraction of each class that is labelled.")
+    val_fraction: float = _opt(0.1, "Inductive protocol: fraction of each class for validation.")
+    test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.")
+    split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).")
+    seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
+    strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
+    # --- method and model
+    method: str = _opt("hr-s2dml", "Training method (see `rsdml methods`).")
+    backbone: str = _opt("resnet18", "CNN trunk (see `rsdml backbones`).")
+    pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
+    weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).")
+    embedding_dim: int = _opt(128, "Embedding dimension D.")
+    mlp_head: bool = _opt(False, "Use a 2-layer MLP instead of one Linear layer as the head.")
+    freeze_backbone: bool = _opt(
+        False, "Fast mode: freeze the trunk, cache its features once, train only head and loss."
+    )
+    # --- losses
+    margin: float = _opt(0.5, "Additive angular margin m (radians).")
+    temperature: float = _opt(0.05, "Softmax temperature tau.")
+    bnm_weight: float = _opt(1.0, "Weight lambda of the high-rankness (BNM) term.")
+    bnm_logit_scale: float | None = _opt(
+        None, "Scale s of the cosines in the unlabelled softmax (default 1/temperature)."
+    )
+    triplet_margin: float = _opt(0.1, "triplet: margin of the triplet loss.")
+    snca_momentum: float = _opt(0.5, "snca: memory-bank momentum.")
+    # --- optimisation
+    epochs: int = _opt(130, "Epochs (one epoch = one pass over the labelled set).")
+    batch_size: int = _opt(128, "Labelled images per step.")
+    unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.")
+    lr: float = _opt(0.1, "SGD learning rate.")
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum.")
+    weight_decay: float = _opt(1e-4, "SGD weight decay.")
+    lr_step: int = _opt(30, "StepLR period in epochs.")
+    lr_gamma: float = _opt(0.5, "StepLR factor.")
+    # --- images and pipeline
+    image_size: int = _opt(256, "Images are resized to SIZE x SIZE.")
+    extra_augment: bool = _opt(False, "Add RS augmentations: vertical flip, 90-degree rotations.")
+    cache: str = _opt(
+        "auto", "Decoded-image cache: memory, mmap (file), or auto by size.", choices=CACHE_MODES
+    )
+    cache_dir: str | None = _opt(None, "Cache folder (default ~/.cache/rsdml or $RSDML_CACHE).")
+    cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped file.")
+    workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).")
+    device: str = _opt("auto", "Training device.", choices=DEVICES)
+    amp: str = _opt("auto", "Mixed precision on CUDA (auto = bf16 where supported).", choices=AMP_MODES)
+    compile: bool = _opt(False, "torch.compile the network (CUDA).")
+    # --- evaluation and logging
+    eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
+    eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")
+    checkpoint_every: int = _opt(1, "Save RUN_DIR/checkpoints/last.pt every N epochs.")
+    quiet: bool = _opt(False, "No progress bars.")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def logit_scale_u(self) -> float:
+        return self.bnm_logit_scale if self.bnm_logit_scale is not None else 1.0 / self.temperature
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = set(cls.field_names())
+        unknown = sorted(k.replace("-", "_") for k in values if k.replace("-", "_") not in known)
+        if unknown:
+            raise RsdmlError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are the "
+                "`rsdml train --help` options with '_' for '-'"
+            )
+        cfg = cls(**{k.replace("-", "_"): v for k, v in values.items()})
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(load_yaml(path), source=str(path))
+
+    def save_yaml(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> TrainConfig:
+        """Check every value a user can get wrong; raise a one-line RsdmlError naming the fix."""
+        for f in fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise RsdmlError(
+                    f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}"
+                )
+        if not 0.0 < self.labeled_fraction < 1.0:
+            raise RsdmlError(
+                f"--labeled-fraction {self.labeled_fraction} must be in (0, 1), e.g. 0.2"
+            )
+        if self.protocol == "inductive":
+            for name in ("val_fraction", "test_fraction"):
+                v = getattr(self, name)
+                if not 0.0 <= v < 1.0:
+                    raise RsdmlError(f"--{_flag(name)} {v} must be in [0, 1)")
+            total = self.labeled_fraction + self.val_fraction + self.test_fraction
+            if total >= 1.0 and not math.isclose(total, 1.0):
+                raise RsdmlError(
+                    f"labelled + val + test fractions add up to {total:.3f}; they must stay "
+                    "below 1 to leave unlabelled images (lower --test-fraction or --val-fraction)"
+                )
+            if self.test_fraction <= 0.0:
+                raise RsdmlError("--test-fraction must be > 0 under the inductive protocol")
+        positive_ints = (
+            "epochs", "batch_size", "unlabeled_batch_size", "embedding_dim", "image_size",
+            "eval_every", "eval_batch_size", "lr_step", "checkpoint_every",
+        )
+        for name in positive_ints:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise RsdmlError(f"--{_flag(name)} {v!r} must be a positive whole number")
+        if self.image_size < 16:
+            raise RsdmlError(f"--image-size {self.image_size} is too small; use at least 16")
+        if not 0.0 <= self.margin < math.pi / 2:
+            raise RsdmlError(f"--margin {self.margin} must be in [0, pi/2) radians, e.g. 0.5")
+        if not self.temperature > 0.0:
+            raise RsdmlError(f"--temperature {self.temperature} must be > 0, e.g. 0.05")
+        if self.bnm_logit_scale is not None and not self.bnm_logit_scale > 0:
+            raise RsdmlError(f"--bnm-logit-scale {self.bnm_logit_scale} must be > 0")
+        if self.bnm_weight < 0:
+            raise RsdmlError(f"--bnm-weight {self.bnm_weight} must be >= 0")
+        if not self.lr > 0:
+            raise RsdmlError(f"--lr {self.lr} must be > 0")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise RsdmlError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if not 0 < self.lr_gamma <= 1:
+            raise RsdmlError(f"--lr-gamma {self.lr_gamma} must be in (0, 1]")
+        if not 0 <= self.snca_momentum < 1:
+            raise RsdmlError(f"--snca-momentum {self.snca_momentum} must be in [0, 1)")
+        if self.triplet_margin < 0:
+            raise RsdmlError(f"--triplet-margin {self.triplet_margin} must be >= 0")
+        if self.workers < 0:
+            raise RsdmlError(f"--workers {self.workers} must be >= 0")
+        if self.cache_max_memory_gb < 0:
+            raise RsdmlError("--cache-max-memory-gb must be >= 0")
+        # Lazy imports: the registries import torch-heavy modules.
+        from rsdml.models.registry import BACKBONES
+        from rsdml.training.methods.registry import METHODS
+
+        if self.method not in METHODS:
+            raise RsdmlError(
+                f"--method {self.method!r} is unknown; choose one of {', '.join(sorted(METHODS))}"
+            )
+        if self.backbone not in BACKBONES:
+            raise RsdmlError(
+                f"--backbone {self.backbone!r} is unknown; choose one of "
+                f"{', '.join(sorted(BACKBONES))}"
+            )
+        return self
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise RsdmlError(f"config file {p} does not exist; check the path given to --config")
+    try:
+        values = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "syntax error"
+        raise RsdmlError(f"config file {p} is not valid YAML ({first}); fix the file") from None
+    if not isinstance(values, dict):
+        raise RsdmlError(f"config file {p} must hold a mapping of option: value")
+    return values

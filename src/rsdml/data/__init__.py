@@ -1,0 +1,1 @@
+"""Data: scanning image folders, splits, decoding, caching and batched augmentation."""

@@ -1,0 +1,1 @@
+"""Evaluation of the three RS applications: kNN classification, clustering, retrieval."""

@@ -1,0 +1,1 @@
+"""Losses: each a small ``nn.Module`` with a uniform call signature."""

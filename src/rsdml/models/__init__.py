@@ -1,0 +1,1 @@
+"""Models: backbone registry and the embedding network."""

@@ -1,0 +1,1 @@
+"""Neighbour search over embeddings (faiss)."""

@@ -1,0 +1,1 @@
+"""Training: methods, the trainer loop and checkpoints."""
