@@ -20,7 +20,7 @@ PROTOCOLS = ("transductive", "inductive")
 PRETRAINED = ("imagenet", "none")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "mmap")
-AMP_MODES = ("auto", "off", "bf16", "fp16")
+AMP_MODES = ("auto", "off", "bf16")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:

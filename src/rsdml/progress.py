@@ -15,7 +15,8 @@ T = TypeVar("T")
 def progress(
     items: Iterable[T], *, total: int | None = None, desc: str = "", enabled: bool = True
 ) -> Iterator[T]:
-    """Iterate with a bar on a terminal, or a plain line at most every 10% / 30 s otherwise."""
+    """Iterate with a bar on a terminal; otherwise (a log file) a plain line at 10% steps, at
+    most one every 5 s, so short loops stay silent and long ones show they are alive."""
     if not enabled:
         yield from items
         return
@@ -28,16 +29,15 @@ def progress(
         except TypeError:
             total = None
     start = last = time.monotonic()
-    next_frac = 0.1
+    step = max(1, (total or 0) // 10)
     done = 0
+    printed = False
     for item in items:
         yield item
         done += 1
         now = time.monotonic()
-        frac = done / total if total else 0.0
-        if (total and frac >= next_frac) or now - last >= 30:
+        at_mark = bool(total) and (done % step == 0 or done == total)
+        if (at_mark and (now - last >= 5 or (printed and done == total))) or now - last >= 30:
             shown = f"{done}/{total}" if total else str(done)
             print(f"{desc}: {shown} ({now - start:.0f}s)", file=sys.stderr, flush=True)
-            last = now
-            while total and next_frac <= frac:
-                next_frac += 0.1
+            last, printed = now, True

@@ -1,0 +1,180 @@
+"""``rsdml`` command line: parses arguments and calls the library; nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import click
+
+from rsdml.config import TrainConfig, load_yaml
+from rsdml.errors import RsdmlError
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"rsdml: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _setup_logging() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("rsdml")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def _click_type(annotation: Any) -> tuple[Any, bool]:
+    """(click type, is_flag) for a TrainConfig field annotation (given as a string)."""
+    text = str(annotation)
+    if text == "bool":
+        return bool, True
+    for name, t in (("int", int), ("float", float)):
+        if text.startswith(name):
+            return t, False
+    return str, False
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one CLI option per TrainConfig field (default None = 'not given on the command line')."""
+    for f in reversed(fields(TrainConfig)):
+        ctype, is_flag = _click_type(f.type)
+        flag = f.name.replace("_", "-")
+        default = f.default
+        help_text = f"{f.metadata.get('help', '')} [default: {default}]"
+        if is_flag:
+            opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
+        elif f.metadata.get("choices"):
+            opt = click.option(f"--{flag}", f.name, type=click.Choice(f.metadata["choices"]),
+                               default=None, help=help_text)
+        else:
+            opt = click.option(f"--{flag}", f.name, type=ctype, default=None, help=help_text)
+        func = opt(func)
+    return func
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    names = set(TrainConfig.field_names())
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rsdml")
+def cli() -> None:
+    """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML file of options (keys as below, '_' for '-'); the command line overrides it.")
+@click.option("--resume", type=click.Path(file_okay=False),
+              help="Continue the interrupted or finished run in this folder.")
+@config_options
+def train(config_path: str | None, resume: str | None, **options: Any) -> None:
+    """Train a model on an image folder (one sub-folder per class) and evaluate it."""
+    from rsdml.training.runner import train as run_train
+
+    given = _given(options)
+    if resume:
+        if config_path:
+            given = {**load_yaml(config_path), **given}
+        result = run_train(TrainConfig(), resume=resume, overrides=given)
+    else:
+        values = load_yaml(config_path) if config_path else {}
+        cfg = TrainConfig.from_dict({**values, **given}, source=config_path or "options")
+        result = run_train(cfg)
+    _print_summary(result)
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
+    parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
+    click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
+               + ", ".join(parts))
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--checkpoint", default="auto", show_default=True,
+              help="last, best, auto (best where the protocol has a validation split) or a path.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate(run_dir: str, checkpoint: str, device: str | None, quiet: bool) -> None:
+    """Re-evaluate a run's checkpoint: RUN_DIR/eval/ (metrics.json, embeddings.npz, report.html)."""
+    from rsdml.training.runner import evaluate_run
+
+    result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet)
+    _print_summary(result)
+    click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
+
+
+@cli.command()
+@click.argument("data", type=click.Path())
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder whose model embeds the images.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
+              help="Output .npz (embeddings, paths).")
+@click.option("--checkpoint", default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--quiet", is_flag=True)
+def embed(data: str, run_dir: str, out_file: str, checkpoint: str, device: str | None,
+          batch_size: int | None, quiet: bool) -> None:
+    """Embed every image under DATA (any folder tree) with a trained run's model."""
+    from rsdml.training.embed import embed_folder
+
+    n = embed_folder(data, run_dir, out_file, checkpoint=checkpoint, device=device,
+                     batch_size=batch_size, quiet=quiet)
+    click.echo(f"embedded {n} images -> {out_file}")
+
+
+@cli.command()
+@click.option("--out", default="rsdml-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the synthetic data and the run.")
+@click.option("--epochs", type=int, default=None, help="Override the demo's epoch count.")
+@click.option("--quiet", is_flag=True)
+def demo(out: str, epochs: int | None, quiet: bool) -> None:
+    """Train HR-S2DML on a small synthetic scene data set on the CPU (about 2 minutes)."""
+    from rsdml.demo import run_demo
+
+    run_demo(Path(out), epochs=epochs, quiet=quiet)
+
+
+@cli.command(name="list")
+def list_registries() -> None:
+    """List the available methods and backbones."""
+    from rsdml.models.registry import BACKBONES
+    from rsdml.training.methods.registry import METHODS
+
+    click.echo("methods:   " + ", ".join(METHODS))
+    click.echo("backbones: " + ", ".join(BACKBONES))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    _setup_logging()
+    try:
+        cli.main(args=argv, prog_name="rsdml", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("rsdml: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except RsdmlError as e:
+        click.echo(f"rsdml: error: {e}", err=True)
+        sys.exit(getattr(e, "exit_code", 2))
+    except KeyboardInterrupt:
+        click.echo("rsdml: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    sys.exit(0)

@@ -1,0 +1,485 @@
+"""``RUN_DIR/eval/report.html``: one self-contained page to look at a run.
+
+Every figure is written as a PNG beside the page and embedded in it as base64, so the page
+can be mailed or archived alone. Every input except the run folder itself is optional; a
+missing one leaves a note on the page instead of a figure. Plots use matplotlib's Agg canvas
+directly (no pyplot, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rsdml.errors import RsdmlError
+from rsdml.evaluation.suite import _atomic_write, headline_metrics, load_embeddings
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("curves.png", "confusion.png", "tsne.png", "retrieval.png", "spectrum.png")
+TSNE_MAX_POINTS = 2000
+RETRIEVAL_QUERIES = 6
+RETRIEVAL_TOP = 10
+THUMB_PX = 96
+
+_RETRIEVAL_ROWS = [
+    ("map", "mAP (full ranking)"),
+    *[(f"map_at_{k}", f"mAP@{k}") for k in (5, 10, 20, 50, 100)],
+    *[(f"p_at_{k}", f"P@{k}") for k in (5, 10, 20, 50, 100)],
+    ("map_at_r", "MAP@R"),
+    ("r_precision", "R-precision"),
+    ("anmrr", "ANMRR (lower is better)"),
+    ("num_queries", "queries"),
+    ("num_queries_without_relevant", "queries without a relevant item (left out)"),
+    ("gallery_size", "gallery size"),
+]
+
+
+def write_report(run_dir: Path, *, seed: int = 0) -> Path:
+    """Write RUN_DIR/eval/report.html (+ the PNGs beside it) and return its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RsdmlError(f"run folder {run_dir} not found; pass the --out folder of a training run")
+    out_dir = run_dir / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = _Inputs(run_dir)
+    sections: list[str] = [
+        _section_config(inputs),
+        _section_metrics(inputs),
+    ]
+    figures: list[tuple[str, str, str, Callable[[], Figure | str]]] = [
+        ("curves.png", "Training curves", "Each loss term and the kNN accuracy per epoch "
+         "(from metrics.jsonl).", lambda: _fig_curves(inputs)),
+        ("confusion.png", "Confusion matrix", "kNN (K=10) on the test images; rows are true "
+         "classes, colour is the row-normalised fraction.", lambda: _fig_confusion(inputs)),
+        ("tsne.png", "t-SNE of the test embeddings", "2-D t-SNE (scikit-learn) of the unit "
+         "embeddings, "
+         f"at most {TSNE_MAX_POINTS} test images, coloured by class.",
+         lambda: _fig_tsne(inputs, seed)),
+        ("retrieval.png", "Retrieval examples", f"Test queries (left, blue) and their top "
+         f"{RETRIEVAL_TOP} from the labelled gallery; green border = same class, red = "
+         "other class.", lambda: _fig_retrieval(inputs, seed)),
+        ("spectrum.png", "Singular-value spectrum", "Singular values of the batch prediction "
+         "matrix on unlabelled images at the start and the end of training: the rank the "
+         "method maximises.", lambda: _fig_spectrum(inputs)),
+    ]
+    for name, title, caption, make in figures:
+        sections.append(_figure_section(out_dir, name, title, caption, make))
+    page = _page(run_dir, inputs, sections)
+    path = out_dir / "report.html"
+    _atomic_write(path, lambda f: f.write(page), binary=False)
+    return path
+
+
+# ---------------------------------------------------------------------------- inputs
+class _Inputs:
+    """The run's files, each read at most once; a missing or broken one is None + a note."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.notes: dict[str, str] = {}
+        self.config = self._read("config.yaml", lambda p: yaml.safe_load(p.read_text()) or {})
+        self.history = self._read("metrics.jsonl", _read_jsonl)
+        self.metrics = self._read("eval/metrics.json", lambda p: json.loads(p.read_text()))
+        self.class_names = self._read("class_names.json", lambda p: [str(c) for c in json.loads(p.read_text())])
+        self.spectrum = self._read("spectrum.json", lambda p: json.loads(p.read_text()))
+        self._emb: Any = None
+
+    def _read(self, rel: str, parse: Callable[[Path], Any]) -> Any:
+        path = self.run_dir / rel
+        if not path.is_file():
+            self.notes[rel] = f"{rel} not found"
+            return None
+        try:
+            return parse(path)
+        except Exception as e:  # a broken optional file must not stop the report
+            self.notes[rel] = f"{rel} could not be read ({type(e).__name__}: {e})"
+            log.warning("report: %s", self.notes[rel])
+            return None
+
+    @property
+    def embeddings(self):
+        if self._emb is None:
+            self._emb = self._read("eval/embeddings.npz", load_embeddings) or False
+        return self._emb or None
+
+    def class_name(self, label: int) -> str:
+        names = self.class_names or (self.metrics or {}).get("class_names") or []
+        return names[label] if 0 <= label < len(names) else f"class {label}"
+
+    def data_root(self) -> Path | None:
+        data = (self.config or {}).get("data")
+        if not data:
+            return None
+        root = Path(str(data)).expanduser()
+        if root.is_absolute() or root.is_dir():
+            return root
+        beside = self.run_dir / root
+        return beside if beside.is_dir() else root
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash; the rest is still useful
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- sections
+def _section_config(inputs: _Inputs) -> str:
+    if not inputs.config:
+        return _note_section("Run configuration", inputs.notes.get("config.yaml", "empty config"))
+    rows = "".join(
+        f"<tr><th>{_e(k)}</th><td>{_e(_fmt_value(v))}</td></tr>" for k, v in inputs.config.items()
+    )
+    return f'<section><h2>Run configuration</h2><table class="kv">{rows}</table></section>'
+
+
+def _section_metrics(inputs: _Inputs) -> str:
+    m = inputs.metrics
+    if not m:
+        return _note_section(
+            "Metrics", inputs.notes.get("eval/metrics.json", "no metrics")
+            + "; run `rsdml evaluate RUN_DIR` to compute them"
+        )
+    parts = ['<section><h2>Metrics</h2><p class="small">Definitions: docs/metrics.md. Queries '
+             "are the test images; the kNN references and the <i>labelled</i> gallery are the "
+             "labelled images; the <i>archive</i> gallery is every other image.</p>"]
+    counts = m.get("counts") or {}
+    if counts:
+        parts.append("<p>Images per role: " + ", ".join(
+            f"{_e(k)} {v}" for k, v in counts.items()) + "</p>")
+    knn = m.get("knn") or {}
+    rows = [f"<tr><th>K={k[1:]}</th><td>{_pct(v.get('accuracy'))}</td><td>{_pct(v.get('macro_f1'))}</td></tr>"
+            for k, v in knn.items() if k.startswith("k") and isinstance(v, dict)]
+    if rows:
+        parts.append("<h3>kNN classification (distance-weighted, cosine)</h3><table>"
+                     "<tr><th></th><th>accuracy</th><th>macro-F1</th></tr>" + "".join(rows) + "</table>")
+    cl = m.get("clustering") or {}
+    if cl:
+        parts.append("<h3>Clustering (k-means, K = number of classes)</h3><table>"
+                     "<tr><th>accuracy (Hungarian)</th><th>NMI</th><th>ARI</th></tr>"
+                     f"<tr><td>{_pct(cl.get('accuracy'))}</td><td>{_num(cl.get('nmi'))}</td>"
+                     f"<td>{_num(cl.get('ari'))}</td></tr></table>")
+    ret = m.get("retrieval") or {}
+    if ret:
+        galleries = [g for g in ("labeled", "archive") if g in ret]
+        head = "".join(f"<th>{_e(g)} gallery</th>" for g in galleries)
+        body = "".join(
+            f"<tr><th>{_e(label)}</th>"
+            + "".join(f"<td>{_cell(ret[g].get(key))}</td>" for g in galleries) + "</tr>"
+            for key, label in _RETRIEVAL_ROWS
+        )
+        parts.append(f"<h3>Retrieval (cosine, full ranking)</h3><table><tr><th></th>{head}</tr>{body}</table>")
+    per_class = {k: v.get("per_class_accuracy") for k, v in knn.items()
+                 if k.startswith("k") and isinstance(v, dict) and v.get("per_class_accuracy")}
+    if per_class:
+        n = max(len(v) for v in per_class.values())
+        head = "".join(f"<th>K={k[1:]}</th>" for k in per_class)
+        body = "".join(
+            f"<tr><th>{_e(inputs.class_name(i))}</th>"
+            + "".join(f"<td>{_pct(v[i] if i < len(v) else None)}</td>" for v in per_class.values())
+            + "</tr>" for i in range(n)
+        )
+        parts.append("<details><summary>Per-class kNN accuracy</summary>"
+                     f"<table><tr><th>class</th>{head}</tr>{body}</table></details>")
+    head = headline_metrics(m)
+    if head:
+        parts.append("<details><summary>Headline numbers (flat keys)</summary><table>"
+                     + "".join(f"<tr><th>{_e(k)}</th><td>{_num(v)}</td></tr>" for k, v in head.items())
+                     + "</table></details>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _figure_section(out_dir: Path, name: str, title: str, caption: str,
+                    make: Callable[[], Figure | str]) -> str:
+    png = out_dir / name
+    try:
+        fig = make()
+    except Exception as e:  # one failed plot must not cost the whole page
+        log.warning("report: %s failed (%s: %s)", name, type(e).__name__, e)
+        fig = f"this figure could not be drawn ({type(e).__name__}: {e})"
+    if isinstance(fig, str):
+        png.unlink(missing_ok=True)  # no stale picture from an earlier report
+        return _note_section(title, fig)
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig)
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    data = buf.getvalue()
+    _atomic_write(png, lambda f: f.write(data), binary=True)
+    b64 = base64.b64encode(data).decode("ascii")
+    return (f'<section><h2>{_e(title)}</h2><p class="small">{_e(caption)} ({_e(name)})</p>'
+            f'<img alt="{_e(title)}" src="data:image/png;base64,{b64}"></section>')
+
+
+def _note_section(title: str, note: str) -> str:
+    return f'<section><h2>{_e(title)}</h2><p class="note">{_e(note)}</p></section>'
+
+
+def _page(run_dir: Path, inputs: _Inputs, sections: list[str]) -> str:
+    cfg = inputs.config or {}
+    sub = " · ".join(_e(f"{k}: {cfg[k]}") for k in ("method", "backbone", "protocol",
+                                                       "labeled_fraction") if k in cfg)
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>rsdml report: {_e(run_dir.resolve().name)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}}
+h1{{margin-bottom:.2em}} h2{{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}}
+table{{border-collapse:collapse;margin:.5em 0}} td,th{{border:1px solid #ddd;padding:3px 8px;text-align:right}}
+th{{background:#f5f5f5;text-align:left}} table.kv td{{text-align:left;font-family:monospace}}
+img{{max-width:100%;height:auto}} .note{{color:#8a5a00;background:#fff6e0;padding:.5em}}
+.small{{color:#555;font-size:90%}} summary{{cursor:pointer;margin:.5em 0}}
+</style></head><body>
+<h1>rsdml report: {_e(run_dir.resolve().name)}</h1>
+<p class="small">{sub}<br>generated {_e(when)} from {_e(str(run_dir))}</p>
+{''.join(sections)}
+</body></html>
+"""
+
+
+# ---------------------------------------------------------------------------- figures
+def _fig_curves(inputs: _Inputs) -> Figure | str:
+    rows = inputs.history
+    if not rows:
+        return inputs.notes.get("metrics.jsonl", "metrics.jsonl holds no evaluations yet")
+    x_key = "epoch" if any("epoch" in r for r in rows) else "step"
+    by_x: dict[float, dict[str, Any]] = {}
+    for r in rows:  # a resumed run may repeat an epoch: the last record wins
+        if _finite(r.get(x_key)):
+            by_x[float(r[x_key])] = r
+    xs = sorted(by_x)
+    losses = sorted({k for r in by_x.values() for k in r if k.startswith("loss_")})
+    accs = [k for k in ("knn_acc", "val_knn_acc") if any(k in r for r in by_x.values())]
+    accs += sorted({k for r in by_x.values() for k in r
+                    if k.endswith("_acc") and k not in accs and not k.startswith("loss_")})
+    if not xs or not (losses or accs):
+        return "metrics.jsonl has no loss or accuracy values to plot"
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    for name, ax in ((losses, ax1), (accs, ax2)):
+        for key in name:
+            pts = [(x, by_x[x][key]) for x in xs if _finite(by_x[x].get(key))]
+            if pts:
+                px, py = zip(*pts)
+                ax.plot(px, py, marker="o", markersize=3, label=key)
+        ax.set_xlabel(x_key)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    ax1.set_title("loss terms")
+    ax2.set_title("kNN accuracy (K=10)")
+    return fig
+
+
+def _fig_confusion(inputs: _Inputs) -> Figure | str:
+    cm = (inputs.metrics or {}).get("knn", {}).get("confusion_matrix")
+    if not cm:
+        return inputs.notes.get("eval/metrics.json", "metrics.json has no confusion matrix")
+    cm = np.asarray(cm, dtype=np.float64)
+    c = len(cm)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = min(14, max(5, 0.35 * c + 3))
+    fig = Figure(figsize=(size, size * 0.9))
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    names = [inputs.class_name(i) for i in range(c)]
+    ax.set_xticks(range(c), names, rotation=90, fontsize=7 if c > 15 else 9)
+    ax.set_yticks(range(c), names, fontsize=7 if c > 15 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if c <= 20:
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    return fig
+
+
+def _fig_tsne(inputs: _Inputs, seed: int) -> Figure | str:
+    emb = inputs.embeddings
+    if emb is None:
+        return inputs.notes.get("eval/embeddings.npz", "no embeddings")
+    test = np.flatnonzero(emb.roles == "test")
+    if len(test) < 5:
+        return f"t-SNE needs at least 5 test images, found {len(test)}"
+    rng = np.random.default_rng(seed)
+    if len(test) > TSNE_MAX_POINTS:
+        test = np.sort(rng.choice(test, TSNE_MAX_POINTS, replace=False))
+    from sklearn.manifold import TSNE
+
+    x = emb.embeddings[test].astype(np.float32)
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    # Barnes-Hut's threaded loop costs more than it saves on small sets.
+    method = "exact" if len(x) <= 300 else "barnes_hut"
+    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
+              random_state=seed).fit_transform(x)
+    labels = emb.labels[test]
+    classes = np.unique(labels)
+    fig = Figure(figsize=(10, 7.5))
+    ax = fig.subplots()
+    colours = _colours(len(classes))
+    for colour, cls in zip(colours, classes):
+        sel = labels == cls
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour, label=inputs.class_name(int(cls)))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"t-SNE of {len(test)} test embeddings")
+    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
+              ncol=1 if len(classes) <= 20 else 2, frameon=False)
+    return fig
+
+
+def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
+    emb = inputs.embeddings
+    if emb is None:
+        return inputs.notes.get("eval/embeddings.npz", "no embeddings")
+    test = np.flatnonzero(emb.roles == "test")
+    ref = np.flatnonzero(emb.roles == "labeled")
+    if not len(test) or not len(ref):
+        return "retrieval examples need test and labelled images"
+    from rsdml.retrieval.index import ExactIndex
+
+    rng = np.random.default_rng(seed)
+    # one query from each of several classes, chosen reproducibly
+    classes = rng.permutation(np.unique(emb.labels[test]))[:RETRIEVAL_QUERIES]
+    queries = [int(rng.choice(test[emb.labels[test] == c])) for c in classes]
+    top = min(RETRIEVAL_TOP, len(ref))
+    _, nbr = ExactIndex(emb.embeddings[ref]).search(emb.embeddings[queries], top)
+    root = inputs.data_root()
+    cols = top + 1
+    fig = Figure(figsize=(1.25 * cols, 1.45 * len(queries)))
+    axes = np.atleast_2d(fig.subplots(len(queries), cols))
+    for row, q in enumerate(queries):
+        cells = [(q, "#1f5fbf", f"query\n{inputs.class_name(int(emb.labels[q]))}")]
+        for rank, j in enumerate(ref[nbr[row]], start=1):
+            ok = emb.labels[j] == emb.labels[q]
+            cells.append((int(j), "#1a9e3a" if ok else "#d62728",
+                          f"{rank}. {inputs.class_name(int(emb.labels[j]))}"))
+        for col, (idx, colour, text) in enumerate(cells):
+            _thumb_cell(axes[row, col], _thumbnail(root, str(emb.paths[idx])), colour, text)
+    fig.subplots_adjust(wspace=0.08, hspace=0.35)
+    return fig
+
+
+def _fig_spectrum(inputs: _Inputs) -> Figure | str:
+    spec = inputs.spectrum
+    method = (inputs.config or {}).get("method", "this method")
+    if not spec:
+        return (f"No singular-value spectrum recorded: {method} has no unlabelled prediction "
+                "matrix (or training has not run), so spectrum.json is absent.")
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
+    plotted = False
+    for key, colour in (("start", "#999999"), ("end", "#1f5fbf")):
+        values = spec.get(key)
+        if not values:
+            continue
+        s = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+        ax.plot(np.arange(1, len(s) + 1), s, marker="o", markersize=3, color=colour,
+                label=f"{key} of training (nuclear norm {s.sum():.2f})")
+        plotted = True
+    if not plotted:
+        return "spectrum.json holds no singular values"
+    if "end" not in spec:
+        ax.set_title("only the start of training was recorded")
+    ax.set_yscale("log" if all(v > 0 for k in ("start", "end") for v in spec.get(k) or []) else "linear")
+    ax.set_xlabel("index (sorted)")
+    ax.set_ylabel("singular value")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+# ---------------------------------------------------------------------------- helpers
+def _thumbnail(root: Path | None, rel: str) -> np.ndarray | None:
+    if root is None:
+        return None
+    try:
+        from PIL import Image
+
+        from rsdml.data.imageio import read_rgb
+
+        im = Image.fromarray(read_rgb(root / rel))
+        im.thumbnail((THUMB_PX, THUMB_PX))
+        return np.asarray(im)
+    except Exception:  # unreadable or missing image: the cell shows the label instead
+        return None
+
+
+def _thumb_cell(ax, img: np.ndarray | None, colour: str, text: str) -> None:
+    if img is not None:
+        ax.imshow(img)
+    else:
+        ax.set_facecolor("#eeeeee")
+        ax.text(0.5, 0.5, text.split("\n")[-1].split(". ", 1)[-1], ha="center", va="center",
+                fontsize=7, wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(4)
+    ax.set_title(text, fontsize=6.5, color=colour if colour != "#1f5fbf" else "black")
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    if n <= 10:
+        return [colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [colormaps["tab20"](i) for i in range(n)]
+    cmap = colormaps["gist_ncar"]
+    return [cmap(0.05 + 0.9 * i / max(n - 1, 1)) for i in range(n)]
+
+
+def _e(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4f}" if _finite(v) else "–"
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * v:.2f}%" if _finite(v) else "–"
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    return _num(v)
+
+
+def _fmt_value(v: Any) -> str:
+    return "null" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else str(v)

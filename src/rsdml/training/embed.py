@@ -1,0 +1,77 @@
+"""``rsdml embed``: a folder of images to an ``.npz`` of embeddings, through the training pipeline
+(same decoded-image cache, same resize and normalisation as evaluation)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
+from rsdml.errors import DatasetNotFoundError, RsdmlError
+from rsdml.models.embedding import build_model
+from rsdml.training.checkpoint import atomic_write_bytes, load_checkpoint
+from rsdml.training.inputs import ImageInputs
+from rsdml.training.run_dir import RunDir
+from rsdml.training.runner import load_run_config, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def list_images(root: Path) -> tuple[list[str], list[str]]:
+    """All image files below ``root`` (any depth, hidden files skipped): (good, bad) paths."""
+    good, bad = [], []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        (bad if check_image(p) else good).append(rel.as_posix())
+    return good, bad
+
+
+def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
+                 checkpoint: str = "auto", device: str | None = None,
+                 batch_size: int | None = None, quiet: bool = False) -> int:
+    root = Path(data)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
+    run = RunDir(Path(run_dir))
+    cfg = load_run_config(run)
+    cfg = cfg.replace(quiet=quiet, data=str(root), **({"device": device} if device else {}),
+                      **({"eval_batch_size": batch_size} if batch_size else {}))
+    paths, bad = list_images(root)
+    if bad:
+        log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
+    if not paths:
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
+        )
+    dev = resolve_device(cfg.device)
+    model = build_model(cfg.replace(pretrained="none", weights=None)).to(dev)
+    state = load_checkpoint(run.checkpoint(checkpoint), map_location=dev)
+    model.load_state_dict(state["model"])
+    from rsdml.data.cache import load_image_cache
+
+    cache = load_image_cache(root, paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
+                             max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
+                             workers=cfg.workers, progress=not quiet)
+    inputs = ImageInputs(cache, dev)
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for chunk in torch.arange(len(paths)).split(cfg.eval_batch_size):
+            out.append(model(inputs.eval(chunk)).float().cpu())
+    emb = torch.cat(out).numpy().astype(np.float32)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=emb, paths=np.asarray(paths))
+    out_path = Path(out_file)
+    if out_path.parent and not out_path.parent.exists():
+        raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
+    atomic_write_bytes(out_path, buf.getvalue())
+    return len(paths)

@@ -1,0 +1,82 @@
+"""Fast mode (``--freeze-backbone``): trunk features computed once and cached on disk.
+
+With the trunk frozen and no augmentation, a trunk feature of an image never changes during
+training, so only the head and the loss need to run each step. This differs from the paper,
+which fine-tunes the whole network with augmented images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from rsdml.config import TrainConfig
+from rsdml.data.augment import normalize
+from rsdml.data.cache import ImageCache, default_cache_dir
+from rsdml.data.split import Split
+from rsdml.models.embedding import EmbeddingNet
+from rsdml.progress import progress
+
+log = logging.getLogger(__name__)
+FEATURE_FORMAT = 1
+
+
+def feature_key(cfg: TrainConfig, split: Split) -> str:
+    weights = None
+    if cfg.weights:
+        p = Path(cfg.weights)
+        weights = [str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] if p.exists() else cfg.weights
+    ident = {
+        "format": FEATURE_FORMAT,
+        "data": str(Path(cfg.data or "").resolve()),
+        "paths": hashlib.sha256("\n".join(split.paths).encode()).hexdigest(),
+        "backbone": cfg.backbone,
+        "pretrained": cfg.pretrained,
+        "weights": weights,
+        # A randomly initialised trunk depends on the seed.
+        "seed": cfg.seed if cfg.pretrained == "none" and not cfg.weights else None,
+        "image_size": cfg.image_size,
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.inference_mode()
+def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.device,
+                     batch_size: int, show_progress: bool = True) -> Tensor:
+    model.eval()
+    chunks = torch.arange(len(cache)).split(batch_size)
+    out = [model.forward_features(normalize(cache.batch(c).to(device))).float().cpu()
+           for c in progress(chunks, total=len(chunks), desc="trunk features", enabled=show_progress)]
+    return torch.cat(out)
+
+
+def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
+                    device: torch.device) -> Tensor:
+    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    path = folder / f"features-{feature_key(cfg, split)}.pt"
+    if path.is_file():
+        try:
+            feats = torch.load(path, weights_only=True)
+            if isinstance(feats, Tensor) and feats.shape[0] == len(split.paths):
+                return feats
+        except Exception:
+            pass
+        log.warning("feature cache %s is damaged; computing the features again", path)
+    feats = compute_features(model, cache, device, cfg.eval_batch_size, not cfg.quiet)
+    try:
+        import io
+
+        from rsdml.training.checkpoint import atomic_write_bytes
+
+        folder.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save(feats, buf)
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        log.warning("could not cache trunk features in %s (%s); they will be computed again", folder, e)
+    return feats

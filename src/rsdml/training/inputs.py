@@ -1,0 +1,65 @@
+"""Where a batch's network input comes from: cached images (augmented on the device) or, in
+fast mode, cached frozen-trunk features. The trainer and the embedder only see this interface.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rsdml.data.augment import TrainAugment, normalize
+from rsdml.data.cache import ImageCache
+from rsdml.models.embedding import EmbeddingNet
+
+
+class ImageInputs:
+    """uint8 images from the decoded cache -> device -> batched augmentation or normalisation."""
+
+    def __init__(self, cache: ImageCache, device: torch.device, augment: TrainAugment | None = None,
+                 channels_last: bool = False) -> None:
+        self.cache = cache
+        self.device = device
+        self.augment = augment
+        self.channels_last = channels_last
+
+    def _load(self, index: Tensor) -> Tensor:
+        batch = self.cache.batch(index)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
+
+    def _layout(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
+        if self.augment is None:
+            raise RuntimeError("ImageInputs built without augmentation")
+        return self._layout(self.augment(self._load(index), generator))
+
+    def eval(self, index: Tensor) -> Tensor:
+        return self._layout(normalize(self._load(index)))
+
+    @staticmethod
+    def embed(model: EmbeddingNet, x: Tensor) -> Tensor:
+        return model(x)
+
+
+class FeatureInputs:
+    """Fast mode: trunk features computed once without augmentation; only the head trains."""
+
+    def __init__(self, features: Tensor, device: torch.device) -> None:
+        self.features = features.to(device)
+        self.device = device
+
+    def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
+        return self.features[index.to(self.device)]
+
+    def eval(self, index: Tensor) -> Tensor:
+        return self.features[index.to(self.device)]
+
+    @staticmethod
+    def embed(model: EmbeddingNet, x: Tensor) -> Tensor:
+        return model.embed_features(x)
+
+
+Inputs = ImageInputs | FeatureInputs

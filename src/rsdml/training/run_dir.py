@@ -1,0 +1,127 @@
+"""The layout of a run folder, and the checks made before any training starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rsdml.errors import RsdmlError
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
+    def class_names(self) -> Path:
+        return self.root / "class_names.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def final_metrics(self) -> Path:
+        return self.root / "final_metrics.json"
+
+    @property
+    def spectrum(self) -> Path:
+        return self.root / "spectrum.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def checkpoint(self, which: str) -> Path:
+        """``last``, ``best``, ``auto`` (best where the protocol has one, else last) or a path."""
+        if which == "auto":
+            return self.best if self.best.is_file() else self.last
+        if which in ("last", "best"):
+            return getattr(self, which)
+        return Path(which)
+
+
+def prepare_new_run(out: str | None) -> RunDir:
+    if not out:
+        raise RsdmlError("no run folder given: add --out RUN_DIR")
+    root = Path(out)
+    if root.exists() and not root.is_dir():
+        raise RsdmlError(f"--out {root} is a file; choose a folder path")
+    if root.is_dir() and any(root.iterdir()):
+        raise RsdmlError(
+            f"run folder {root} already exists and is not empty; continue it with "
+            f"`rsdml train --resume {root}` or choose another --out"
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RsdmlError(f"cannot create run folder {root} ({e.strerror}); choose another --out") from None
+    check_writable(root)
+    return RunDir(root)
+
+
+def check_writable(root: Path, need_bytes: int = 50 * 2**20) -> None:
+    """Fail before training if the run folder is read-only or nearly full."""
+    probe = root / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise RsdmlError(
+            f"run folder {root} is not writable ({e.strerror}); choose another --out"
+        ) from None
+    free = shutil.disk_usage(root).free
+    if free < need_bytes:
+        raise RsdmlError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {root}; a run needs about "
+            f"{need_bytes / 2**20:.0f} MiB for checkpoints: free space or choose another --out"
+        )
+
+
+def write_json(path: Path, obj: Any) -> None:
+    from rsdml.training.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line cut by a kill: everything after it is not trusted
+    return rows

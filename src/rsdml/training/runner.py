@@ -1,0 +1,213 @@
+"""What ``rsdml train`` / ``rsdml evaluate`` do, from a config to a finished run folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rsdml.config import TrainConfig
+from rsdml.data.augment import TrainAugment
+from rsdml.data.cache import ImageCache, load_image_cache
+from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
+from rsdml.errors import RsdmlError
+from rsdml.models.embedding import EmbeddingNet, build_model
+from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.inputs import FeatureInputs, ImageInputs
+from rsdml.training.methods.registry import create_method
+from rsdml.training.run_dir import RunDir, check_writable, prepare_new_run, write_json
+from rsdml.training.trainer import EvalSets, LabeledSet, Trainer, UnlabeledSet
+
+log = logging.getLogger(__name__)
+
+#: Options that may change when a run is resumed; any other change is refused.
+RESUMABLE_KEYS = frozenset({
+    "epochs", "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
+    "cache_dir", "cache_max_memory_gb", "eval_batch_size", "compile", "out",
+})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RsdmlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def load_run_config(run: RunDir) -> TrainConfig:
+    if not run.config.is_file():
+        raise RsdmlError(f"{run.root} is not an rsdml run folder (no config.yaml); check the path")
+    return TrainConfig.from_yaml(run.config)
+
+
+def resume_config(run: RunDir, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config with the few changes a resume allows (more epochs, another device...)."""
+    cfg = load_run_config(run)
+    changed = sorted(k for k, v in overrides.items()
+                     if k not in RESUMABLE_KEYS and getattr(cfg, k) != v)
+    if changed:
+        raise RsdmlError(
+            f"--resume {run.root}: option(s) {', '.join('--' + k.replace('_', '-') for k in changed)} "
+            f"differ from the saved config.yaml; a resumed run keeps its config (only "
+            f"{', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_KEYS - {'out'}))} may change)"
+        )
+    return cfg.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE_KEYS and k != "out"})
+
+
+def build_split(cfg: TrainConfig) -> Split:
+    from rsdml.data.scan import scan_image_folder
+
+    if not cfg.data:
+        raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
+    if cfg.split:
+        return read_split_csv(cfg.split, cfg.data)
+    scan = scan_image_folder(cfg.data, strict=cfg.strict, progress=not cfg.quiet,
+                             min_per_class=2 if cfg.protocol == "inductive" else 1)
+    return make_split(scan.paths, scan.labels, scan.classes, protocol=cfg.protocol,
+                      labeled_fraction=cfg.labeled_fraction, val_fraction=cfg.val_fraction,
+                      test_fraction=cfg.test_fraction, seed=cfg.seed)
+
+
+def load_cache(cfg: TrainConfig, split: Split) -> ImageCache:
+    assert cfg.data is not None
+    return load_image_cache(
+        cfg.data, split.paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
+        max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30), workers=cfg.workers,
+        progress=not cfg.quiet,
+    )
+
+
+@dataclass
+class Session:
+    """Everything built from a run folder: the pieces the trainer and evaluator share."""
+
+    cfg: TrainConfig
+    run: RunDir
+    split: Split
+    device: torch.device
+    model: EmbeddingNet
+    inputs: ImageInputs | FeatureInputs
+
+
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a), dtype=torch.long)
+
+
+def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -> Session:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device)
+    cache = load_cache(cfg, split)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.freeze_backbone:
+        from rsdml.training.frozen import frozen_features
+
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
+        feats = frozen_features(cfg, split, model, cache, device)
+        inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
+    else:
+        augment = TrainAugment(extra=cfg.extra_augment) if train else None
+        inputs = ImageInputs(cache, device, augment, channels_last=channels_last)
+    return Session(cfg, run, split, device, model, inputs)
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None,
+          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or continue) training, then the full evaluation; returns the final metrics."""
+    t_start = time.monotonic()
+    if resume is not None:
+        run = RunDir(Path(resume))
+        cfg = resume_config(run, overrides or {}).validate()
+        check_writable(run.root)
+        if not run.last.is_file():
+            raise RsdmlError(f"--resume {run.root}: no checkpoints/last.pt yet; start the run again")
+        split = read_split_csv(run.split, cfg.data)
+        saved_classes = json.loads(run.class_names.read_text())
+        if saved_classes != split.classes:
+            raise RsdmlError(f"--resume {run.root}: class names in split.csv and class_names.json differ")
+    else:
+        cfg = cfg.validate()
+        if not cfg.data:
+            raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
+        split = build_split(cfg)
+        run = prepare_new_run(cfg.out)
+        cfg.save_yaml(run.config)
+        write_split_csv(split, run.split)
+        write_json(run.class_names, split.classes)
+    session = build_session(cfg, run, split, train=True)
+    trainer = _make_trainer(session)
+    if resume is not None:
+        trainer.resume_from(run.last)
+        if trainer.epoch >= cfg.epochs:
+            log.warning("the run already finished %d epochs; give a larger --epochs to train on",
+                        trainer.epoch)
+    counts = split.counts()
+    if not cfg.quiet:
+        print(f"rsdml: {cfg.method} on {len(split.paths)} images, {split.num_classes} classes "
+              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), device {session.device}, "
+              f"run folder {run.root}", file=sys.stderr, flush=True)
+    trainer.fit()
+    result = evaluate_session(session, checkpoint="auto", trainer=trainer)
+    result["wall_seconds"] = round(time.monotonic() - t_start, 1)
+    return result
+
+
+def _make_trainer(s: Session) -> Trainer:
+    split, device = s.split, s.device
+    lab = split.index("labeled")
+    labeled = LabeledSet(_tensor(lab), _tensor(split.labels[lab]))
+    unl = split.unlabeled_index()
+    method = create_method(s.cfg, split.num_classes, labeled.labels).to(device)
+    test, val = split.index("test"), split.index("val")
+    evalsets = EvalSets(
+        reference=labeled,
+        test=LabeledSet(_tensor(test), _tensor(split.labels[test])),
+        val=LabeledSet(_tensor(val), _tensor(split.labels[val])) if len(val) else None,
+    )
+    return Trainer(s.cfg, s.run, s.model, method, s.inputs, labeled,
+                   UnlabeledSet(_tensor(unl)) if len(unl) else None, evalsets, device)
+
+
+def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | None = None) -> dict[str, Any]:
+    """Embed every image with the chosen checkpoint; write eval/, the report and final_metrics."""
+    from rsdml.evaluation.report import write_report
+    from rsdml.evaluation.suite import headline_metrics, write_evaluation
+
+    if trainer is None:
+        trainer = _make_trainer(s)
+    path = s.run.checkpoint(checkpoint)
+    state = load_checkpoint(path, map_location=s.device)
+    s.model.load_state_dict(state["model"])
+    which = checkpoint if checkpoint in ("last", "best") else (
+        "best" if path == s.run.best else "last" if path == s.run.last else str(path))
+    emb = trainer.embed(torch.arange(len(s.split.paths)))
+    metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
+                               s.split.classes)
+    final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
+    write_json(s.run.final_metrics, final)
+    try:
+        write_report(s.run.root)
+    except Exception as e:  # the numbers are written; a plotting failure must not hide them
+        log.warning("could not write the HTML report (%s: %s)", type(e).__name__, e)
+    return final
+
+
+def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
+                 quiet: bool = False) -> dict[str, Any]:
+    run = RunDir(Path(run_dir))
+    cfg = load_run_config(run)
+    cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}))
+    split = read_split_csv(run.split, cfg.data)
+    session = build_session(cfg, run, split, train=False)
+    return evaluate_session(session, checkpoint)

@@ -1,0 +1,365 @@
+"""The training loop: one labelled and one unlabelled batch per step, one backward pass.
+
+Every random draw is a function of (seed, what, counter): the labelled order of an epoch, the
+unlabelled batch of a global step and the augmentation of a step. A run stopped at any step
+and resumed from its checkpoint therefore replays exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError, TrainingDivergedError
+from rsdml.evaluation.knn import knn_accuracy
+from rsdml.models.embedding import EmbeddingNet
+from rsdml.progress import progress
+from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
+from rsdml.training.inputs import FeatureInputs, ImageInputs
+from rsdml.training.methods.base import Method
+from rsdml.training.run_dir import RunDir, read_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(RsdmlError):
+    """SIGINT/SIGTERM: a checkpoint was saved; the run can be resumed."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    index: Tensor  # positions in the inputs (the run's image list)
+    labels: Tensor
+
+
+@dataclass(frozen=True)
+class UnlabeledSet:
+    """Images whose labels training must never see: this type has no place for them."""
+
+    index: Tensor
+
+
+@dataclass(frozen=True)
+class EvalSets:
+    """What evaluation compares; test labels live here, out of the training step's reach."""
+
+    reference: LabeledSet
+    test: LabeledSet
+    val: LabeledSet | None = None
+
+
+def derived_seed(seed: int, *key: int) -> int:
+    """A well-mixed 63-bit seed for one stream of random draws."""
+    return int(np.random.SeedSequence([seed, *key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+STREAM_EPOCH, STREAM_UNLABELED, STREAM_AUGMENT = 1, 2, 3
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run: RunDir,
+        model: EmbeddingNet,
+        method: Method,
+        inputs: ImageInputs | FeatureInputs,
+        labeled: LabeledSet,
+        unlabeled: UnlabeledSet | None,
+        evalsets: EvalSets,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.run, self.model, self.method = cfg, run, model, method
+        self.inputs, self.labeled, self.unlabeled, self.evalsets = inputs, labeled, unlabeled, evalsets
+        self.device = device
+        params = [p for p in model.parameters() if p.requires_grad] + list(method.parameters())
+        self.optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
+        )
+        self.forward_model = torch.compile(model) if cfg.compile else model
+        self.autocast_dtype = _autocast_dtype(cfg.amp, device)
+        # Position in training: the next epoch / batch to run.
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.global_step = 0
+        self.sums: dict[str, float] = {}
+        self.steps_in_sums = 0
+        self.best_val: float | None = None
+        self.elapsed = 0.0
+        self._stop_signal: int | None = None
+        self._unl_perm_cache: tuple[int, Tensor] | None = None
+        if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
+            raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "sums": dict(self.sums),
+            "steps_in_sums": self.steps_in_sums,
+            "best_val": self.best_val,
+            "elapsed": self.elapsed,
+            "rng_torch": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.global_step = int(state["global_step"])
+        self.sums = dict(state["sums"])
+        self.steps_in_sums = int(state["steps_in_sums"])
+        self.best_val = state["best_val"]
+        self.elapsed = float(state["elapsed"])
+        torch.set_rng_state(state["rng_torch"])
+
+    def save(self, extra: dict[str, Any] | None = None) -> None:
+        save_checkpoint({**self.state_dict(), **(extra or {})}, self.run.last)
+
+    def resume_from(self, path: Any) -> None:
+        self.load_state_dict(load_checkpoint(path, map_location=self.device))
+        # Lines written after the checkpoint belong to work that will be replayed.
+        for file in (self.run.metrics, self.run.root / "train_log.jsonl"):
+            rows = [r for r in read_jsonl(file) if r.get("step", 0) <= self.global_step]
+            file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # ------------------------------------------------------------------ sampling
+    def _labeled_batches(self, epoch: int) -> list[Tensor]:
+        gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, epoch))
+        batches = self.method.labeled_batches(self.labeled.labels.cpu(), self.cfg.batch_size, gen)
+        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one image
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
+
+    def _unl_perm(self, cycle: int) -> Tensor:
+        if self._unl_perm_cache is None or self._unl_perm_cache[0] != cycle:
+            gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_UNLABELED, cycle))
+            assert self.unlabeled is not None
+            self._unl_perm_cache = (cycle, torch.randperm(len(self.unlabeled.index), generator=gen))
+        return self._unl_perm_cache[1]
+
+    def unlabeled_batch(self, step: int) -> Tensor:
+        """The unlabelled batch of a global step: the unlabelled stream cycles on its own."""
+        assert self.unlabeled is not None
+        n, size = len(self.unlabeled.index), self.cfg.unlabeled_batch_size
+        start, parts, need = step * size, [], size
+        while need > 0:
+            cycle, offset = divmod(start, n)
+            take = self._unl_perm(cycle)[offset : offset + need]
+            parts.append(take)
+            need -= len(take)
+            start += len(take)
+        return self.unlabeled.index[torch.cat(parts)]
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def train_step(self, batch: Tensor, epoch: int) -> dict[str, float]:
+        gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
+        gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
+        index_l = batch
+        x_l = self.inputs.train(self.labeled.index[index_l], gen)
+        y_l = self.labeled.labels[index_l].to(self.device)
+        n_l = x_l.shape[0]
+        x = x_l
+        if self.method.uses_unlabeled:
+            x = torch.cat([x_l, self.inputs.train(self.unlabeled_batch(self.global_step), gen)])
+        self.model.train()
+        with self._autocast():
+            emb = self.inputs.embed(self.forward_model, x).float()
+            terms = self.method(emb[:n_l], y_l, index_l.to(self.device),
+                                emb[n_l:] if self.method.uses_unlabeled else None)
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise TrainingDivergedError(
+                f"loss term {bad[0]!r} became {values[bad[0]]} at epoch {epoch + 1}, step "
+                f"{self.global_step}; stopped without saving it (the last good checkpoint, if any, "
+                f"is {self.run.last}); lower --lr or the loss weights and train again"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self.optimizer.step()
+        return values
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def embed(self, index: Tensor) -> np.ndarray:
+        self.model.eval()
+        out = []
+        for chunk in index.split(self.cfg.eval_batch_size):
+            with self._autocast():
+                out.append(self.inputs.embed(self.forward_model, self.inputs.eval(chunk)).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.cfg.embedding_dim), np.float32)
+
+    def evaluate(self) -> dict[str, float]:
+        ev = self.evalsets
+        ref = self.embed(ev.reference.index)
+        ref_y = ev.reference.labels.numpy()
+        out = {"knn_acc": knn_accuracy(ref, ref_y, self.embed(ev.test.index), ev.test.labels.numpy(), k=10)}
+        if ev.val is not None and len(ev.val.index):
+            out["val_knn_acc"] = knn_accuracy(ref, ref_y, self.embed(ev.val.index), ev.val.labels.numpy(), k=10)
+        return out
+
+    @torch.inference_mode()
+    def spectrum(self) -> list[float] | None:
+        """Singular values of P on a fixed unlabelled batch: the rank the method maximises."""
+        if self.unlabeled is None or len(self.unlabeled.index) == 0:
+            return None
+        index = self.unlabeled.index[: self.cfg.unlabeled_batch_size]
+        emb = torch.from_numpy(self.embed(index)).to(self.device)
+        probs = self.method.predict_proba(emb)
+        if probs is None:
+            return None
+        return torch.linalg.svdvals(probs.float()).cpu().tolist()
+
+    # ------------------------------------------------------------------ the loop
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+            print(f"\nrsdml: got {signal.Signals(signum).name}; saving a checkpoint after this step...",
+                  file=sys.stderr, flush=True)
+
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for s in old:
+                signal.signal(s, handler)
+        except ValueError:  # not in the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def fit(self) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg = self.cfg
+        writer = SummaryWriter(str(self.run.tensorboard))
+        if self.global_step == 0 and self.method.needs_start_embeddings:
+            emb = torch.from_numpy(self.embed(self.labeled.index)).to(self.device)
+            self.method.on_train_start(emb)
+        if self.global_step == 0 and not self.run.spectrum.exists():
+            start = self.spectrum()
+            if start is not None:
+                write_json(self.run.spectrum, {"start": start, "start_step": 0})
+        try:
+            with self._signals():
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(writer)
+        finally:
+            writer.close()
+        end = self.spectrum()
+        if end is not None and self.run.spectrum.exists():
+            spec = json.loads(self.run.spectrum.read_text())
+            spec.update({"end": end, "end_step": self.global_step})
+            write_json(self.run.spectrum, spec)
+
+    def _run_epoch(self, writer: Any) -> None:
+        cfg, epoch = self.cfg, self.epoch
+        batches = self._labeled_batches(epoch)
+        t0 = time.monotonic()
+        todo = range(self.batch_in_epoch, len(batches))
+        for b in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                          enabled=not cfg.quiet):
+            values = self.train_step(batches[b], epoch)
+            for k, v in values.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.steps_in_sums += 1
+            self.global_step += 1
+            self.batch_in_epoch = b + 1
+            if self._stop_signal is not None:
+                self.elapsed += time.monotonic() - t0
+                self.save()
+                raise TrainingInterrupted(
+                    f"interrupted in epoch {epoch + 1} at step {self.global_step}; checkpoint saved "
+                    f"to {self.run.last}; continue with `rsdml train --resume {self.run.root}`",
+                    self._stop_signal,
+                )
+        self.epoch, self.batch_in_epoch = epoch + 1, 0
+        self.scheduler.step()
+        self.elapsed += time.monotonic() - t0
+        means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()}
+        row: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **means,
+                               "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(self.elapsed, 3)}
+        self.sums, self.steps_in_sums = {}, 0
+        for k, v in means.items():
+            writer.add_scalar(f"train/{k}", v, self.global_step)
+        _append_jsonl(self.run.root / "train_log.jsonl", row)
+        evaluated = self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs
+        improved = False
+        if evaluated:
+            t1 = time.monotonic()
+            metrics = self.evaluate()
+            self.elapsed += time.monotonic() - t1
+            row.update(metrics, seconds=round(self.elapsed, 3))
+            for k, v in metrics.items():
+                writer.add_scalar(f"eval/{k}", v, self.global_step)
+            if "val_knn_acc" in metrics and (self.best_val is None or metrics["val_knn_acc"] > self.best_val):
+                self.best_val, improved = metrics["val_knn_acc"], True
+            _append_jsonl(self.run.metrics, row)
+        if not cfg.quiet:
+            terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
+            acc = f"  knn_acc {row['knn_acc']:.4f}" if evaluated else ""
+            val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
+            print(f"epoch {self.epoch}/{cfg.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
+                  f"({terms}){acc}{val}  {self.elapsed:.1f}s", file=sys.stderr, flush=True)
+        if improved:
+            save_checkpoint({"model": self.model.state_dict(), "method": self.method.state_dict(),
+                             "epoch": self.epoch, "global_step": self.global_step,
+                             "val_knn_acc": self.best_val, "config": cfg.to_dict()}, self.run.best)
+        if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+            self.save()
+
+
+def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA where supported (no loss scaling needed); full precision elsewhere."""
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None

@@ -1,0 +1,97 @@
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rsdml.errors import RsdmlError
+from rsdml.evaluation.report import FIGURES, write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+_IMG_SRC = re.compile(r'<img[^>]*\ssrc="([^"]*)"')
+
+# Runs after window load: counts images and records which ones decoded.
+_CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var out = document.createElement('pre');
+  out.id = 'imgcheck';
+  out.textContent = JSON.stringify({
+    n: imgs.length,
+    widths: imgs.map(function (i) { return i.complete ? i.naturalWidth : -1; })
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _browser_image_check(report: Path, tmp: Path) -> dict:
+    page = report.with_name("browser_check.html")
+    html = report.read_text()
+    assert "</body>" in html
+    page.write_text(html.replace("</body>", _CHECK_SCRIPT + "</body>"))
+    cmd = [
+        str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+        "--no-first-run", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
+        "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri(),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.S)
+    assert found, f"no check result in the DOM; chromium stderr: {proc.stderr[-2000:]}"
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def test_report_has_every_figure_as_png_file_and_embedded(full_report):
+    run, report = full_report
+    assert report == run / "eval" / "report.html"
+    html = report.read_text()
+    srcs = _IMG_SRC.findall(html)
+    assert len(srcs) == len(FIGURES)
+    for name in FIGURES:
+        assert (run / "eval" / name).stat().st_size > 0
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        im = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        assert im.format == "PNG" and im.width > 50 and im.height > 50
+    for text in ("Run configuration", "kNN classification", "Clustering", "Retrieval",
+                 "ANMRR", "airport", "hr-s2dml"):
+        assert text in html
+    assert "http://" not in html and "https://" not in html  # self-contained
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install -y chromium)")
+def test_report_images_load_in_headless_chromium(full_report, tmp_path):
+    _, report = full_report
+    result = _browser_image_check(report, tmp_path)
+    assert result["n"] == len(FIGURES)
+    assert all(w > 0 for w in result["widths"]), result
+
+
+def test_report_tolerates_missing_inputs(fake_run):
+    run = fake_run(spectrum=False, images=False)
+    (run / "metrics.jsonl").unlink()
+    (run / "config.yaml").write_text("data: /nonexistent/folder\nmethod: snca\n")
+    html = write_report(run).read_text()
+    assert "No singular-value spectrum recorded: snca" in html
+    assert "metrics.jsonl not found" in html
+    assert not (run / "eval" / "spectrum.png").exists()
+    assert not (run / "eval" / "curves.png").exists()
+    # retrieval examples fall back to label text when the images cannot be read
+    assert (run / "eval" / "retrieval.png").is_file()
+    assert len(_IMG_SRC.findall(html)) == 3
+
+
+def test_report_on_a_bare_run_folder(tmp_path):
+    (tmp_path / "run").mkdir()
+    html = write_report(tmp_path / "run").read_text()
+    assert "eval/metrics.json not found" in html
+    assert not _IMG_SRC.findall(html)
+    with pytest.raises(RsdmlError):
+        write_report(tmp_path / "missing")

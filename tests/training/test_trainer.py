@@ -1,0 +1,146 @@
+"""The training loop end to end on tiny synthetic data: accuracy, resume, label hygiene."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rsdml.config import TrainConfig
+from rsdml.data.split import read_split_csv, write_split_csv
+from rsdml.errors import RsdmlError, TrainingDivergedError
+from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.runner import train
+from rsdml.training.trainer import Trainer, TrainingInterrupted
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), backbone="resnet18", pretrained="none", image_size=32,
+                epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.05,
+                device="cpu", quiet=True, seed=0, eval_batch_size=64)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    return {**{f"model.{k}": v for k, v in state["model"].items()},
+            **{f"method.{k}": v for k, v in state["method"].items()}}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_run_writes_its_files_and_beats_chance(tiny_scenes, tmp_path):
+    run = tmp_path / "run"
+    result = train(_cfg(tiny_scenes, run, epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01))
+    for name in ("config.yaml", "split.csv", "class_names.json", "metrics.jsonl",
+                 "final_metrics.json", "checkpoints/last.pt", "spectrum.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for key in ("epoch", "step", "loss_total", "loss_nsm", "loss_hr", "knn_acc", "seconds"):
+        assert key in rows[-1]
+    final = json.loads((run / "final_metrics.json").read_text())
+    assert final["knn_acc"] == pytest.approx(result["knn_acc"])
+    assert final["knn_acc"] > 0.25  # 4 classes: above chance
+    assert any((run / "tb").iterdir())
+    spec = json.loads((run / "spectrum.json").read_text())
+    assert len(spec["start"]) == len(spec["end"]) == 4
+
+
+def test_resume_gives_identical_parameters(tiny_scenes, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_scenes, straight, epochs=2, eval_every=2))
+    split = tmp_path / "resumed"
+    train(_cfg(tiny_scenes, split, epochs=1, eval_every=2))
+    train(TrainConfig(), resume=split, overrides={"epochs": 2})
+    _assert_same(_params(straight), _params(split))
+    rows = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_scenes, straight, epochs=2, eval_every=2))
+    run = tmp_path / "interrupted"
+    original = Trainer.train_step
+
+    def step_then_signal(self, batch, epoch):
+        out = original(self, batch, epoch)
+        if self.global_step == 0:  # the first step: epoch 1 has two (12 labelled, batch 8)
+            self._stop_signal = 2
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted, match="--resume") as exc:
+        train(_cfg(tiny_scenes, run, epochs=2, eval_every=2))
+    assert exc.value.exit_code == 130
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["global_step"]) == (0, 1, 1)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    train(TrainConfig(), resume=run, overrides={})
+    _assert_same(_params(straight), _params(run))
+
+
+def test_unlabelled_labels_are_never_used(tiny_scenes, tmp_path):
+    """Scrambling the labels of the unlabelled (test) images changes no trained weight."""
+    first = tmp_path / "a"
+    train(_cfg(tiny_scenes, first, epochs=1))
+    split = read_split_csv(first / "split.csv")
+    rng = np.random.default_rng(0)
+    labels = split.labels.copy()
+    unl = split.unlabeled_index()
+    labels[unl] = rng.permutation(labels[unl])
+    changed = type(split)(split.protocol, split.classes, split.paths, labels, split.roles)
+    assert (changed.labels != split.labels).any()
+    scrambled = tmp_path / "scrambled.csv"
+    write_split_csv(changed, scrambled)
+    second = tmp_path / "b"
+    train(_cfg(tiny_scenes, second, epochs=1, split=str(scrambled)))
+    _assert_same(_params(first), _params(second))
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_checkpoint(tiny_scenes, tmp_path, monkeypatch):
+    from rsdml.training.methods.regularized import HRS2DML
+
+    original = HRS2DML.forward
+    calls = {"n": 0}
+
+    def nan_later(self, *args, **kw):
+        out = original(self, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 has 2 steps (12 labelled, batch 8): fails in epoch 2
+            out["hr"] = out["hr"] * float("nan")
+            out["total"] = out["nsm"] + out["hr"]
+        return out
+
+    monkeypatch.setattr(HRS2DML, "forward", nan_later)
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match="'hr'.*step"):
+        train(_cfg(tiny_scenes, run, epochs=3))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] >= 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_refuses_a_changed_config(tiny_scenes, tmp_path):
+    run = tmp_path / "run"
+    train(_cfg(tiny_scenes, run, epochs=1))
+    with pytest.raises(RsdmlError, match="--margin"):
+        train(TrainConfig(), resume=run, overrides={"margin": 0.3, "epochs": 2})
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_scenes, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("x")
+    with pytest.raises(RsdmlError, match="--resume"):
+        train(_cfg(tiny_scenes, run))
+    assert (run / "keep.txt").read_text() == "x"
