@@ -40,7 +40,7 @@ class FakeTrain:
 
     def __init__(self, interrupt: str | None = None, fail: str | None = None) -> None:
         self.calls: list[dict[str, Any]] = []
-        self.interrupt = interrupt  # label part ("method=snca frac=0.5 seed=0") to kill after checkpoint
+        self.interrupt = interrupt  # "method=snca frac=0.5 seed=0": killed after its checkpoint
         self.fail = fail  # method that raises a user error
 
     def metrics(self, cfg: TrainConfig) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def _fast_plot(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     if "real_plot" not in request.fixturenames:
         import rsdml.evaluation.aggregate as agg
 
-        monkeypatch.setattr(agg, "plot_results", lambda summaries, path: Path(path).write_bytes(b""))
+        monkeypatch.setattr(agg, "plot_results", lambda _s, path: Path(path).write_bytes(b""))
 
 
 @pytest.fixture
@@ -213,6 +213,15 @@ def test_skips_finished_cells_and_resumes_an_interrupted_one(scenes, tmp_path, m
     run_experiment(grid, out, echo=lambda s: None)
     assert third.calls == []  # everything finished: nothing runs, the tables are remade
 
+    # an interrupted cell before finished ones: the tables written after it list them all
+    (out / "runs/hr-s2dml/frac0.5/seed0/final_metrics.json").unlink()
+    (out / "results.csv").unlink()
+    fourth = FakeTrain()
+    monkeypatch.setattr(ex, "train", fourth)
+    run_experiment(grid, out, echo=lambda s: None)
+    assert [c["resume"] is not None for c in fourth.calls] == [True]
+    assert [r["method"] for r in _csv_rows(out / "results.csv")] == METHODS
+
 
 def test_a_cell_killed_before_its_first_checkpoint_starts_again(scenes, tmp_path, fake):
     out = tmp_path / "exp"
@@ -232,7 +241,8 @@ def test_a_changed_grid_does_not_mix_with_earlier_runs(scenes, tmp_path, fake, m
     out = tmp_path / "exp"
     grid = _grid(scenes, method=["hr-s2dml"], labeled_fraction=[0.5], seed=[0])
     run_experiment(grid, out, echo=lambda s: None)
-    changed = _grid(scenes, base={"lr": 0.01}, method=["hr-s2dml"], labeled_fraction=[0.5], seed=[0])
+    changed = _grid(scenes, base={"lr": 0.01}, method=["hr-s2dml"], labeled_fraction=[0.5],
+                    seed=[0])
     with pytest.raises(RsdmlError, match=r"lr 0\.1 -> 0\.01"):
         run_experiment(changed, out, echo=lambda s: None)
     # runtime options may change: the finished cell is still accepted
@@ -254,8 +264,9 @@ def test_results_files_and_progress_lines(scenes, tmp_path, fake, real_plot):
     assert len(cell_lines) == 4
     assert re.fullmatch(r"\[cell 1/4\] method=hr-s2dml frac=0\.25 seed=0 — elapsed \d+s, ETA \?",
                         cell_lines[0])
-    assert re.fullmatch(r"\[cell 2/4\] method=nsm-margin frac=0\.25 seed=0 — elapsed \d+s, ETA \d+s",
-                        cell_lines[1])
+    assert re.fullmatch(
+        r"\[cell 2/4\] method=nsm-margin frac=0\.25 seed=0 — elapsed \d+s, ETA \d+s",
+        cell_lines[1])
     rows = _csv_rows(result.csv)
     assert len(rows) == 4
     assert list(rows[0]) == ["method", "labeled_fraction", "seed", "knn_acc", "map_at_20", "anmrr",
@@ -281,6 +292,23 @@ def test_keep_going_runs_the_other_cells_and_fails_at_the_end(scenes, tmp_path, 
     assert [r["method"] for r in _csv_rows(tmp_path / "exp/results.csv")] == ["hr-s2dml", "snca"]
     with pytest.raises(RsdmlError, match="NaN"):  # without keep_going the first failure stops
         run_experiment(grid, tmp_path / "exp2", echo=lambda s: None)
+
+
+def test_an_interrupt_stops_the_grid_even_with_keep_going(scenes, tmp_path, monkeypatch):
+    trainer = pytest.importorskip("rsdml.training.trainer",
+                                  reason="the trainer's imports are not all in the tree yet")
+    TrainingInterrupted = trainer.TrainingInterrupted
+    calls = []
+
+    def interrupted(cfg, resume=None, overrides=None):
+        calls.append(cfg.method)
+        raise TrainingInterrupted("got SIGINT; checkpoint saved", 2)
+
+    monkeypatch.setattr(ex, "train", interrupted)
+    grid = _grid(scenes, method=METHODS, labeled_fraction=[0.5], seed=[0])
+    with pytest.raises(RsdmlError, match="run the same `rsdml experiment` command again") as info:
+        run_experiment(grid, tmp_path / "exp", keep_going=True, echo=lambda s: None)
+    assert info.value.exit_code == 130 and calls == ["hr-s2dml"]
 
 
 def test_cli_dry_run_lists_cells_and_errors_exit_cleanly(scenes, tmp_path, fake):
@@ -318,3 +346,19 @@ def test_real_tiny_grid_end_to_end(scenes, tmp_path, real_plot):
         run_split = out / f"runs/{m}/frac0.25/seed0/split.csv"
         assert run_split.read_text() == shared_split.read_text()
     assert "| hr-s2dml | 1 |" in result.markdown.read_text()
+
+
+@pytest.mark.parametrize("name, n_cells",
+                         [("grid_aid_fast.yaml", 63), ("grid_small_example.yaml", 12)])
+def test_shipped_grids_are_valid_fast_mode_grids(name, n_cells, tmp_path):
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    cells = plan_cells(ex.load_grid(path), tmp_path)  # validates every cell; reads no data
+    assert len(cells) == n_cells
+    assert all(c.config.freeze_backbone and c.config.pretrained == "imagenet" for c in cells)
+    assert {c.config.backbone for c in cells} == {"efficientnet_lite0"}
+    if name == "grid_aid_fast.yaml":
+        from rsdml.training.methods.registry import METHODS
+
+        assert {c.config.method for c in cells} == set(METHODS)
+        assert {c.config.labeled_fraction for c in cells} == {0.05, 0.1, 0.2}
+        assert {c.config.seed for c in cells} == {0, 1, 2}

@@ -16,8 +16,10 @@ import click
               help="Training device for every cell (overrides the grid file).")
 @click.option("--quiet", is_flag=True, help="No per-run progress bars (the cell lines stay).")
 @click.option("--keep-going", is_flag=True,
-              help="When a cell fails (e.g. a diverged loss), go on with the others; exit 2 at the end.")
-@click.option("--dry-run", is_flag=True, help="List the cells and what would happen to each; run nothing.")
+              help="When a cell fails (e.g. a diverged loss), go on with the others; "
+                   "exit 2 at the end.")
+@click.option("--dry-run", is_flag=True,
+              help="List the cells and what would happen to each; run nothing.")
 def experiment(grid: str, out: str, device: str | None, quiet: bool, keep_going: bool,
                dry_run: bool) -> None:
     """Train a grid of runs (methods x labelled fractions x seeds x ...) and tabulate them.
@@ -42,4 +44,5 @@ def experiment(grid: str, out: str, device: str | None, quiet: bool, keep_going:
                        f"({cell.run_dir})")
         return
     result = run_experiment(parsed, out, overrides=overrides, keep_going=keep_going)
-    click.echo(f"results: {result.markdown} (table), {result.csv} (every run), {result.plot} (plot)")
+    click.echo(f"results: {result.markdown} (table), {result.csv} (every run), "
+               f"{result.plot} (plot)")

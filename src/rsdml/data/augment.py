@@ -31,7 +31,7 @@ _N_DRAWS = 12
 # Op ids of the colour jitter, in torchvision's numbering (fn_idx in ColorJitter.forward).
 _BRIGHTNESS, _CONTRAST, _SATURATION, _HUE = 0, 1, 2, 3
 _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
-_CPU_CHUNK_ELEMENTS = 2**18  # 1 MiB of float32 per chunk: stays in L2 on most CPUs
+_CPU_CHUNK_ELEMENTS = 2**18  # at most 1 MiB of float32 per CPU block, so it stays in cache
 
 
 def _stats(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -47,8 +47,8 @@ def _check_images(images: Tensor) -> None:
         )
 
 
-def _to_unit_float(images_uint8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    return images_uint8.to(dtype).div_(255)
+def _to_unit_float(images_uint8: Tensor) -> Tensor:
+    return torch.div(images_uint8, 255)  # one pass; uint8 / int promotes to float32
 
 
 def _normalize_(x: Tensor) -> Tensor:
@@ -102,40 +102,70 @@ def _adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
     return maxc.unsqueeze(1) - cr.unsqueeze(1) * w
 
 
-def _color_jitter(x: Tensor, order: Tensor, factors: Tensor, *, subset_hue: bool) -> Tensor:
-    """Apply each sample's four jitter ops in that sample's own order.
+def _blend_ops(x: Tensor, op: Tensor, f: Tensor) -> Tensor:
+    """One slot of the jitter for a whole batch: each sample's own op among brightness,
+    contrast, saturation as torchvision's ``_blend`` (target 0, gray mean, gray image); hue
+    samples keep x exactly (weight 1)."""
+    gray = _gray(x)
+    mean = gray.mean(dim=(1, 2, 3), keepdim=True)
+    target = torch.where(
+        _per_sample(op == _SATURATION),
+        gray,
+        torch.where(_per_sample(op == _CONTRAST), mean, torch.zeros_like(mean)),
+    )
+    w = _per_sample(torch.where(op == _HUE, torch.ones_like(f), f))
+    return torch.lerp(target.expand_as(x), x, w).clamp_(0, 1)
 
-    ``order[i, k]`` is the op (0 brightness, 1 contrast, 2 saturation, 3 hue) sample i applies
-    at slot k; ``factors[i, op]`` its factor. At each slot every non-hue sample does one blend
-    ``clamp(f * x + (1 - f) * target)`` (target 0, its gray mean, or its gray image: torchvision's
-    _blend), and hue samples keep x exactly (f = 1). Hue runs on the hue samples only when
-    ``subset_hue`` (CPU: less work), otherwise on all and is selected with ``where`` (no host
-    sync on accelerators).
+
+def _color_jitter_batched(x: Tensor, order: Tensor, factors: Tensor) -> Tensor:
+    """Each sample's four jitter ops in its own order, on the whole batch with ``where``.
+
+    ``order[i, k]`` is the op sample i applies at slot k (0 brightness, 1 contrast,
+    2 saturation, 3 hue, torchvision's numbering); ``factors[i, op]`` its factor. No
+    data-dependent shapes, hence no host synchronisation on an accelerator; hue is computed
+    for every sample at every slot (4x its minimum cost), which an accelerator absorbs.
     """
     for k in range(4):
         op = order[:, k]
         f = factors.gather(1, op[:, None]).squeeze(1)
         is_hue = op == _HUE
-        gray = _gray(x)
-        mean = gray.mean(dim=(1, 2, 3), keepdim=True)
-        target = torch.where(
-            _per_sample(op == _SATURATION),
-            gray,
-            torch.where(_per_sample(op == _CONTRAST), mean, torch.zeros_like(mean)),
-        )
-        fb = _per_sample(torch.where(is_hue, torch.ones_like(f), f))
-        x = (x * fb).add_(target * (1 - fb)).clamp_(0, 1)
-        if subset_hue:
-            idx = is_hue.nonzero().squeeze(1)
-            if idx.numel():
-                x.index_copy_(0, idx, _adjust_hue(x.index_select(0, idx), f.index_select(0, idx)))
+        x = _blend_ops(x, op, f)
+        x = torch.where(_per_sample(is_hue), _adjust_hue(x, torch.where(is_hue, f, 0)), x)
+    return x
+
+
+def _color_jitter_group(x: Tensor, order: list[int], factors: Tensor) -> Tensor:
+    """The jitter for samples that share one op order: torchvision's maths, contiguous."""
+    for op in order:
+        f = _per_sample(factors[:, op])
+        if op == _HUE:
+            x = _adjust_hue(x, factors[:, op])
+            continue
+        if op == _BRIGHTNESS:
+            x = x * f
         else:
-            x = torch.where(_per_sample(is_hue), _adjust_hue(x, torch.where(is_hue, f, 0)), x)
+            gray = _gray(x)
+            target = gray.mean(dim=(1, 2, 3), keepdim=True) if op == _CONTRAST else gray
+            x = (x * f).add_(target * (1 - f))
+        x = x.clamp_(0, 1)
     return x
 
 
 def _flip(x: Tensor, mask: Tensor, dim: int) -> Tensor:
     return torch.where(_per_sample(mask), x.flip(dim), x)
+
+
+def _flip_subset_(x: Tensor, mask: Tensor, dim: int) -> None:
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel():
+        x.index_copy_(0, idx, x.index_select(0, idx).flip(dim))
+
+
+def _rot90_subset_(x: Tensor, rot: Tensor) -> None:
+    for k in (1, 2, 3):
+        idx = (rot == k).nonzero().squeeze(1)
+        if idx.numel():
+            x.index_copy_(0, idx, torch.rot90(x.index_select(0, idx), k, dims=(-2, -1)))
 
 
 class TrainAugment(torch.nn.Module):
@@ -170,7 +200,8 @@ class TrainAugment(torch.nn.Module):
         )
 
     def draw(self, batch_size: int, generator: torch.Generator) -> Tensor:
-        """The (B, 12) uniforms a batch uses; drawn on the generator's device in one call."""
+        """The (B, 12) uniforms a batch uses, drawn on the generator's device in one call,
+        whatever the flags (so a (seed, step) pair always consumes the same stream)."""
         return torch.rand(batch_size, _N_DRAWS, generator=generator, device=generator.device)
 
     def forward(self, images_uint8: Tensor, generator: torch.Generator) -> Tensor:
@@ -181,37 +212,70 @@ class TrainAugment(torch.nn.Module):
         if self.extra and images_uint8.shape[-1] != images_uint8.shape[-2]:
             raise ValueError(f"90-degree rotations need square images, got {images_uint8.shape}")
         u = self.draw(images_uint8.shape[0], generator).to(images_uint8.device)
-        if images_uint8.device.type != "cpu":
-            return self._apply(images_uint8, u)
-        # On a CPU, ~40 elementwise passes run far faster on chunks that stay in cache (and
-        # whose buffers the allocator reuses) than on one 50 MB batch tensor.
-        out = torch.empty(images_uint8.shape, dtype=torch.float32)
-        step = max(1, _CPU_CHUNK_ELEMENTS // images_uint8[0].numel())
-        for start in range(0, images_uint8.shape[0], step):
-            stop = start + step
-            out[start:stop] = self._apply(images_uint8[start:stop], u[start:stop])
-        return out
+        if images_uint8.device.type == "cpu":
+            return self._apply_grouped(images_uint8, u)
+        return self._apply_batched(images_uint8, u)
 
-    def _apply(self, x: Tensor, u: Tensor) -> Tensor:
-        if self.hflip:
-            x = _flip(x, u[:, _HFLIP] < 0.5, -1)
+    def _params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Per-sample parameters from the uniforms: gray, hflip, vflip (bool), rotation (k),
+        jitter order (B, 4) (a uniform permutation: argsort of iid uniforms), factors (B, 4)."""
+        j = self.jitter
+        lo = torch.tensor([max(0.0, 1 - j)] * 3 + [-j], device=u.device)
+        hi = torch.tensor([1 + j] * 3 + [j], device=u.device)
+        return (
+            u[:, _GRAY] < self.grayscale_p,
+            (u[:, _HFLIP] < 0.5) & self.hflip,
+            (u[:, _VFLIP] < 0.5) & self.extra,
+            (u[:, _ROT] * 4).long().clamp_(max=3) * self.extra,
+            u[:, _ORDER].argsort(dim=1),
+            lo + (hi - lo) * u[:, _FACTOR],
+        )
+
+    def _apply_batched(self, images: Tensor, u: Tensor) -> Tensor:
+        """Accelerator path: whole-batch ops selected with ``where``, no host synchronisation."""
+        gray, hflip, vflip, rot, order, factors = self._params(u)
+        x = _flip(_flip(images, hflip, -1), vflip, -2)
         if self.extra:
-            x = _flip(x, u[:, _VFLIP] < 0.5, -2)
-            rot = (u[:, _ROT] * 4).long().clamp_(max=3)
             for k in (1, 2, 3):
                 x = torch.where(_per_sample(rot == k), torch.rot90(x, k, dims=(-2, -1)), x)
         x = _to_unit_float(x)
-        if self.grayscale_p > 0:
-            to_gray = _per_sample(u[:, _GRAY] < self.grayscale_p)
-            x = torch.where(to_gray, _gray(x).expand_as(x), x)
+        x = torch.where(_per_sample(gray), _gray(x).expand_as(x), x)
         if self.jitter > 0:
-            j = self.jitter
-            lo = torch.tensor([max(0.0, 1 - j)] * 3 + [-j], device=x.device)
-            hi = torch.tensor([1 + j] * 3 + [j], device=x.device)
-            factors = lo + (hi - lo) * u[:, _FACTOR]
-            order = u[:, _ORDER].argsort(dim=1)  # a uniform random permutation per sample
-            x = _color_jitter(x, order, factors, subset_hue=x.device.type == "cpu")
+            x = _color_jitter_batched(x, order, factors)
         return _normalize_(x)
+
+    def _apply_grouped(self, images: Tensor, u: Tensor) -> Tensor:
+        """CPU path: spatial ops on uint8 subsets, then samples grouped by (jitter order,
+        grayscale coin) so every colour op runs on a contiguous, cache-sized block without
+        per-sample selection (``where`` over a broadcast mask is slow on CPUs)."""
+        gray, hflip, vflip, rot, order, factors = self._params(u)
+        x8 = images.clone()
+        _flip_subset_(x8, hflip, -1)
+        _flip_subset_(x8, vflip, -2)
+        _rot90_subset_(x8, rot)
+        key = gray.long()
+        if self.jitter > 0:
+            key = key + 2 * (order * torch.tensor([64, 16, 4, 1])).sum(1)
+        key, perm = torch.sort(key, stable=True)
+        out = torch.empty(images.shape, dtype=torch.float32)
+        mean, std = _stats(out.device, out.dtype)
+        step = max(1, _CPU_CHUNK_ELEMENTS // images[0].numel())
+        counts = torch.unique_consecutive(key, return_counts=True)[1].tolist()
+        start = 0
+        for count in counts:
+            group = perm[start : start + count]
+            start += count
+            is_gray = bool(gray[group[0]])
+            group_order = order[group[0]].tolist()
+            for s in range(0, count, step):
+                idx = group[s : s + step]
+                x = _to_unit_float(x8.index_select(0, idx))
+                if is_gray:
+                    x = _gray(x).expand_as(x).contiguous()
+                if self.jitter > 0:
+                    x = _color_jitter_group(x, group_order, factors.index_select(0, idx))
+                out.index_copy_(0, idx, x.sub_(mean).div_(std))
+        return out
 
 
 def paper_pil_transform(size: int, train: bool) -> Callable:

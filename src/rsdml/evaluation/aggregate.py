@@ -127,7 +127,9 @@ def read_results(path: str | Path) -> Results:
         try:
             row[FRACTION] = float(r[FRACTION])
         except ValueError:
-            raise RsdmlError(f"{path} line {line}: {FRACTION} {r[FRACTION]!r} is not a number") from None
+            raise RsdmlError(
+                f"{path} line {line}: {FRACTION} {r[FRACTION]!r} is not a number"
+            ) from None
         for c in (*metrics, "wall_seconds"):
             row[c] = _number(r.get(c))
         if "run" in r:
@@ -203,9 +205,9 @@ def render_markdown(summaries: Sequence[Summary], metrics: Sequence[str] | None 
         best = {m: best_rows(rows, m) for m in metrics}
         head = [*group_cols, "n", *(f"{m} ↓" if m in LOWER_IS_BETTER else m for m in metrics),
                 "s/run"]
+        align = [":--"] * len(group_cols) + ["--:"] * (len(head) - len(group_cols))
         lines += [f"## Labelled fraction {frac:g}", "",
-                  "| " + " | ".join(head) + " |",
-                  "|" + "|".join([":--"] * len(group_cols) + ["--:"] * (len(head) - len(group_cols))) + "|"]
+                  "| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         for i, s in enumerate(rows):
             cells = [str(s.keys[c]) for c in group_cols] + [str(s.n)]
             for m in metrics:

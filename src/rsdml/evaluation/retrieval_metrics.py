@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from rsdml.errors import RsdmlError
@@ -64,35 +66,107 @@ def relevant_ranks(
     in_gallery = self_idx >= 0
     n_rel = n_rel - (in_gallery & (g_lab[np.maximum(self_idx, 0)] == q_lab))
 
-    # Key low bits: (gallery index << 1) | relevant, so one sort orders by (similarity desc,
-    # index asc) and the relevance of every rank is read off the key without a gather.
-    ids2 = np.arange(n_g, dtype=np.uint32) << np.uint32(1)
+    # gallery positions of each class, ascending
+    by_label = np.argsort(g_lab, kind="stable")
+    label_values, label_starts = np.unique(g_lab[by_label], return_index=True)
+    label_ends = np.append(label_starts[1:], n_g)
+
+    # The next block's matrix product (BLAS) overlaps the previous block's ranking (numpy
+    # sorts and searches, which release the GIL) in one worker thread.
     q_out, r_out = [], []
     block = _BLOCK_ELEMENTS if block_elements is None else block_elements
-    for start, sims in similarity_blocks(q, g, max_elements=block):
-        rows = np.arange(start, start + len(sims))
-        own = self_idx[rows]
-        mask = own >= 0
-        sims[np.flatnonzero(mask), own[mask]] = -np.inf  # self goes last and is not relevant
-        low = np.equal(g_lab[None, :], q_lab[rows, None]).view(np.uint8).astype(np.uint32)
-        low[np.flatnonzero(mask), own[mask]] = 0
-        low |= ids2
-        keys = order_key(sims, low)
-        del sims, low
-        keys.sort(axis=1)
-        r_row, r_rank = np.nonzero(_low_bit(keys))
-        q_out.append(r_row + start)
-        r_out.append(r_rank)
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        for start, sims in similarity_blocks(q, g, max_elements=block):
+            rows = slice(start, start + len(sims))
+            r_row, r_col = _relevant_pairs(q_lab[rows], self_idx[rows], by_label, label_values,
+                                           label_starts, label_ends)
+            if pending is not None:
+                _collect(pending, q_out, r_out)
+            pending = (start, pool.submit(_block_ranks, sims, self_idx[rows], r_row, r_col,
+                                          q_lab[rows], g_lab, q[rows], g))
+            del sims
+        if pending is not None:
+            _collect(pending, q_out, r_out)
     if not q_out:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), n_rel
     return np.concatenate(q_out), np.concatenate(r_out), n_rel
 
 
-def _low_bit(keys: np.ndarray) -> np.ndarray:
-    """keys & 1 as a bool array, reading one byte per key where the layout allows."""
-    if sys.byteorder == "little" and keys.flags.c_contiguous:
-        return (keys.view(np.uint8)[..., ::8] & 1).view(bool)
-    return (keys & 1).astype(bool)
+def _collect(pending, q_out: list, r_out: list) -> None:
+    start, future = pending
+    r_row, r_rank = future.result()
+    q_out.append(r_row + start)
+    r_out.append(r_rank)
+
+
+def _relevant_pairs(labels, own, by_label, label_values, label_starts, label_ends):
+    """(row, gallery column) of every relevant pair in a block: one step per class."""
+    rows_out, cols_out = [], []
+    for c in np.unique(labels):
+        k = np.searchsorted(label_values, c)
+        if k == len(label_values) or label_values[k] != c:
+            continue  # no gallery item of this class
+        rows = np.flatnonzero(labels == c)
+        cols = by_label[label_starts[k] : label_ends[k]]
+        rows_out.append(np.repeat(rows, len(cols)))
+        cols_out.append(np.tile(cols, len(rows)))
+    if not rows_out:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    r_row, r_col = np.concatenate(rows_out), np.concatenate(cols_out)
+    keep = r_col != own[r_row]  # the query itself is not relevant to itself
+    return r_row[keep], r_col[keep]
+
+
+def _block_ranks(sims, own, r_row, r_col, q_lab, g_lab, q_rows, g):
+    """(row, 0-based rank) of the given relevant pairs, sorted by row then rank.
+
+    Rank = #items more similar + #equally similar ones with a lower gallery index. Works on
+    u = -similarity: each row is sorted once (float sort) and laid end to end with row offsets
+    of 4 (|u| <= 2) into one ascending float64 array, so one binary search per relevant item
+    counts the items above it. A relevant item tied with any other item sends its row to the
+    exact (similarity, index) key sort, on similarities recomputed from ``q_rows`` and ``g``
+    (``sims`` is sorted in place).
+    """
+    n_rows, n = sims.shape
+    u = np.negative(sims, out=sims)
+    has_own = np.flatnonzero(own >= 0)
+    u[has_own, own[has_own]] = 2.0  # the query itself ranks last, below every cosine
+    offsets = 4.0 * np.arange(n_rows)
+    needles = u[r_row, r_col] + offsets[r_row]
+    order = np.argsort(needles)  # by row, then rank (no ties) - also speeds up the search
+    r_row, needles = r_row[order], needles[order]
+    u.sort(axis=1)
+    hay = np.add(u, offsets[:, None]).ravel()
+    del u, sims
+    first = np.searchsorted(hay, needles, side="left")
+    rank = first - r_row * n
+    nxt = np.minimum(first + 1, hay.size - 1)
+    tied = (rank + 1 < n) & (hay[nxt] == needles)
+    del hay
+    if not tied.any():
+        return r_row, rank
+    tie_rows = np.unique(r_row[tied])
+    rel = g_lab[None, :] == q_lab[tie_rows, None]
+    rel[own[tie_rows] >= 0, own[tie_rows][own[tie_rows] >= 0]] = False
+    tie_sims = q_rows[tie_rows] @ g.T
+    tie_sims[own[tie_rows] >= 0, own[tie_rows][own[tie_rows] >= 0]] = -2.0  # self last
+    t_row, t_rank = _key_ranks(tie_sims, rel)
+    keep = ~np.isin(r_row, tie_rows)
+    r_row = np.concatenate([r_row[keep], tie_rows[t_row]])
+    rank = np.concatenate([rank[keep], t_rank])
+    order = np.argsort((r_row << 32) | rank)
+    return r_row[order], rank[order]
+
+
+def _key_ranks(sims: np.ndarray, rel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ranks by one sort of (similarity desc, index asc, relevant) int64 keys per row."""
+    n = sims.shape[1]
+    low = rel.view(np.uint8).astype(np.uint32)
+    low |= np.arange(n, dtype=np.uint32) << np.uint32(1)
+    keys = order_key(sims, low)
+    keys.sort(axis=1)
+    return np.nonzero(keys & 1)
 
 
 def retrieval_metrics(
@@ -128,20 +202,23 @@ def retrieval_metrics(
     prec = j / pos  # precision at the rank of each relevant item
     R = np.maximum(n_rel, 1).astype(np.float64)
 
-    def per_q(weights: np.ndarray) -> np.ndarray:
-        return np.bincount(qid, weights=weights, minlength=n_q).astype(np.float64)
+    def per_q(weights: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+        ids = qid if sel is None else qid[sel]
+        w = weights if sel is None else weights[sel]
+        return np.bincount(ids, weights=w, minlength=n_q).astype(np.float64)
 
     values: dict[str, np.ndarray] = {"map": per_q(prec) / R}
+    head = np.flatnonzero(pos <= max(ks, default=0))  # the top-K metrics only look here
+    h_pos, h_prec = pos[head], prec[head]
     for k in ks:
-        top = pos <= k
-        hits = per_q(top.astype(np.float64))
-        values[f"map_at_{k}"] = np.divide(
-            per_q(prec * top), hits, out=np.zeros(n_q), where=hits > 0
-        )
+        top = np.flatnonzero(h_pos <= k)
+        hits = np.bincount(qid[head[top]], minlength=n_q).astype(np.float64)
+        sum_prec = np.bincount(qid[head[top]], weights=h_prec[top], minlength=n_q)
+        values[f"map_at_{k}"] = np.divide(sum_prec, hits, out=np.zeros(n_q), where=hits > 0)
         values[f"p_at_{k}"] = hits / k
-    in_r = pos <= n_rel[qid]
-    values["map_at_r"] = per_q(prec * in_r) / R
-    values["r_precision"] = per_q(in_r.astype(np.float64)) / R
+    in_r = np.flatnonzero(pos <= n_rel[qid])
+    values["map_at_r"] = per_q(prec, in_r) / R
+    values["r_precision"] = np.bincount(qid[in_r], minlength=n_q) / R
     # ANMRR (MPEG-7): K(q) = min(4 NG, 2 max NG); ranks beyond K(q) count as 1.25 K(q).
     ng = n_rel.astype(np.float64)
     k_q = np.minimum(4 * ng, 2 * ng.max(initial=0))

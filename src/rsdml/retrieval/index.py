@@ -126,7 +126,7 @@ class ApproximateIndex:
         hnsw_m: int = 32,
         ef_construction: int = 64,
         ef_search: int = 128,
-        train_size: int = 100_000,
+        train_size: int | None = None,
         seed: int = 0,
         normalized: bool = False,
     ) -> None:
@@ -135,10 +135,12 @@ class ApproximateIndex:
         n, d = x.shape
         self.kind = kind
         if kind == "ivf":
-            nlist = nlist or max(1, min(4096, int(4 * np.sqrt(n))))
+            nlist = int(nlist or max(1, min(4096, round(np.sqrt(n)))))
+            train_size = int(train_size or 64 * nlist)  # faiss asks for >= 39 points per list
             quantizer = faiss.IndexFlatIP(d)
             self.index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
             self.index.cp.seed = seed
+            self.index.cp.spherical = True  # unit centroids: inner product = cosine
             rng = np.random.default_rng(seed)
             sample = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
             self.index.train(sample)
@@ -155,6 +157,13 @@ class ApproximateIndex:
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
+
+    def tune(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the search effort without rebuilding (IVF lists probed / HNSW beam width)."""
+        if nprobe is not None and self.kind == "ivf":
+            self.index.nprobe = int(min(nprobe, self.index.nlist))
+        if ef_search is not None and self.kind == "hnsw":
+            self.index.hnsw.efSearch = int(ef_search)
 
     def search(
         self, queries: np.ndarray, k: int, *, normalized: bool = False

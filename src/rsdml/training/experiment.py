@@ -99,13 +99,14 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
         reserved = sorted(k for k in part if k in RESERVED_KEYS)
         if reserved:
             raise RsdmlError(
-                f"{source}: `{name}:` may not set {', '.join(reserved)}; the experiment gives every "
-                "run its own folder under --out and makes the shared splits itself"
+                f"{source}: `{name}:` may not set {', '.join(reserved)}; the experiment gives "
+                "every run its own folder under --out and makes the shared splits itself"
             )
     both = sorted(set(base) & set(grid))
     if both:
         raise RsdmlError(
-            f"{source}: {', '.join(both)} appear(s) in both `base:` and `grid:`; keep each key in one"
+            f"{source}: {', '.join(both)} appear(s) in both `base:` and `grid:`; keep each key "
+            "in one"
         )
     base = {k: _coerce(k, v, f"{source}: base {k}") for k, v in base.items()}
     axes: dict[str, list[Any]] = {}
@@ -204,7 +205,8 @@ class Cell:
         return "new"
 
 
-def plan_cells(grid: Grid, out_dir: str | Path, overrides: dict[str, Any] | None = None) -> list[Cell]:
+def plan_cells(grid: Grid, out_dir: str | Path,
+               overrides: dict[str, Any] | None = None) -> list[Cell]:
     """Every cell with a validated config; checks that run folders made earlier match the grid.
 
     ``overrides`` may only hold :data:`RUNTIME_KEYS` (e.g. device, quiet): they apply to every
@@ -312,7 +314,8 @@ def _check_same_config(cell: Cell, source: str) -> None:
     if diffs:
         raise RsdmlError(
             f"{cell.run_dir} was made with other options than {source} now gives "
-            f"({'; '.join(diffs)}); choose another --out, or delete that run folder to redo the cell"
+            f"({'; '.join(diffs)}); choose another --out, or delete that run folder to redo "
+            "the cell"
         )
 
 
@@ -388,23 +391,28 @@ def run_experiment(
     prepare_splits(cells, quiet=quiet)
 
     runtime = {k: v for k, v in (overrides or {}).items() if k in RUNTIME_KEYS}
-    rows: list[dict[str, Any]] = []
+    # Rows of every finished cell, new and old, so partial tables are complete at all times.
+    rows_at = {c.index: _row(c, _read_json(c.run_dir / "final_metrics.json"),
+                             _wall_seconds(c.run_dir), out)
+               for c in cells if c.state() == "done"}
+    skipped = len(rows_at)
     failed: list[str] = []
     durations: list[float] = []
     t0 = time.monotonic()
     n = len(cells)
-    pending = sum(c.state() != "done" for c in cells)
-    ran = skipped = 0
+    pending = n - skipped
+    ran = 0
     paths = _result_paths(out)
+
+    def rows() -> list[dict[str, Any]]:
+        return [rows_at[i] for i in sorted(rows_at)]
+
     for cell in cells:
-        state = cell.state()
         head = f"[cell {cell.index}/{n}] {cell.label}"
-        if state == "done":
+        if cell.index in rows_at:
             say(f"{head} — finished earlier, skipped")
-            rows.append(_row(grid, cell, _read_json(cell.run_dir / "final_metrics.json"),
-                             _wall_seconds(cell.run_dir), out))
-            skipped += 1
             continue
+        state = cell.state()
         eta = _duration(sum(durations) / len(durations) * pending, eta=True) if durations else "?"
         what = " (resuming)" if state == "resume" else ""
         say(f"{head}{what} — elapsed {_duration(time.monotonic() - t0)}, ETA {eta}")
@@ -417,6 +425,11 @@ def run_experiment(
                     _remove_unfinished(cell.run_dir)
                 result = train(cell.config)
         except RsdmlError as e:
+            if _is_interrupt(e):  # Ctrl-C / SIGTERM: stop the grid, keep-going or not
+                stop = RsdmlError(f"interrupted in cell {cell.label} (a checkpoint was saved); run "
+                                  "the same `rsdml experiment` command again to resume the grid")
+                stop.exit_code = e.exit_code
+                raise stop from None
             if not keep_going:
                 raise
             log.warning("cell %s failed: %s; going on with the next cell", cell.label, e)
@@ -428,21 +441,27 @@ def run_experiment(
         pending -= 1
         ran += 1
         _write_json(cell.run_dir / CELL_FILE, {
-            "cell": {k: v for k, v in cell.values.items()}, "wall_seconds": round(seconds, 1),
+            "cell": dict(cell.values), "wall_seconds": round(seconds, 1),
             "resumed": state == "resume",
         })
-        rows.append(_row(grid, cell, result, round(seconds, 1), out))
-        write_results(rows, grid.columns, out)
+        rows_at[cell.index] = _row(cell, result, round(seconds, 1), out)
+        write_results(rows(), grid.columns, out)
     if ran == 0:  # nothing ran: still (re)write the tables from the finished cells
-        write_results(rows, grid.columns, out)
-    say(f"{len(rows)}/{n} cells finished in {out} (ran {ran}, skipped {skipped}); total "
+        write_results(rows(), grid.columns, out)
+    say(f"{len(rows_at)}/{n} cells finished in {out} (ran {ran}, skipped {skipped}); total "
         f"{_duration(time.monotonic() - t0)}; table: {paths[1]}")
     if failed:
         raise RsdmlError(
             f"{len(failed)} cell(s) failed: {'; '.join(failed)}; see the warnings above, fix the "
             "cause and run the same command again (finished cells are kept)"
         )
-    return ExperimentResult(rows, ran, skipped, failed, *paths)
+    return ExperimentResult(rows(), ran, skipped, failed, *paths)
+
+
+def _is_interrupt(e: BaseException) -> bool:
+    """A TrainingInterrupted (its module is loaded whenever one was raised)."""
+    trainer = sys.modules.get("rsdml.training.trainer")
+    return trainer is not None and isinstance(e, trainer.TrainingInterrupted)
 
 
 def _remove_unfinished(run_dir: Path) -> None:
@@ -456,8 +475,7 @@ def _remove_unfinished(run_dir: Path) -> None:
     shutil.rmtree(run_dir)
 
 
-def _row(grid: Grid, cell: Cell, metrics: dict[str, Any], wall: float | None,
-         out: Path) -> dict[str, Any]:
+def _row(cell: Cell, metrics: dict[str, Any], wall: float | None, out: Path) -> dict[str, Any]:
     row: dict[str, Any] = dict(cell.values)
     for k, v in metrics.items():
         if k in NON_METRIC_KEYS or k in row:
@@ -475,7 +493,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise RsdmlError(f"{path} is not readable JSON ({e}); delete it to run that cell again") from None
+        raise RsdmlError(
+            f"{path} is not readable JSON ({e}); delete it to run that cell again"
+        ) from None
     if not isinstance(obj, dict):
         raise RsdmlError(f"{path} does not hold a JSON object; delete it to run that cell again")
     return obj

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -80,36 +81,63 @@ def prepare_new_run(out: str | None) -> RunDir:
             f"run folder {root} already exists and is not empty; continue it with "
             f"`rsdml train --resume {root}` or choose another --out"
         )
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise RsdmlError(f"cannot create run folder {root} ({e.strerror}); choose another --out") from None
-    check_writable(root)
+        raise RsdmlError(
+            f"cannot create run folder {root} ({e.strerror or e}); choose another --out"
+        ) from None
+    try:
+        check_writable(root)
+    except RsdmlError:
+        if created:  # leave nothing behind that looks like a started run
+            with contextlib.suppress(OSError):
+                root.rmdir()
+        raise
     return RunDir(root)
 
 
-def check_writable(root: Path, need_bytes: int = 50 * 2**20) -> None:
+#: Free space a run needs: a ResNet-18 last.pt is ~90 MB (weights + SGD momentum); the atomic
+#: replace holds the old and the new file at once, and best.pt adds ~45 MB.
+NEED_BYTES = 256 * 2**20
+
+
+def check_writable(root: Path, need_bytes: int = NEED_BYTES) -> None:
     """Fail before training if the run folder is read-only or nearly full."""
     probe = root / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as e:
         raise RsdmlError(
-            f"run folder {root} is not writable ({e.strerror}); choose another --out"
+            f"run folder {root} is not writable ({e.strerror or e}); fix its permissions or "
+            "choose another --out"
         ) from None
-    free = shutil.disk_usage(root).free
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:  # some network file systems cannot tell; the writes themselves will
+        return
     if free < need_bytes:
         raise RsdmlError(
             f"only {free / 2**20:.0f} MiB free on the disk of {root}; a run needs about "
-            f"{need_bytes / 2**20:.0f} MiB for checkpoints: free space or choose another --out"
+            f"{need_bytes / 2**20:.0f} MiB for its checkpoints: free some space or use a "
+            "folder on another disk"
         )
 
 
 def write_json(path: Path, obj: Any) -> None:
     from rsdml.training.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+    except OSError as e:
+        raise RsdmlError(
+            f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
+            "permissions (the previous version of the file, if any, is untouched)"
+        ) from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -204,12 +204,12 @@ class Trainer:
             terms = self.method(emb[:n_l], y_l, index_l.to(self.device),
                                 emb[n_l:] if self.method.uses_unlabeled else None)
         values = {k: float(v.detach()) for k, v in terms.items()}
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        if bad:
+        bad = sorted((k for k, v in values.items() if not math.isfinite(v)), key=lambda k: k == "total")
+        if bad:  # name the term that broke, not the sum it broke
             raise TrainingDivergedError(
                 f"loss term {bad[0]!r} became {values[bad[0]]} at epoch {epoch + 1}, step "
-                f"{self.global_step}; stopped without saving it (the last good checkpoint, if any, "
-                f"is {self.run.last}); lower --lr or the loss weights and train again"
+                f"{self.global_step}; training stopped and the last good checkpoint is kept "
+                f"({self.run.last}); lower --lr or the loss weights and train again"
             )
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
