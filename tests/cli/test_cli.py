@@ -79,7 +79,7 @@ def test_yaml_config_cli_override_train_resume_evaluate_embed(tiny_scenes, tmp_p
     code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
     assert code == 0, err
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
 
     (run / "eval" / "metrics.json").unlink()
     code, out, err = run_cli(["evaluate", str(run), "--quiet"], capsys)

@@ -231,8 +231,14 @@ def test_thread_pool_gives_the_same_result(tmp_path, write_image) -> None:
     assert one.paths == many.paths and one.problems == many.problems == {"corrupt": ["A/bad.jpg"]}
 
 
-def test_progress_lines_when_not_a_terminal(tmp_path, write_image, capsys) -> None:
+def test_progress_lines_when_not_a_terminal(tmp_path, write_image, capsys, monkeypatch) -> None:
+    import itertools
+
+    import rsdml.progress
+
     root = _folder(tmp_path / "d", write_image, {"A": 10})
+    clock = itertools.count(0, 10)  # a slow scan: 10 s per image, so plain lines are due
+    monkeypatch.setattr(rsdml.progress.time, "monotonic", lambda: next(clock))
     scan_image_folder(root, progress=True)
     assert "checking images: 10/10" in capsys.readouterr().err
     scan_image_folder(root, progress=False)

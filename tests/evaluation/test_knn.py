@@ -3,7 +3,7 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from rsdml.errors import RsdmlError
-from rsdml.evaluation.knn import knn_accuracy, knn_predict
+from rsdml.evaluation.knn import knn_accuracy, knn_predict, knn_predict_many
 from rsdml.retrieval.index import l2_normalize
 
 
@@ -59,3 +59,28 @@ def test_bad_inputs_raise_user_error():
         knn_predict(ref, labels, query[:, :3])
     with pytest.raises(RsdmlError):
         knn_predict(ref, labels, query, k=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_exact_ties_resolved_like_sklearn(seed):
+    # basis vectors: many references at exactly the same distance (incl. zero), so which
+    # neighbours fill the last places decides the vote; both take the lower index
+    rng = np.random.default_rng(seed)
+    ref = np.zeros((60, 4), np.float32)
+    ref[np.arange(60), rng.integers(0, 4, 60)] = 1
+    labels = rng.integers(0, 3, 60)
+    query = np.zeros((20, 4), np.float32)
+    query[np.arange(20), rng.integers(0, 4, 20)] = 1
+    for k in (1, 3, 7, 20):
+        pred, _ = knn_predict(ref, labels, query, k=k)
+        clf = KNeighborsClassifier(n_neighbors=k, weights="distance").fit(ref, labels)
+        np.testing.assert_array_equal(pred, clf.predict(query))
+
+
+def test_predict_many_equals_single_k():
+    ref, labels, query = _data(5)
+    many = knn_predict_many(ref, labels, query, (1, 5, 10))
+    for k, (pred, scores) in many.items():
+        single_pred, single_scores = knn_predict(ref, labels, query, k=k)
+        np.testing.assert_array_equal(pred, single_pred)
+        np.testing.assert_allclose(scores, single_scores)

@@ -2,7 +2,6 @@ import base64
 import io
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -30,19 +29,19 @@ window.addEventListener('load', function () {
 </script>"""
 
 
-def _browser_image_check(report: Path, tmp: Path) -> dict:
+def _browser_image_check(report: Path, tmp: Path, extra: str = "") -> dict:
     page = report.with_name("browser_check.html")
     html = report.read_text()
     assert "</body>" in html
-    page.write_text(html.replace("</body>", _CHECK_SCRIPT + "</body>"))
+    page.write_text(html.replace("</body>", extra + _CHECK_SCRIPT + "</body>"))
     cmd = [
         str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
         "--no-first-run", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-dev-shm-usage", f"--user-data-dir={tmp / 'chromium-profile'}",
         "--virtual-time-budget=10000", "--dump-dom", page.resolve().as_uri(),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.S)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    found = re.search(r'<pre id="imgcheck">(.*?)</pre>', proc.stdout, re.DOTALL)
     assert found, f"no check result in the DOM; chromium stderr: {proc.stderr[-2000:]}"
     return json.loads(found.group(1).replace("&quot;", '"'))
 
@@ -72,6 +71,9 @@ def test_report_images_load_in_headless_chromium(full_report, tmp_path):
     result = _browser_image_check(report, tmp_path)
     assert result["n"] == len(FIGURES)
     assert all(w > 0 for w in result["widths"]), result
+    # the check itself notices a picture that does not load
+    broken = _browser_image_check(report, tmp_path, '<img src="data:image/png;base64,AAAA">')
+    assert broken["n"] == len(FIGURES) + 1 and broken["widths"][-1] <= 0
 
 
 def test_report_tolerates_missing_inputs(fake_run):

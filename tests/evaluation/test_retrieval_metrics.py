@@ -28,19 +28,11 @@ def brute_force(q, ql, g, gl, self_idx=None, ks=KS):
             continue  # no relevant item: left out of every mean
         d = {}
 
-        def ap(prefix, denom):
-            hits, total = 0, 0.0
-            for pos, r in enumerate(prefix, 1):
-                if r:
-                    hits += 1
-                    total += hits / pos
-            return total / denom(hits) if denom(hits) else 0.0
-
-        d["map"] = ap(rel, lambda h: ng)
+        d["map"] = _ap(rel, ng)
         for k in ks:
-            d[f"map_at_{k}"] = ap(rel[:k], lambda h: h)
+            d[f"map_at_{k}"] = _ap(rel[:k], None)
             d[f"p_at_{k}"] = sum(rel[:k]) / k
-        d["map_at_r"] = ap(rel[:ng], lambda h: ng)
+        d["map_at_r"] = _ap(rel[:ng], ng)
         d["r_precision"] = sum(rel[:ng]) / ng
         kq = min(4 * ng, 2 * gtm)
         ranks = [pos if pos <= kq else 1.25 * kq for pos, r in enumerate(rel, 1) if r]
@@ -49,6 +41,17 @@ def brute_force(q, ql, g, gl, self_idx=None, ks=KS):
         for key, v in d.items():
             per.setdefault(key, []).append(v)
     return {k: float(np.mean(v)) for k, v in per.items()}
+
+
+def _ap(prefix, denom):
+    """Sum of precision at each relevant rank of ``prefix``, over ``denom`` (None: the hits)."""
+    hits, total = 0, 0.0
+    for pos, r in enumerate(prefix, 1):
+        if r:
+            hits += 1
+            total += hits / pos
+    denom = hits if denom is None else denom
+    return total / denom if denom else 0.0
 
 
 def _tied_data(seed, n=120, dim=4, classes=5):
@@ -196,3 +199,14 @@ def test_nmi_equals_pml_on_the_same_clustering():
     ours = clustering_metrics(x.astype(np.float32), y, seed=0)
     assert ours["nmi"] == pytest.approx(pml["NMI"], abs=1e-6)
     assert 0.3 < ours["nmi"] < 0.95
+
+
+def test_degenerate_galleries():
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    empty = retrieval_metrics(x, np.arange(5), x[:0], np.zeros(0, int))
+    assert np.isnan(empty["map"]) and empty["num_queries_without_relevant"] == 5
+    alone = retrieval_metrics(x, np.arange(5), x, np.arange(5), query_gallery_index=np.arange(5))
+    assert alone["num_queries"] == 0  # each query's only same-class image is itself
+    same = retrieval_metrics(x, np.zeros(5, int), x, np.zeros(5, int),
+                             query_gallery_index=np.arange(5))
+    assert same["map"] == 1.0 and same["anmrr"] == 0.0

@@ -48,7 +48,7 @@ def test_exact_search_matches_brute_force_on_random_data():
 
 def test_k_is_capped_at_the_gallery_size():
     g = l2_normalize(np.random.default_rng(2).standard_normal((7, 3)))
-    sims, ids = ExactIndex(g).search(g, 50)
+    _, ids = ExactIndex(g).search(g, 50)
     assert ids.shape == (7, 7)
     np.testing.assert_array_equal(ids[:, 0], np.arange(7))
 

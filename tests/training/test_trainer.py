@@ -44,7 +44,7 @@ def test_run_writes_its_files_and_beats_chance(tiny_scenes, tmp_path):
                  "final_metrics.json", "checkpoints/last.pt", "spectrum.json"):
         assert (run / name).is_file(), name
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # epoch 0: before training
     for key in ("epoch", "step", "loss_total", "loss_nsm", "loss_hr", "knn_acc", "seconds"):
         assert key in rows[-1]
     final = json.loads((run / "final_metrics.json").read_text())
@@ -63,7 +63,7 @@ def test_resume_gives_identical_parameters(tiny_scenes, tmp_path):
     train(TrainConfig(), resume=split, overrides={"epochs": 2})
     _assert_same(_params(straight), _params(split))
     rows = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2]
+    assert [r["epoch"] for r in rows] == [0, 2]
 
 
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -156,6 +153,15 @@ def list_registries() -> None:
 
     click.echo("methods:   " + ", ".join(METHODS))
     click.echo("backbones: " + ", ".join(BACKBONES))
+
+
+def _register() -> None:
+    from rsdml.cli.experiment import experiment
+
+    cli.add_command(experiment)
+
+
+_register()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -169,6 +169,7 @@ def load_image_cache(
     file = cache_dir / f"images-{shape[-1]}px-{len(paths)}-{key[:24]}{_SUFFIX}"
     build = _Build(root, paths, shape, key, workers, progress)
 
+    seen = _identity(file)
     found = _open_existing(file, key, shape, want)
     if found is not None:
         return found
@@ -184,19 +185,28 @@ def load_image_cache(
         )
         return build.unpersisted(want)
     with _locked(lock_fd):
-        # Another process may have built it while this one waited for the lock.
-        found = _open_existing(file, key, shape, want)
-        if found is not None:
-            return found
+        # Another process may have built it while this one waited for the lock (a file that
+        # is still the one found invalid above is not read twice).
+        now = _identity(file)
+        if now is not None and now != seen:
+            found = _open_existing(file, key, shape, want)
+            if found is not None:
+                return found
         try:
             return build.persisted(file, want)
         except _WriteFailed as e:
-            log.warning(
-                "could not write the image cache %s (%s); building it without saving it",
-                file,
-                e,
-            )
-            return build.unpersisted(want)
+            failure = e
+    # Outside the lock, so that other processes do not wait for this private build.
+    log.warning("could not write the image cache %s (%s); building it unsaved", file, failure)
+    return build.unpersisted(want)
+
+
+def _identity(file: Path) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _stats(
@@ -389,7 +399,8 @@ class _Build:
 
         desc = f"caching {len(self.paths)} images at {size}px"
         with ThreadPoolExecutor(self.workers, thread_name_prefix="rsdml-decode") as pool:
-            for _ in _progress(completed(pool), total=len(self.paths), desc=desc, enabled=self.show):
+            done = completed(pool)
+            for _ in _progress(done, total=len(self.paths), desc=desc, enabled=self.show):
                 pass
         return time.perf_counter() - start
 

@@ -357,6 +357,8 @@ def _acquire(rng: np.random.Generator, img: Array) -> Array:
 
 def render_scene(name: str, seed: int, index: int, size: int = 64) -> np.ndarray:
     """One image of class ``name`` as an ``size x size x 3`` uint8 array (deterministic)."""
+    if name not in SCENES:
+        raise RsdmlError(f"unknown synthetic scene {name!r}; choose one of {', '.join(SCENES)}")
     class_no = list(SCENES).index(name)
     rng = np.random.default_rng(np.random.SeedSequence([seed, class_no, index]))
     scale = rng.uniform(0.75, 1.35)

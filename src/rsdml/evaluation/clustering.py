@@ -27,9 +27,9 @@ def kmeans_labels(embeddings: np.ndarray, n_clusters: int, *, seed: int = 0, n_i
         )
     km = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed, algorithm="lloyd")
     # float64: sklearn's float32 path re-casts distance blocks on every k-means++ step.
-    # One OpenMP thread, for this call only: its spin-waiting threads cost far more than they
-    # save on a small, shared machine (measured 3x slower on 2 busy cores).
-    with threadpool_limits(limits=1, user_api="openmp"):
+    # One thread (OpenMP and BLAS), for this call only: on these small products the spinning
+    # worker threads cost more than they save (measured 3x slower on 2 busy cores).
+    with threadpool_limits(limits=1):
         return km.fit_predict(x.astype(np.float64)).astype(np.int64)
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from threadpoolctl import threadpool_limits
 
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.suite import _atomic_write, headline_metrics, load_embeddings
@@ -56,28 +58,32 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
     out_dir = run_dir / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = _Inputs(run_dir)
-    sections: list[str] = [
-        _section_config(inputs),
-        _section_metrics(inputs),
-    ]
+    sections: list[str] = [_section_metrics(inputs)]
     figures: list[tuple[str, str, str, Callable[[], Figure | str]]] = [
-        ("curves.png", "Training curves", "Each loss term and the kNN accuracy per epoch "
-         "(from metrics.jsonl).", lambda: _fig_curves(inputs)),
-        ("confusion.png", "Confusion matrix", "kNN (K=10) on the test images; rows are true "
-         "classes, colour is the row-normalised fraction.", lambda: _fig_confusion(inputs)),
-        ("tsne.png", "t-SNE of the test embeddings", "2-D t-SNE (scikit-learn) of the unit "
-         "embeddings, "
-         f"at most {TSNE_MAX_POINTS} test images, coloured by class.",
+        ("curves.png", "Training curves",
+         ("Each loss term per epoch (train_log.jsonl, else metrics.jsonl) and the kNN "
+          "accuracy at each evaluation (metrics.jsonl)."),
+         lambda: _fig_curves(inputs)),
+        ("confusion.png", "Confusion matrix",
+         ("kNN (K=10) on the test images; rows are true classes, colour is the "
+          "row-normalised fraction."),
+         lambda: _fig_confusion(inputs)),
+        ("tsne.png", "t-SNE of the test embeddings",
+         (f"2-D t-SNE (scikit-learn) of the unit embeddings, at most {TSNE_MAX_POINTS} test "
+          "images, coloured by class."),
          lambda: _fig_tsne(inputs, seed)),
-        ("retrieval.png", "Retrieval examples", f"Test queries (left, blue) and their top "
-         f"{RETRIEVAL_TOP} from the labelled gallery; green border = same class, red = "
-         "other class.", lambda: _fig_retrieval(inputs, seed)),
-        ("spectrum.png", "Singular-value spectrum", "Singular values of the batch prediction "
-         "matrix on unlabelled images at the start and the end of training: the rank the "
-         "method maximises.", lambda: _fig_spectrum(inputs)),
+        ("retrieval.png", "Retrieval examples",
+         (f"Test queries (left, blue) and their top {RETRIEVAL_TOP} from the labelled "
+          "gallery; green border = same class, red = other class."),
+         lambda: _fig_retrieval(inputs, seed)),
+        ("spectrum.png", "Singular-value spectrum",
+         ("Singular values of the batch prediction matrix on unlabelled images at the start "
+          "and the end of training: the rank the method maximises."),
+         lambda: _fig_spectrum(inputs)),
     ]
     for name, title, caption, make in figures:
         sections.append(_figure_section(out_dir, name, title, caption, make))
+    sections.append(_section_config(inputs))
     page = _page(run_dir, inputs, sections)
     path = out_dir / "report.html"
     _atomic_write(path, lambda f: f.write(page), binary=False)
@@ -93,6 +99,7 @@ class _Inputs:
         self.notes: dict[str, str] = {}
         self.config = self._read("config.yaml", lambda p: yaml.safe_load(p.read_text()) or {})
         self.history = self._read("metrics.jsonl", _read_jsonl)
+        self.train_log = self._read("train_log.jsonl", _read_jsonl)
         self.metrics = self._read("eval/metrics.json", lambda p: json.loads(p.read_text()))
         self.class_names = self._read("class_names.json", lambda p: [str(c) for c in json.loads(p.read_text())])
         self.spectrum = self._read("spectrum.json", lambda p: json.loads(p.read_text()))
@@ -105,7 +112,7 @@ class _Inputs:
             return None
         try:
             return parse(path)
-        except Exception as e:  # a broken optional file must not stop the report
+        except Exception as e:  # noqa: BLE001 - a broken optional file must not stop the report
             self.notes[rel] = f"{rel} could not be read ({type(e).__name__}: {e})"
             log.warning("report: %s", self.notes[rel])
             return None
@@ -163,9 +170,9 @@ def _section_metrics(inputs: _Inputs) -> str:
             "Metrics", inputs.notes.get("eval/metrics.json", "no metrics")
             + "; run `rsdml evaluate RUN_DIR` to compute them"
         )
-    parts = ['<section><h2>Metrics</h2><p class="small">Definitions: docs/metrics.md. Queries '
-             "are the test images; the kNN references and the <i>labelled</i> gallery are the "
-             "labelled images; the <i>archive</i> gallery is every other image.</p>"]
+    parts = [('<section><h2>Metrics</h2><p class="small">Definitions: docs/metrics.md. '
+              "Queries are the test images; the kNN references and the <i>labelled</i> gallery "
+              "are the labelled images; the <i>archive</i> gallery is every other image.</p>")]
     counts = m.get("counts") or {}
     if counts:
         parts.append("<p>Images per role: " + ", ".join(
@@ -218,7 +225,7 @@ def _figure_section(out_dir: Path, name: str, title: str, caption: str,
     png = out_dir / name
     try:
         fig = make()
-    except Exception as e:  # one failed plot must not cost the whole page
+    except Exception as e:  # noqa: BLE001 - one failed plot must not cost the whole page
         log.warning("report: %s failed (%s: %s)", name, type(e).__name__, e)
         fig = f"this figure could not be drawn ({type(e).__name__}: {e})"
     if isinstance(fig, str):
@@ -263,36 +270,43 @@ img{{max-width:100%;height:auto}} .note{{color:#8a5a00;background:#fff6e0;paddin
 
 # ---------------------------------------------------------------------------- figures
 def _fig_curves(inputs: _Inputs) -> Figure | str:
-    rows = inputs.history
-    if not rows:
+    evals = inputs.history or []
+    epochs = inputs.train_log or evals  # per-epoch losses where the trainer wrote them
+    if not evals and not epochs:
         return inputs.notes.get("metrics.jsonl", "metrics.jsonl holds no evaluations yet")
-    x_key = "epoch" if any("epoch" in r for r in rows) else "step"
-    by_x: dict[float, dict[str, Any]] = {}
-    for r in rows:  # a resumed run may repeat an epoch: the last record wins
-        if _finite(r.get(x_key)):
-            by_x[float(r[x_key])] = r
-    xs = sorted(by_x)
-    losses = sorted({k for r in by_x.values() for k in r if k.startswith("loss_")})
-    accs = [k for k in ("knn_acc", "val_knn_acc") if any(k in r for r in by_x.values())]
-    accs += sorted({k for r in by_x.values() for k in r
+    x_key = "epoch" if any("epoch" in r for r in evals + epochs) else "step"
+    loss_rows, acc_rows = _by_x(epochs, x_key), _by_x(evals, x_key)
+    losses = sorted({k for r in loss_rows.values() for k in r if k.startswith("loss_")})
+    accs = [k for k in ("knn_acc", "val_knn_acc") if any(k in r for r in acc_rows.values())]
+    accs += sorted({k for r in acc_rows.values() for k in r
                     if k.endswith("_acc") and k not in accs and not k.startswith("loss_")})
-    if not xs or not (losses or accs):
+    if not (losses or accs):
         return "metrics.jsonl has no loss or accuracy values to plot"
     fig = Figure(figsize=(11, 4))
     ax1, ax2 = fig.subplots(1, 2)
-    for name, ax in ((losses, ax1), (accs, ax2)):
-        for key in name:
-            pts = [(x, by_x[x][key]) for x in xs if _finite(by_x[x].get(key))]
+    for keys, rows, ax in ((losses, loss_rows, ax1), (accs, acc_rows, ax2)):
+        for key in keys:
+            pts = [(x, rows[x][key]) for x in sorted(rows) if _finite(rows[x].get(key))]
             if pts:
                 px, py = zip(*pts)
                 ax.plot(px, py, marker="o", markersize=3, label=key)
         ax.set_xlabel(x_key)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
     ax1.set_title("loss terms")
     ax2.set_title("kNN accuracy (K=10)")
     return fig
+
+
+def _by_x(rows: list[dict[str, Any]], x_key: str) -> dict[float, dict[str, Any]]:
+    """Rows keyed by epoch (or step); a resumed run may repeat one: the last record wins."""
+    out: dict[float, dict[str, Any]] = {}
+    for r in rows:
+        if _finite(r.get(x_key)):
+            out[float(r[x_key])] = r
+    return out
 
 
 def _fig_confusion(inputs: _Inputs) -> Figure | str:
@@ -338,8 +352,10 @@ def _fig_tsne(inputs: _Inputs, seed: int) -> Figure | str:
     x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     # Barnes-Hut's threaded loop costs more than it saves on small sets.
     method = "exact" if len(x) <= 300 else "barnes_hut"
-    xy = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
-              random_state=seed).fit_transform(x)
+    # One thread: OpenMP spin-waiting made it 4x slower on a busy 2-core machine (64 s vs 14 s).
+    with threadpool_limits(limits=1):
+        xy = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
+                  random_state=seed).fit_transform(x)
     labels = emb.labels[test]
     classes = np.unique(labels)
     fig = Figure(figsize=(10, 7.5))
@@ -429,7 +445,7 @@ def _thumbnail(root: Path | None, rel: str) -> np.ndarray | None:
         im = Image.fromarray(read_rgb(root / rel))
         im.thumbnail((THUMB_PX, THUMB_PX))
         return np.asarray(im)
-    except Exception:  # unreadable or missing image: the cell shows the label instead
+    except Exception:  # noqa: BLE001 - unreadable or missing image: the cell shows its label
         return None
 
 

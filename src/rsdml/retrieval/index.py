@@ -18,7 +18,7 @@ from rsdml.errors import RsdmlError
 # Extra candidates fetched beyond k so that a similarity tie at the k-th place can be resolved by
 # index; rows whose tie runs past them are recomputed exactly.
 _TIE_PAD = 8
-# Query rows per similarity block: 1024 x 1,000,000 float32 is 4 GB, so blocks also bound columns.
+# Similarities per block in similarity_blocks (128 MB of float32).
 _BLOCK_ELEMENTS = 1 << 25
 
 
@@ -104,10 +104,13 @@ class ExactIndex:
         return decode_scores(top), top & 0xFFFFFFFF
 
     def _full_keys(self, q: np.ndarray, width: int) -> np.ndarray:
-        sims = q @ self.gallery.T
-        keys = order_key(sims, np.broadcast_to(np.arange(sims.shape[1]), sims.shape))
-        keys.sort(axis=1)
-        return keys[:, :width]
+        out = np.empty((len(q), width), np.int64)
+        ids = np.arange(self.ntotal)
+        for start, sims in similarity_blocks(q, self.gallery):
+            keys = order_key(sims, np.broadcast_to(ids, sims.shape))
+            keys.sort(axis=1)
+            out[start : start + len(sims)] = keys[:, :width]
+        return out
 
 
 class ApproximateIndex:

@@ -129,10 +129,15 @@ def check_writable(root: Path, need_bytes: int = NEED_BYTES) -> None:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a file whole: a kill leaves the old or the new version, never half of one."""
     from rsdml.training.checkpoint import atomic_write_bytes
 
     try:
-        atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+        atomic_write_bytes(path, text.encode())
     except OSError as e:
         raise RsdmlError(
             f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "

@@ -282,6 +282,14 @@ class Trainer:
             start = self.spectrum()
             if start is not None:
                 write_json(self.run.spectrum, {"start": start, "start_step": 0})
+        if self.global_step == 0 and not read_jsonl(self.run.metrics):
+            # Epoch 0: the starting point, so every curve and summary shows what training added.
+            t0 = time.monotonic()
+            row = {"epoch": 0, "step": 0, **self.evaluate()}
+            self.elapsed += time.monotonic() - t0
+            _append_jsonl(self.run.metrics, {**row, "seconds": round(self.elapsed, 3)})
+            if not cfg.quiet:
+                print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
         try:
             with self._signals():
                 while self.epoch < cfg.epochs:
