@@ -55,7 +55,8 @@ def _rgb(path: Path, size: int | None = None) -> Image.Image:
         return im.resize((size, size)) if size else im.copy()
 
 
-def make_messy_copy(src: Path, dst: Path, *, classes: int, per_class: int, seed: int = 0) -> dict[str, Any]:
+def make_messy_copy(src: Path, dst: Path, *, classes: int, per_class: int,
+                    seed: int = 0) -> dict[str, Any]:
     """Copy ``classes`` x ``per_class`` images of ``src`` to ``dst`` and add the messy files.
 
     Returns what was added: {"bad": [...], "odd_modes": [...], "junk": [...], "empty_class": name}.
@@ -70,7 +71,8 @@ def make_messy_copy(src: Path, dst: Path, *, classes: int, per_class: int, seed:
     names = names[:classes]
     originals: dict[str, Path] = {}
     for name in names:
-        files = sorted(f for f in (src / name).iterdir() if f.suffix.lower() in IMAGE_EXT)[:per_class]
+        files = sorted(f for f in (src / name).iterdir() if f.suffix.lower() in IMAGE_EXT)
+        files = files[:per_class]
         if len(files) < per_class:
             raise SystemExit(f"{src / name} has {len(files)} images; need {per_class}")
         (dst / name).mkdir(parents=True)
@@ -105,13 +107,14 @@ def make_messy_copy(src: Path, dst: Path, *, classes: int, per_class: int, seed:
     # odd but valid modes: converted to RGB by documented rules (docs/data.md)
     odd: list[Path] = []
     cls, im = sample(2)
-    a = np.asarray(im).astype(np.uint16) * 16 + rng.integers(0, 16, (*im.size[::-1], 3), dtype=np.uint16)
+    noise12 = rng.integers(0, 16, (*im.size[::-1], 3), dtype=np.uint16)
+    a = np.asarray(im).astype(np.uint16) * 16 + noise12  # 12-bit data in 16-bit, like many sensors
     odd.append(dst / cls / "zz_16bit.tif")
     tifffile.imwrite(odd[-1], a, photometric="rgb")
     cls, im = sample(3)
     rgb = np.asarray(im)
-    bands = np.concatenate([rgb.transpose(2, 0, 1), rgb.mean(2, keepdims=True).astype(np.uint8).transpose(2, 0, 1),
-                            rgb[..., :1].transpose(2, 0, 1)])  # 5 bands, first three = RGB
+    gray = rgb.mean(2).astype(np.uint8)
+    bands = np.stack([rgb[..., 0], rgb[..., 1], rgb[..., 2], gray, rgb[..., 0]])  # 5 bands
     odd.append(dst / cls / "zz_5band.tif")
     tifffile.imwrite(odd[-1], bands, photometric="minisblack", planarconfig="separate")
     cls, im = sample(4)
@@ -147,7 +150,8 @@ def _cli(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     out = log.open("ab")
     out.write(f"$ rsdml {' '.join(args)}\n".encode())
     out.flush()
-    return subprocess.Popen([sys.executable, "-m", "rsdml", *args], stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen([sys.executable, "-m", "rsdml", *args], stdout=out,
+                            stderr=subprocess.STDOUT)
 
 
 def _finish(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -157,6 +161,15 @@ def _finish(proc: subprocess.Popen[bytes], timeout: float) -> int:
         proc.kill()
         proc.wait()
         raise SystemExit(f"rsdml did not finish within {timeout:.0f} s") from None
+
+
+def _stamp(run: Path) -> tuple[int, int] | None:
+    """Which last.pt is in place (a cheap stat: each save replaces the file, new inode)."""
+    try:
+        st = (run / "checkpoints" / "last.pt").stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _checkpoint_state(run: Path) -> dict[str, Any] | None:
@@ -186,17 +199,19 @@ def run_killed(data: Path, run: Path, log: Path, *, rng: random.Random, kills: i
     checkpoint appeared: in the middle of the next epoch's steps.
     """
     events: list[dict[str, Any]] = []
-    args = ["train", "--data", str(data), *TRAIN_ARGS, "--out", str(run)]
+    fresh = ["train", "--data", str(data), *TRAIN_ARGS, "--out", str(run)]
     for k in range(kills + 1):
-        proc = _cli(args, log)
+        # a kill before the run folder was written leaves nothing to resume: start again
+        started = (run / "config.yaml").is_file()
+        proc = _cli(["train", "--resume", str(run)] if started else fresh, log)
         if k < kills:
             start = time.monotonic()
-            before = _checkpoint_state(run)
+            before = _stamp(run)
             if anytime:
                 time.sleep(rng.uniform(2.0, 12.0))
             else:  # wait for a newer checkpoint, then kill somewhere in the next epoch
-                while proc.poll() is None and _checkpoint_state(run) == before:
-                    time.sleep(0.05)
+                while proc.poll() is None and _stamp(run) == before:
+                    time.sleep(0.02)
                 time.sleep(rng.uniform(0.1, 0.7) * epoch_s)
             alive = proc.poll() is None
             if alive:
@@ -206,14 +221,14 @@ def run_killed(data: Path, run: Path, log: Path, *, rng: random.Random, kills: i
                 state, error = _checkpoint_state(run), None
             except Exception as e:  # a damaged checkpoint is exactly what this trial looks for
                 state, error = None, f"{type(e).__name__}: {e}"
-            events.append({"kill": k + 1, "killed": alive, "after_s": round(time.monotonic() - start, 1),
-                           "exit_code": code, "last_pt": state, "last_pt_error": error})
+            events.append({"kill": k + 1, "killed": alive,
+                           "after_s": round(time.monotonic() - start, 1), "exit_code": code,
+                           "last_pt": state, "last_pt_error": error})
             if not alive and code == 0:
                 break  # finished before the kill landed
         else:
             code = _finish(proc, timeout)
             events.append({"final_exit_code": code})
-        args = ["train", "--resume", str(run)]
     return events
 
 
@@ -231,8 +246,8 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     wa, wb = _weights(a), _weights(b)
     differ = sorted(k for k in wa.keys() | wb.keys()
                     if k not in wa or k not in wb or not torch.equal(wa[k], wb[k]))
-    fa = json.loads((a / "final_metrics.json").read_text()) if (a / "final_metrics.json").is_file() else None
-    fb = json.loads((b / "final_metrics.json").read_text()) if (b / "final_metrics.json").is_file() else None
+    fa, fb = (json.loads((r / "final_metrics.json").read_text())
+              if (r / "final_metrics.json").is_file() else None for r in (a, b))
     return {"tensors": len(wa), "tensors_differing": differ[:10], "weights_identical": not differ,
             "final_metrics_identical": fa is not None and fa == fb,
             "final_metrics_straight": fa, "final_metrics_killed": fb}
@@ -240,7 +255,8 @@ def compare_runs(a: Path, b: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", type=Path, default=None, help="source data set (default: AID if present)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="source data set (default: ../shared/data/AID if present)")
     p.add_argument("--synthetic", action="store_true", help="use a synthetic source data set")
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--per-class", type=int, default=20)
@@ -266,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         straight, killed = work / "run-straight", work / "run-killed"
         log_s, log_k = work / "straight.log", work / "killed.log"
         t0 = time.monotonic()
-        code_s = _finish(_cli(["train", "--data", str(data), *TRAIN_ARGS, "--out", str(straight)], log_s),
-                         a.timeout)
+        fresh = ["train", "--data", str(data), *TRAIN_ARGS, "--out", str(straight)]
+        code_s = _finish(_cli(fresh, log_s), a.timeout)
         seconds_s = time.monotonic() - t0
         events = run_killed(data, killed, log_k, rng=rng, kills=a.kills, anytime=a.kill_anytime,
                             epoch_s=_epoch_seconds(straight), timeout=a.timeout)

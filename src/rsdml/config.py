@@ -90,6 +90,7 @@ class TrainConfig:
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
     eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")
     checkpoint_every: int = _opt(1, "Save RUN_DIR/checkpoints/last.pt every N epochs.")
+    report: bool = _opt(True, "Write eval/report.html with its figures at the end (t-SNE etc.).")
     quiet: bool = _opt(False, "No progress bars.")
 
     # ------------------------------------------------------------------ helpers

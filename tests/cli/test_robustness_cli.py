@@ -35,7 +35,8 @@ TIMEOUT = 180.0
 # the HTML report). RSDML_TEST_PAUSE_STEP=k: before global step k,
 # write the marker file and wait (until a SIGINT/SIGTERM is noted, or 60 s).
 # RSDML_TEST_PAUSE_SESSION=1: after the run folder is made, before the model and the image
-# cache are built (outside the training loop). RSDML_TEST_PAUSE_WRITE=n: the n-th write of last.pt in this process puts half of its bytes in
+# cache are built (outside the training loop). RSDML_TEST_PAUSE_WRITE=n: the n-th write of
+# last.pt in this process puts half of its bytes in
 # the temp file, writes the marker and hangs (a SIGKILL "during the checkpoint write").
 HOOKS = r"""
 import builtins, os, sys, time
@@ -186,7 +187,8 @@ def reference(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # --------------------------------------------------------------------------- kills
 @pytest.mark.slow
-def test_sigkill_during_a_step_and_during_a_checkpoint_write_then_resume(scenes, reference, tmp_path):
+def test_sigkill_during_a_step_and_during_a_checkpoint_write_then_resume(scenes, reference,
+                                                                        tmp_path):
     run = tmp_path / "run"
     # 1. SIGKILL in the middle of epoch 2 (global step 4): the epoch-1 checkpoint survives.
     p = Proc(["train", "--data", str(scenes), "--out", str(run), *TINY], tmp_path,
@@ -317,7 +319,8 @@ def test_nan_loss_exit_2_names_step_and_term_keeps_finite_checkpoint(scenes, tmp
 
 # --------------------------------------------------------------------------- the messy trial
 def _load_trial():
-    spec = importlib.util.spec_from_file_location("messy_trial", REPO / "scripts" / "messy_trial.py")
+    script = REPO / "scripts" / "messy_trial.py"
+    spec = importlib.util.spec_from_file_location("messy_trial", script)
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

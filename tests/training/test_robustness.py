@@ -304,7 +304,8 @@ def test_resume_with_class_names_not_matching_the_split(run_copy, capsys):
     names = json.loads((run_copy / "class_names.json").read_text())
     _replace(run_copy / "class_names.json", json.dumps(names[::-1]))
     code, _, err = run_main(["train", "--resume", str(run_copy)], capsys)
-    assert code == 2 and "class names in split.csv and class_names.json differ" in _one_error_line(err)
+    line = _one_error_line(err)
+    assert code == 2 and "class names in split.csv and class_names.json differ" in line
 
 
 @pytest.mark.parametrize("spoil", ["missing", "not json"])

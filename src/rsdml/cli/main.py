@@ -15,18 +15,21 @@ from rsdml.config import TrainConfig, load_yaml
 from rsdml.errors import RsdmlError
 
 
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"rsdml: {record.levelname.lower()}: {record.getMessage()}"
+class _StderrHandler(logging.Handler):
+    """``rsdml: warning: ...`` on whatever sys.stderr is at the time (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(f"rsdml: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+        except Exception:  # never let a log line break a run
+            self.handleError(record)
 
 
 def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_Formatter())
-    root = logging.getLogger("rsdml")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
+    # Records still propagate: the root logger has no handler in the CLI, and tests capture there.
+    logger = logging.getLogger("rsdml")
+    logger.handlers[:] = [_StderrHandler()]
+    logger.setLevel(logging.INFO)
 
 
 def _click_type(annotation: Any) -> tuple[Any, bool]:
@@ -139,7 +142,7 @@ def embed(data: str, run_dir: str, out_file: str, checkpoint: str, device: str |
 @click.option("--epochs", type=int, default=None, help="Override the demo's epoch count.")
 @click.option("--quiet", is_flag=True)
 def demo(out: str, epochs: int | None, quiet: bool) -> None:
-    """Train HR-S2DML on a small synthetic scene data set on the CPU (about 2 minutes)."""
+    """Train HR-S2DML on a small synthetic scene data set on the CPU (about a minute)."""
     from rsdml.demo import run_demo
 
     run_demo(Path(out), epochs=epochs, quiet=quiet)

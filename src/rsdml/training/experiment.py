@@ -42,7 +42,7 @@ RESERVED_KEYS = frozenset({"out", "split"})
 #: folder made earlier, and are passed on when an interrupted cell resumes.
 RUNTIME_KEYS = frozenset({
     "quiet", "device", "workers", "cache", "cache_dir", "cache_max_memory_gb",
-    "eval_batch_size", "compile", "checkpoint_every",
+    "eval_batch_size", "compile", "checkpoint_every", "report",
 })
 #: Values of final_metrics.json that are not metrics.
 NON_METRIC_KEYS = frozenset({"checkpoint", "epoch", "wall_seconds"})

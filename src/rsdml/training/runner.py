@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 #: Options that may change when a run is resumed; any other change is refused.
 RESUMABLE_KEYS = frozenset({
     "epochs", "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
-    "cache_dir", "cache_max_memory_gb", "eval_batch_size", "compile", "out",
+    "cache_dir", "cache_max_memory_gb", "eval_batch_size", "compile", "out", "report",
 })
 
 
@@ -193,11 +193,12 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
         "best" if path == s.run.best else "last" if path == s.run.last else str(path))
     emb = trainer.embed(torch.arange(len(s.split.paths)))
     metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
-                               s.split.classes)
+                               s.split.classes, seed=s.cfg.seed)
     final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
     write_json(s.run.final_metrics, final)
     try:
-        write_report(s.run.root)
+        if s.cfg.report:
+            write_report(s.run.root, seed=s.cfg.seed)
     except Exception as e:  # the numbers are written; a plotting failure must not hide them
         log.warning("could not write the HTML report (%s: %s)", type(e).__name__, e)
     return final

@@ -221,7 +221,8 @@ class Trainer:
     def embed(self, index: Tensor) -> np.ndarray:
         self.model.eval()
         out = []
-        for chunk in index.split(self.cfg.eval_batch_size):
+        chunks = index.split(self.cfg.eval_batch_size)
+        for chunk in progress(chunks, total=len(chunks), desc="embedding", enabled=not self.cfg.quiet):
             with self._autocast():
                 out.append(self.inputs.embed(self.forward_model, self.inputs.eval(chunk)).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.cfg.embedding_dim), np.float32)

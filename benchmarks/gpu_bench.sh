@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# One-shot CUDA run of rsdml's three speed benchmarks (bench_train, bench_embed, bench_epoch).
+# Sized for < 5 minutes on one H100 (each benchmark also has its own time limit).
+#
+#   bash benchmarks/gpu_bench.sh [OUT_DIR]      # default: $OUT, else benchmarks/results-gpu
+#
+# Writes OUT_DIR/bench_{train,embed,epoch}.json (one JSON object each), a .log per benchmark
+# (progress), env.txt (GPU, driver, /dev/shm, packages) and summary.txt (the key ratios).
+# Data: $RSDML_BENCH_DATA, else ../shared/data/AID, else (the GPU machine does not receive
+# ../shared) 10,000 synthetic 150x150 JPEGs in 30 classes written to /tmp first; the JSON's
+# setup.data says which was used. Python packages the GPU image lacks (faiss-cpu,
+# pytorch-metric-learning) are installed from wheels in .whl/ when that folder exists
+# (see docs/benchmarks.md).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${1:-${OUT:-benchmarks/results-gpu}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/rsdml-site .whl/*.whl || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH="/tmp/rsdml-site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+  nproc; free -g | head -2; df -h /dev/shm /tmp 2>&1
+  "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)"
+} >"$OUT_DIR/env.txt" 2>&1
+
+if ! "$PY" -c "import torch, faiss, pytorch_metric_learning, rsdml.training.runner
+assert torch.cuda.is_available(), 'no CUDA GPU visible'" 2>>"$OUT_DIR/env.txt"; then
+  echo "rsdml cannot be imported with CUDA here (see $OUT_DIR/env.txt); carry .whl (docs/benchmarks.md)"
+  exit 1
+fi
+
+DATA="${RSDML_BENCH_DATA:-../shared/data/AID}"
+if [ ! -d "$DATA" ]; then
+  DATA=/tmp/rsdml-synthetic-aid
+  echo "no real data set here; writing synthetic JPEGs to $DATA"
+  "$PY" benchmarks/_common.py synth "$DATA" --n 10000 --classes 30 --size 150 || exit 1
+fi
+
+status=0
+bench() {  # bench NAME LIMIT_S ARGS...
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(($(date +%s) - start))s elapsed)"
+  timeout "$limit" "$PY" "benchmarks/$name.py" --device cuda --data "$DATA" "$@" \
+    >"$OUT_DIR/$name.json" 2>"$OUT_DIR/$name.log"
+  local rc=$?
+  [ "$rc" -eq 0 ] || { echo "$name failed (exit $rc); last lines of its log:"; tail -5 "$OUT_DIR/$name.log"; status=1; }
+}
+
+bench bench_train 130 --sizes 64 128 256 --steps 30 --warmup 5
+bench bench_embed 75 --sizes 128 256 --batch 1024
+bench bench_epoch 75 --size 256
+
+"$PY" - "$OUT_DIR" >"$OUT_DIR/summary.txt" 2>&1 <<'EOF'
+import json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+def load(name):
+    try:
+        return json.loads((out / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+t, e, p = load("bench_train"), load("bench_embed"), load("bench_epoch")
+if t:
+    print("device:", t["machine"].get("gpu"), "| data:", t["setup"]["data"])
+    for s, r in t["sizes"].items():
+        ips = {k[0]: r[k]["images_per_s"] for k in r if isinstance(r[k], dict) and "images_per_s" in r[k]}
+        print(f"train {s}px images/s {ips}  b/a {r['ratio_b_over_a']} (target >= 0.8)  b/c {r['ratio_b_over_c']}")
+if e:
+    for s, r in e["sizes"].items():
+        print(f"embed {s}px embed/model fp32 {r['ratio_embed_over_model']}  amp {r.get('ratio_embed_over_model_amp')}"
+              f"  e2e {r.get('end_to_end', {}).get('images_per_s')} images/s")
+if p and "ratio_rsdml_over_reference" in p:
+    print(f"epoch {p['setup']['size']}px rsdml {p['rsdml']['epoch_seconds']}s vs reference "
+          f"{p['reference']['epoch_seconds']}s -> {p['ratio_rsdml_over_reference']} (target <= 0.5)")
+EOF
+cat "$OUT_DIR/summary.txt"
+echo "done in $(($(date +%s) - start))s; JSON in $OUT_DIR"
+exit $status
