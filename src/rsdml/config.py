@@ -125,7 +125,9 @@ class TrainConfig:
         return cls.from_dict(load_yaml(path), source=str(path))
 
     def save_yaml(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from rsdml.training.run_dir import write_text_atomic
+
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainConfig:

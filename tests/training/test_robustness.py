@@ -29,14 +29,14 @@ from rsdml.training.trainer import Trainer
 
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--labeled-fraction", "0.5", "--epochs", "3",
-        "--device", "cpu", "--quiet", "--eval-batch-size", "64"]
+        "--device", "cpu", "--quiet", "--eval-batch-size", "64", "--no-report"]
 STEPS_PER_EPOCH = 3  # 4 classes x 6 labelled images, batch 8
 
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), pretrained="none", image_size=32, epochs=3,
                 batch_size=8, unlabeled_batch_size=8, labeled_fraction=0.5, device="cpu",
-                quiet=True, seed=0, eval_batch_size=64)
+                quiet=True, seed=0, eval_batch_size=64, report=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -117,14 +117,10 @@ def _full_disk_open(fail_name_prefix: str, nth: int = 1):
 @pytest.fixture(scope="module", autouse=True)
 def _lean_runs():
     """One torch thread while this module runs (the runs compared all share it; on a shared
-    2-core machine two spinning threads made each step ~15x slower), no HTML report plots."""
-    import rsdml.evaluation.report as report
-
+    2-core machine two spinning threads made each step ~15x slower)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(report, "write_report", lambda root: None)
-        yield
+    yield
     torch.set_num_threads(threads)
 
 
@@ -309,9 +305,6 @@ def test_resume_with_class_names_not_matching_the_split(run_copy, capsys):
 
 
 @pytest.mark.parametrize("spoil", ["missing", "not json"])
-@pytest.mark.xfail(reason="needs lead patch: runner.train reads class_names.json without a check "
-                          "(FileNotFoundError / JSONDecodeError traceback; see report, patch C)",
-                   strict=True)
 def test_resume_with_class_names_missing_or_garbled(run_copy, capsys, spoil):
     (run_copy / "class_names.json").unlink()
     if spoil == "not json":
@@ -320,9 +313,6 @@ def test_resume_with_class_names_missing_or_garbled(run_copy, capsys, spoil):
     assert code == 2 and "class_names.json" in _one_error_line(err)
 
 
-@pytest.mark.xfail(reason="needs lead patch: a run folder without split.csv is reported as a "
-                          "bad --split option the user never gave (see report, patch C)",
-                   strict=True)
 def test_resume_with_split_csv_missing(run_copy, capsys):
     (run_copy / "split.csv").unlink()
     code, _, err = run_main(["train", "--resume", str(run_copy)], capsys)
@@ -384,8 +374,6 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_resumes_exactly(
         json.loads((reference / "final_metrics.json").read_text())
 
 
-@pytest.mark.xfail(reason="needs lead patch: trainer._append_jsonl lets OSError (disk full) out "
-                          "as a traceback (see report, patch B)", strict=True)
 def test_disk_full_on_the_training_log_is_a_one_line_error(scenes, tmp_path, monkeypatch):
     real_open = open
 
@@ -405,9 +393,6 @@ class _Killed(BaseException):
     """Stands in for a SIGKILL: nothing after it runs, no handler sees it."""
 
 
-@pytest.mark.xfail(reason="needs lead patch: --resume of a run stopped before its first "
-                          "checkpoint is refused, and so is a new start into the same --out "
-                          "(see report, patch A)", strict=True)
 def test_resume_of_a_run_stopped_before_its_first_checkpoint(scenes, reference, tmp_path,
                                                              monkeypatch, capsys):
     original = Trainer.train_step

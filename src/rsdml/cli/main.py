@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import fields
@@ -167,11 +168,27 @@ def _register() -> None:
 _register()
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside the training loop (the loop itself saves a checkpoint and exits 143)."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _setup_logging()
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
         cli.main(args=argv, prog_name="rsdml", standalone_mode=False)
+    except _Terminated:
+        click.echo("rsdml: terminated (SIGTERM) outside the training loop; continue a started "
+                   "run with `rsdml train --resume RUN_DIR`", err=True)
+        sys.exit(143)
     except click.exceptions.Abort:
         click.echo("rsdml: aborted", err=True)
         sys.exit(130)
@@ -186,4 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(0)

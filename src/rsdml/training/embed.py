@@ -39,6 +39,9 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     root = Path(data)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
+    out_path = Path(out_file)
+    if not out_path.parent.is_dir():
+        raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
     cfg = cfg.replace(quiet=quiet, data=str(root), **({"device": device} if device else {}),
@@ -70,8 +73,8 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
 
     buf = io.BytesIO()
     np.savez(buf, embeddings=emb, paths=np.asarray(paths))
-    out_path = Path(out_file)
-    if out_path.parent and not out_path.parent.exists():
-        raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
-    atomic_write_bytes(out_path, buf.getvalue())
+    try:
+        atomic_write_bytes(out_path, buf.getvalue())
+    except OSError as e:
+        raise RsdmlError(f"could not write {out_path} ({e.strerror or e}); choose another --out") from None
     return len(paths)

@@ -130,10 +130,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         run = RunDir(Path(resume))
         cfg = resume_config(run, overrides or {}).validate()
         check_writable(run.root)
-        if not run.last.is_file():
-            raise RsdmlError(f"--resume {run.root}: no checkpoints/last.pt yet; start the run again")
-        split = read_split_csv(run.split, cfg.data)
-        saved_classes = json.loads(run.class_names.read_text())
+        split, saved_classes = _read_run_split(run, cfg)
         if saved_classes != split.classes:
             raise RsdmlError(f"--resume {run.root}: class names in split.csv and class_names.json differ")
     else:
@@ -148,7 +145,13 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     session = build_session(cfg, run, split, train=True)
     trainer = _make_trainer(session)
     if resume is not None:
-        trainer.resume_from(run.last)
+        if run.last.is_file():
+            trainer.resume_from(run.last)
+        else:  # stopped before its first checkpoint: replay it from the start
+            log.warning("--resume %s: the run stopped before its first checkpoint; training it "
+                        "from the start", run.root)
+            for stale in (run.metrics, run.root / "train_log.jsonl", run.best):
+                stale.unlink(missing_ok=True)
         if trainer.epoch >= cfg.epochs:
             log.warning("the run already finished %d epochs; give a larger --epochs to train on",
                         trainer.epoch)
@@ -161,6 +164,25 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     result = evaluate_session(session, checkpoint="auto", trainer=trainer)
     result["wall_seconds"] = round(time.monotonic() - t_start, 1)
     return result
+
+
+def _read_run_split(run: RunDir, cfg: TrainConfig) -> tuple[Split, Any]:
+    """The split and class names a run folder was made with (one-line errors if damaged)."""
+    for f in (run.split, run.class_names):
+        if not f.is_file():
+            raise RsdmlError(
+                f"--resume {run.root}: {f.name} is missing, so the run folder is incomplete (it "
+                "was stopped while being created, or files were deleted); start a new run with "
+                "another --out"
+            )
+    split = read_split_csv(run.split, cfg.data)
+    try:
+        return split, json.loads(run.class_names.read_text())
+    except (OSError, ValueError) as e:
+        raise RsdmlError(
+            f"--resume {run.root}: class_names.json cannot be read ({type(e).__name__}); restore "
+            "it (a JSON list of the class folder names, as in split.csv) or start a new run"
+        ) from None
 
 
 def _make_trainer(s: Session) -> Trainer:

@@ -30,7 +30,7 @@ from rsdml.progress import progress
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
 from rsdml.training.inputs import FeatureInputs, ImageInputs
 from rsdml.training.methods.base import Method
-from rsdml.training.run_dir import RunDir, read_jsonl, write_json
+from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Trainer:
         # Lines written after the checkpoint belong to work that will be replayed.
         for file in (self.run.metrics, self.run.root / "train_log.jsonl"):
             rows = [r for r in read_jsonl(file) if r.get("step", 0) <= self.global_step]
-            file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
 
     # ------------------------------------------------------------------ sampling
     def _labeled_batches(self, epoch: int) -> list[Tensor]:
@@ -361,8 +361,14 @@ class Trainer:
 
 
 def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:
+        raise RsdmlError(
+            f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
+            "permissions, then continue with `rsdml train --resume` (the last checkpoint is kept)"
+        ) from None
 
 
 def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
