@@ -69,6 +69,9 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="DataLoader workers of the per-sample pipeline and cache decoding threads "
                          "(default: the number of usable cores)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
+                    help="rsdml's --amp for the session (auto = bf16 on CUDA where supported); "
+                         "the JSON's 'precision' says what the trainer really used")
 
 
 def usable_cores() -> int:
@@ -90,9 +93,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
-    torch.manual_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(args.seed)  # cudnn.benchmark stays as rsdml leaves it (off)
     return device
 
 
@@ -256,6 +257,7 @@ def aid_split(paths: list[str], labels: np.ndarray, classes: list[str], seed: in
 
 def bench_config(data: str | Path, size: int, device: torch.device, cache_dir: str | Path,
                  batch: int, workers: int, seed: int, **kw: Any) -> TrainConfig:
+    """``kw``: further TrainConfig fields (e.g. ``amp``)."""
     """rsdml's defaults (hr-s2dml, SGD 0.1 Nesterov, bf16 on CUDA), ResNet-18 from scratch."""
     return TrainConfig(
         data=str(data), backbone="resnet18", pretrained="none", method="hr-s2dml",
@@ -340,12 +342,20 @@ def model_step(trainer: Any, x: torch.Tensor, y_l: torch.Tensor, index_l: torch.
     trainer.optimizer.step()
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host batch -> device, as rsdml does on CUDA (non-blocking from pinned, channels_last)."""
-    if device.type != "cuda":
-        return x
-    x = x.to(device, non_blocking=True)
-    return x.contiguous(memory_format=torch.channels_last)
+def to_device(x: torch.Tensor, trainer: Any) -> torch.Tensor:
+    """Host batch -> the trainer's device and layout, as rsdml's ImageInputs does it
+    (non-blocking from pinned memory on CUDA, channels_last where the session uses it)."""
+    if trainer.device.type == "cuda":
+        x = x.to(trainer.device, non_blocking=True)
+    if getattr(trainer.inputs, "channels_last", False):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def precision(trainer: Any) -> dict[str, Any]:
+    """What the session really runs: autocast dtype (None = float32) and memory layout."""
+    return {"autocast_dtype": str(trainer.autocast_dtype) if trainer.autocast_dtype else None,
+            "channels_last": bool(getattr(trainer.inputs, "channels_last", False))}
 
 
 def cached_session(cfg: TrainConfig, split: Split, run_root: Path):

@@ -13,7 +13,8 @@ per second of:
 
 Target: embed_path >= 0.9 x model_alone. On CUDA rsdml embed runs float32 without
 channels_last (as embed.py does today); ``embed_path_amp`` / ``model_alone_amp`` repeat
-both with bf16 autocast + channels_last, as ``Trainer.embed`` runs the evaluation.
+both with bf16 autocast + channels_last, as ``Trainer.embed`` runs the evaluation (on CPU
+too with ``--amp bf16``: what bf16 would give on CPUs with AMX / AVX512-BF16).
 
     python benchmarks/bench_embed.py [--device cpu|cuda] [--sizes 64 128] [--images N] [--quick]
 """
@@ -124,7 +125,7 @@ def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path
     out["ratio_embed_over_model"] = C.ratio(out["embed_path"], out["model_alone"])
     out["target_ratio"] = 0.9
     out["target_met"] = out["ratio_embed_over_model"] >= 0.9
-    if device.type == "cuda":
+    if device.type == "cuda" or args.amp == "bf16":
         model_cl = model.to(memory_format=torch.channels_last)
         inputs_cl = ImageInputs(cache, device, channels_last=True)
         out["embed_path_amp"] = timed_passes(embed_path(model_cl, inputs_cl, True), n,
@@ -140,8 +141,8 @@ def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path
 
 
 def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if amp:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -91,12 +91,12 @@ def fake_embeddings(n: int, dim: int, seed: int) -> np.ndarray:
 def warm_model(trainer: Any, size: int, batch: int, eval_batch: int, n_cls: int,
                device: torch.device) -> None:
     """One untimed train step and one eval batch on random tensors (lazy init, allocator)."""
-    x = C.to_device(torch.randn(2 * batch, 3, size, size), device)
+    x = C.to_device(torch.randn(2 * batch, 3, size, size), trainer)
     y = torch.randint(0, n_cls, (batch,)).to(device)
     C.model_step(trainer, x, y, torch.arange(batch, device=device), read_loss=True)
     trainer.model.eval()
     with torch.inference_mode(), trainer._autocast():
-        x = C.to_device(torch.randn(eval_batch, 3, size, size), device)
+        x = C.to_device(torch.randn(eval_batch, 3, size, size), trainer)
         trainer.forward_model(x).float().cpu()
     C.sync(device)
 
@@ -191,7 +191,7 @@ def reference_epoch(args, device, trainer, split, size, total_steps, max_steps,
         xb, yb = next(it)
         n_l = xb.shape[0] - args.batch
         y = yb[:n_l].to(device, non_blocking=True)
-        C.model_step(trainer, C.to_device(xb, device), y, torch.arange(n_l, device=device),
+        C.model_step(trainer, C.to_device(xb, trainer), y, torch.arange(n_l, device=device),
                      read_loss=True)
 
     k = min(max_steps or total_steps, total_steps)
@@ -208,7 +208,7 @@ def reference_epoch(args, device, trainer, split, size, total_steps, max_steps,
             t = time.perf_counter()
             xb, _y = next(eit)
             with trainer._autocast():
-                out.append(trainer.forward_model(C.to_device(xb, device)).float().cpu())
+                out.append(trainer.forward_model(C.to_device(xb, trainer)).float().cpu())
             per_batch.append(time.perf_counter() - t)
             if i % 10 == 0:
                 C.log(f"reference eval batch {i + 1}/{len(eloader)}")
@@ -248,17 +248,17 @@ def main() -> None:
         "steps_per_epoch": total_steps, "eval_batch": args.eval_batch,
         "eval": "embed all images, kNN (k=10) of test vs labelled",
         "model": "resnet18 (pretrained none), hr-s2dml",
-        "amp": "bf16 autocast" if device.type == "cuda" else "off (float32)",
-        "channels_last": device.type == "cuda", "quick": args.quick,
+        "amp_option": args.amp, "quick": args.quick,
         "measured_train_steps": max_steps, "measured_eval_images": n_eval,
     }
     with C.cache_folder(args.cache_dir) as cache_dir, \
             tempfile.TemporaryDirectory(prefix="rsdml-bench-run-") as run_root:
         cfg = C.bench_config(args.data, size, device, cache_dir, args.batch, args.workers,
                              args.seed, eval_batch_size=args.eval_batch,
-                             labeled_fraction=args.labeled_fraction)
+                             labeled_fraction=args.labeled_fraction, amp=args.amp)
         session, trainer, result["cache"] = C.cached_session(cfg, split, Path(run_root))
         build_s = result["cache"]["cold_build_seconds"]
+        result["precision"] = C.precision(trainer)
         out: dict[str, Any] = {}
         for name in pipelines:
             warm_model(trainer, size, args.batch, args.eval_batch, split.num_classes, device)

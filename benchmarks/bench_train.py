@@ -49,6 +49,8 @@ def parse() -> argparse.Namespace:
                     help="use this many images of the data set (default: all)")
     ap.add_argument("--parts", default="abc", help="which of a, b, c to run (default: abc)")
     args = ap.parse_args()
+    if not args.parts or set(args.parts) - set("abc"):
+        ap.error(f"--parts {args.parts!r}: use letters among a, b, c (e.g. ab)")
     if args.quick:
         args.sizes = args.sizes or [32]
         args.batch, args.images = 8, args.images or 240
@@ -79,7 +81,7 @@ def part_a(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
     """model step alone on random tensors already on the device"""
     B = args.batch
     gen = torch.Generator().manual_seed(args.seed)
-    x = C.to_device(torch.randn(2 * B, 3, size, size, generator=gen), device)
+    x = C.to_device(torch.randn(2 * B, 3, size, size, generator=gen), trainer)
     y = torch.randint(0, split.num_classes, (B,), generator=gen).to(device)
     idx = torch.arange(B, device=device)
     return C.time_steps(lambda i: C.model_step(trainer, x, y, idx, read_loss=False),
@@ -112,8 +114,8 @@ def part_c(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
 
     def step(i: int) -> None:
         xb, yb = next(it)
-        C.model_step(trainer, C.to_device(xb, device), yb[:B].to(device, non_blocking=True), idx,
-                     read_loss=True)
+        y = yb[:B].to(device, non_blocking=True)
+        C.model_step(trainer, C.to_device(xb, trainer), y, idx, read_loss=True)
 
     res = C.time_steps(step, c_warm, c_steps, device, 2 * B, f"{size}px (c)")
     res["dataloader_workers"] = args.workers
@@ -122,11 +124,13 @@ def part_c(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
 
 def bench_size(args: argparse.Namespace, device: torch.device, size: int, steps: int,
                warmup: int, split: Any, cache_dir: Path) -> dict[str, Any]:
-    cfg = C.bench_config(args.data, size, device, cache_dir, args.batch, args.workers, args.seed)
+    cfg = C.bench_config(args.data, size, device, cache_dir, args.batch, args.workers, args.seed,
+                         amp=args.amp)
     out: dict[str, Any] = {"size": size, "steps_timed": steps, "warmup_steps": warmup}
 
     with tempfile.TemporaryDirectory(prefix="rsdml-bench-run-") as run_root:
         session, trainer, out["cache"] = C.cached_session(cfg, split, Path(run_root))
+        out["precision"] = C.precision(trainer)
         parts = {"a": ("a_model_step_in_memory", part_a),
                  "b": ("b_rsdml_step_from_cache", part_b), "c": ("c_per_sample_pil", part_c)}
         for letter in args.parts:
@@ -164,8 +168,7 @@ def main() -> None:
         "unlabeled_batch": args.batch,
         "model": "resnet18 (pretrained none) -> LayerNorm -> Linear(128) -> L2",
         "method": "hr-s2dml (margin softmax m=0.5 tau=0.05 + BNM), SGD lr 0.1 Nesterov",
-        "amp": "bf16 autocast" if device.type == "cuda" else "off (float32)",
-        "channels_last": device.type == "cuda",
+        "amp_option": args.amp,
         "quick": args.quick,
         "timing": "mean = wall time of the timed steps / their number (device synced before "
                   "and after); images per step = labelled + unlabelled",

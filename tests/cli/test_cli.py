@@ -14,7 +14,8 @@ import yaml
 from rsdml.cli.main import main
 
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
-        "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64"]
+        "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
+        "--no-report"]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:

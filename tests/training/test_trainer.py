@@ -20,7 +20,7 @@ from rsdml.training.trainer import Trainer, TrainingInterrupted
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), backbone="resnet18", pretrained="none", image_size=32,
                 epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.05,
-                device="cpu", quiet=True, seed=0, eval_batch_size=64)
+                device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -39,9 +39,11 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_run_writes_its_files_and_beats_chance(tiny_scenes, tmp_path):
     run = tmp_path / "run"
-    result = train(_cfg(tiny_scenes, run, epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01))
+    result = train(_cfg(tiny_scenes, run, epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01,
+                        report=True))
     for name in ("config.yaml", "split.csv", "class_names.json", "metrics.jsonl",
-                 "final_metrics.json", "checkpoints/last.pt", "spectrum.json"):
+                 "final_metrics.json", "checkpoints/last.pt", "spectrum.json", "eval/report.html",
+                 "eval/metrics.json", "eval/embeddings.npz"):
         assert (run / name).is_file(), name
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]  # epoch 0: before training
@@ -55,9 +57,15 @@ def test_run_writes_its_files_and_beats_chance(tiny_scenes, tmp_path):
     assert len(spec["start"]) == len(spec["end"]) == 4
 
 
-def test_resume_gives_identical_parameters(tiny_scenes, tmp_path):
-    straight = tmp_path / "straight"
-    train(_cfg(tiny_scenes, straight, epochs=2, eval_every=2))
+@pytest.fixture(scope="module")
+def straight(tiny_scenes, tmp_path_factory) -> Path:
+    """An uninterrupted 2-epoch run: the reference of the resume tests."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train(_cfg(tiny_scenes, run, epochs=2, eval_every=2))
+    return run
+
+
+def test_resume_gives_identical_parameters(tiny_scenes, tmp_path, straight):
     split = tmp_path / "resumed"
     train(_cfg(tiny_scenes, split, epochs=1, eval_every=2))
     train(TrainConfig(), resume=split, overrides={"epochs": 2})
@@ -66,9 +74,7 @@ def test_resume_gives_identical_parameters(tiny_scenes, tmp_path):
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # before training, end of the 1-epoch run, end
 
 
-def test_interrupt_mid_epoch_saves_and_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
-    train(_cfg(tiny_scenes, straight, epochs=2, eval_every=2))
+def test_interrupt_mid_epoch_saves_and_resumes_exactly(tiny_scenes, tmp_path, monkeypatch, straight):
     run = tmp_path / "interrupted"
     original = Trainer.train_step
 
