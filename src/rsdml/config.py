@@ -84,7 +84,8 @@ class TrainConfig:
     cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped file.")
     workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).")
     device: str = _opt("auto", "Training device.", choices=DEVICES)
-    amp: str = _opt("auto", "Mixed precision on CUDA (auto = bf16 where supported).", choices=AMP_MODES)
+    amp: str = _opt("auto", "Mixed precision: auto = bf16 on CUDA where supported, off on CPU; "
+                    "bf16 = bf16 also on a CPU (about 2x faster on AMX CPUs).", choices=AMP_MODES)
     compile: bool = _opt(False, "torch.compile the network (CUDA).")
     # --- evaluation and logging
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")

@@ -150,3 +150,12 @@ def test_existing_run_folder_is_not_overwritten(tiny_scenes, tmp_path):
     with pytest.raises(RsdmlError, match="--resume"):
         train(_cfg(tiny_scenes, run))
     assert (run / "keep.txt").read_text() == "x"
+
+
+def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked():
+    from rsdml.training.trainer import autocast_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16
+    assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16

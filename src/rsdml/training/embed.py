@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from rsdml.training.checkpoint import atomic_write_bytes, load_checkpoint
 from rsdml.training.inputs import ImageInputs
 from rsdml.training.run_dir import RunDir
 from rsdml.training.runner import load_run_config, resolve_device
+from rsdml.training.trainer import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,18 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     cache = load_image_cache(root, paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
                              max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
                              workers=cfg.workers, progress=not quiet)
-    inputs = ImageInputs(cache, dev)
+    # As Trainer.embed evaluates: bf16 autocast and channels_last where training uses them.
+    amp = autocast_dtype(cfg.amp, dev)
+    channels_last = dev.type == "cuda" or amp is not None
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    inputs = ImageInputs(cache, dev, channels_last=channels_last)
     model.eval()
     out = []
     with torch.inference_mode():
         for chunk in torch.arange(len(paths)).split(cfg.eval_batch_size):
-            out.append(model(inputs.eval(chunk)).float().cpu())
+            with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
+                out.append(model(inputs.eval(chunk)).float().cpu())
     emb = torch.cat(out).numpy().astype(np.float32)
     import io
 

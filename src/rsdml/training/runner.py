@@ -106,7 +106,8 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     cache = load_cache(cfg, split)
-    channels_last = device.type == "cuda"
+    # bf16 convolutions on a CPU (oneDNN) are only fast in channels_last.
+    channels_last = device.type == "cuda" or cfg.amp == "bf16"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_backbone:

@@ -98,7 +98,7 @@ class Trainer:
             self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
         )
         self.forward_model = torch.compile(model) if cfg.compile else model
-        self.autocast_dtype = _autocast_dtype(cfg.amp, device)
+        self.autocast_dtype = autocast_dtype(cfg.amp, device)
         # Position in training: the next epoch / batch to run.
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -371,9 +371,14 @@ def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
         ) from None
 
 
-def _autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA where supported (no loss scaling needed); full precision elsewhere."""
-    if device.type != "cuda" or amp == "off":
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA where supported (no loss scaling needed); on a CPU only when asked
+    (``--amp bf16``: ~2x faster steps on CPUs with AMX / AVX512-BF16); full precision elsewhere."""
+    if amp == "off":
+        return None
+    if device.type == "cpu":
+        return torch.bfloat16 if amp == "bf16" else None
+    if device.type != "cuda":
         return None
     if amp == "bf16" or torch.cuda.is_bf16_supported():
         return torch.bfloat16
