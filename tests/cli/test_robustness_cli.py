@@ -54,7 +54,7 @@ if os.environ.get("RSDML_TEST_PAUSE_STEP"):
         return _step(self, batch, epoch)
     Trainer.train_step = train_step
 if os.environ.get("RSDML_TEST_PAUSE_WRITE"):
-    import rsdml.training.checkpoint as ck
+    import rsdml.fsutil as ck
     _nth, _count = int(os.environ["RSDML_TEST_PAUSE_WRITE"]), [0]
     class _Stall:
         def __init__(self, f): self.f = f

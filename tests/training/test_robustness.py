@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import rsdml.training.checkpoint as ck
+import rsdml.fsutil as ck  # where the atomic writes (and their open) live
 import rsdml.training.run_dir as run_dir
 from rsdml.cli.main import main
 from rsdml.config import TrainConfig

@@ -37,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from rsdml.fsutil import fsync_dir
 from rsdml.data import imageio
 from rsdml.errors import RsdmlError
 from rsdml.progress import progress as _progress
@@ -477,7 +478,7 @@ class _Build:
             raise
         finally:
             os.close(fd)
-        _fsync_dir(file.parent)
+        fsync_dir(file.parent)
         if array is None:
             array = np.memmap(file, np.uint8, "c", _HEADER_BYTES, self.shape)
         stats = _stats(want, self.nbytes, True, True, seconds, 0.0)
@@ -500,16 +501,3 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
             done += os.pwrite(fd, data[done:], offset + done)
     except OSError as e:
         raise _WriteFailed(e.strerror or str(e)) from e
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 
+from rsdml.fsutil import read_jsonl
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.suite import _atomic_write, headline_metrics, load_embeddings
 
@@ -98,8 +99,8 @@ class _Inputs:
         self.run_dir = run_dir
         self.notes: dict[str, str] = {}
         self.config = self._read("config.yaml", lambda p: yaml.safe_load(p.read_text()) or {})
-        self.history = self._read("metrics.jsonl", _read_jsonl)
-        self.train_log = self._read("train_log.jsonl", _read_jsonl)
+        self.history = self._read("metrics.jsonl", read_jsonl)
+        self.train_log = self._read("train_log.jsonl", read_jsonl)
         self.metrics = self._read("eval/metrics.json", lambda p: json.loads(p.read_text()))
         self.class_names = self._read("class_names.json", lambda p: [str(c) for c in json.loads(p.read_text())])
         self.spectrum = self._read("spectrum.json", lambda p: json.loads(p.read_text()))
@@ -138,22 +139,6 @@ class _Inputs:
         return beside if beside.is_dir() else root
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a crash; the rest is still useful
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------------------- sections
 def _section_config(inputs: _Inputs) -> str:
     if not inputs.config:
         return _note_section("Run configuration", inputs.notes.get("config.yaml", "empty config"))

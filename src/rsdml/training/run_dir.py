@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import read_jsonl  # noqa: F401  (part of this module's interface)
 
 
 @dataclass(frozen=True)
@@ -143,18 +144,3 @@ def write_text_atomic(path: Path, text: str) -> None:
             f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
             "permissions (the previous version of the file, if any, is untouched)"
         ) from None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line cut by a kill: everything after it is not trusted
-    return rows
