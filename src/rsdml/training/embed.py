@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
@@ -13,8 +12,9 @@ import torch
 from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.models.embedding import build_model
-from rsdml.training.checkpoint import atomic_write_bytes, load_checkpoint
-from rsdml.training.inputs import ImageInputs
+from rsdml.fsutil import atomic_write_bytes
+from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.inputs import ImageInputs, embed_batches, uses_channels_last
 from rsdml.training.run_dir import RunDir
 from rsdml.training.runner import load_run_config, resolve_device
 from rsdml.training.trainer import autocast_dtype
@@ -64,19 +64,14 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     cache = load_image_cache(root, paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
                              max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
                              workers=cfg.workers, progress=not quiet)
-    # As Trainer.embed evaluates: bf16 autocast and channels_last where training uses them.
-    amp = autocast_dtype(cfg.amp, dev)
-    channels_last = dev.type == "cuda" or amp is not None
+    # As evaluation embeds: the same precision, memory layout and batch loop.
+    channels_last = uses_channels_last(dev, cfg.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     inputs = ImageInputs(cache, dev, channels_last=channels_last)
     model.eval()
-    out = []
-    with torch.inference_mode():
-        for chunk in torch.arange(len(paths)).split(cfg.eval_batch_size):
-            with torch.autocast(dev.type, dtype=amp) if amp else contextlib.nullcontext():
-                out.append(model(inputs.eval(chunk)).float().cpu())
-    emb = torch.cat(out).numpy().astype(np.float32)
+    emb = embed_batches(model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
+                        autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)
     import io
 
     buf = io.BytesIO()

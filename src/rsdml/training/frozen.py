@@ -71,7 +71,7 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
     try:
         import io
 
-        from rsdml.training.checkpoint import atomic_write_bytes
+        from rsdml.fsutil import atomic_write_bytes
 
         folder.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()

@@ -4,12 +4,17 @@ fast mode, cached frozen-trunk features. The trainer and the embedder only see t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from rsdml.data.augment import TrainAugment, normalize
 from rsdml.data.cache import ImageCache
 from rsdml.models.embedding import EmbeddingNet
+from rsdml.progress import progress
 
 
 class ImageInputs:
@@ -63,3 +68,23 @@ class FeatureInputs:
 
 
 Inputs = ImageInputs | FeatureInputs
+
+
+def uses_channels_last(device: torch.device, amp: str) -> bool:
+    """channels_last on CUDA, and on a CPU under bf16 (oneDNN's bf16 convolutions need it)."""
+    return device.type == "cuda" or amp == "bf16"
+
+
+@torch.inference_mode()
+def embed_batches(forward: Callable[[Tensor], Tensor], inputs: ImageInputs | FeatureInputs,
+                  index: Tensor, batch_size: int, autocast: torch.dtype | None,
+                  show_progress: bool, dim: int) -> np.ndarray:
+    """Evaluation-mode embeddings of ``index`` in batches: the one loop behind evaluation,
+    ``rsdml evaluate`` and ``rsdml embed``."""
+    out = []
+    chunks = index.split(batch_size)
+    for chunk in progress(chunks, total=len(chunks), desc="embedding", enabled=show_progress):
+        with (torch.autocast(inputs.device.type, dtype=autocast) if autocast
+              else contextlib.nullcontext()):
+            out.append(forward(inputs.eval(chunk)).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)

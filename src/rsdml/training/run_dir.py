@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rsdml.errors import RsdmlError
-from rsdml.fsutil import read_jsonl  # noqa: F401  (part of this module's interface)
+from rsdml.fsutil import atomic_write_bytes, read_jsonl  # noqa: F401  (read_jsonl: re-export)
 
 
 @dataclass(frozen=True)
@@ -135,8 +135,6 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace a file whole: a kill leaves the old or the new version, never half of one."""
-    from rsdml.training.checkpoint import atomic_write_bytes
-
     try:
         atomic_write_bytes(path, text.encode())
     except OSError as e:

@@ -20,7 +20,7 @@ from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import FeatureInputs, ImageInputs
+from rsdml.training.inputs import FeatureInputs, ImageInputs, uses_channels_last
 from rsdml.training.methods.registry import create_method
 from rsdml.training.run_dir import RunDir, check_writable, prepare_new_run, write_json
 from rsdml.training.trainer import EvalSets, LabeledSet, Trainer, UnlabeledSet
@@ -106,8 +106,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     cache = load_cache(cfg, split)
-    # bf16 convolutions on a CPU (oneDNN) are only fast in channels_last.
-    channels_last = device.type == "cuda" or cfg.amp == "bf16"
+    channels_last = uses_channels_last(device, cfg.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_backbone:

@@ -28,7 +28,7 @@ from rsdml.evaluation.knn import knn_accuracy
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
-from rsdml.training.inputs import FeatureInputs, ImageInputs
+from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches
 from rsdml.training.methods.base import Method
 from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
 
@@ -217,15 +217,11 @@ class Trainer:
         return values
 
     # ------------------------------------------------------------------ evaluation
-    @torch.inference_mode()
     def embed(self, index: Tensor) -> np.ndarray:
         self.model.eval()
-        out = []
-        chunks = index.split(self.cfg.eval_batch_size)
-        for chunk in progress(chunks, total=len(chunks), desc="embedding", enabled=not self.cfg.quiet):
-            with self._autocast():
-                out.append(self.inputs.embed(self.forward_model, self.inputs.eval(chunk)).float().cpu())
-        return torch.cat(out).numpy() if out else np.zeros((0, self.cfg.embedding_dim), np.float32)
+        return embed_batches(lambda x: self.inputs.embed(self.forward_model, x), self.inputs, index,
+                             self.cfg.eval_batch_size, self.autocast_dtype, not self.cfg.quiet,
+                             self.cfg.embedding_dim)
 
     def evaluate(self) -> dict[str, float]:
         ev = self.evalsets
