@@ -352,6 +352,25 @@ def to_device(x: torch.Tensor, trainer: Any) -> torch.Tensor:
     return x
 
 
+@contextlib.contextmanager
+def plain_fp32(trainer: Any) -> Iterator[None]:
+    """Run the trainer's model as the reference code runs it: float32, contiguous NCHW, no
+    autocast; rsdml's precision and memory layout are restored afterwards."""
+    dtype = trainer.autocast_dtype
+    cl = bool(getattr(trainer.inputs, "channels_last", False))
+    trainer.autocast_dtype = None
+    if cl:
+        trainer.inputs.channels_last = False
+        trainer.model.to(memory_format=torch.contiguous_format)
+    try:
+        yield
+    finally:
+        trainer.autocast_dtype = dtype
+        if cl:
+            trainer.inputs.channels_last = True
+            trainer.model.to(memory_format=torch.channels_last)
+
+
 def precision(trainer: Any) -> dict[str, Any]:
     """What the session really runs: autocast dtype (None = float32) and memory layout."""
     return {"autocast_dtype": str(trainer.autocast_dtype) if trainer.autocast_dtype else None,

@@ -50,7 +50,13 @@ def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.devic
                      batch_size: int, show_progress: bool = True) -> Tensor:
     model.eval()
     chunks = torch.arange(len(cache)).split(batch_size)
-    out = [model.forward_features(normalize(cache.batch(c).to(device))).float().cpu()
+    # The input in the model's memory layout (channels_last where build_session chose it).
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    layout = (torch.channels_last if conv is not None
+              and conv.weight.is_contiguous(memory_format=torch.channels_last)
+              and not conv.weight.is_contiguous() else torch.contiguous_format)
+    out = [model.forward_features(
+               normalize(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
            for c in progress(chunks, total=len(chunks), desc="trunk features", enabled=show_progress)]
     return torch.cat(out)
 
