@@ -72,6 +72,11 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--amp", default="auto", choices=("auto", "off", "bf16"),
                     help="rsdml's --amp for the session (auto = bf16 on CUDA where supported); "
                          "the JSON's 'precision' says what the trainer really used")
+    ap.add_argument("--compile", action="store_true",
+                    help="rsdml's --compile: torch.compile the model (all parts) and, on CUDA, "
+                         "the augmentation; compilation happens in the untimed warm-up")
+    ap.add_argument("--device-cache", default="auto", choices=("auto", "off"),
+                    help="rsdml's --device-cache (auto: images in GPU memory when they fit)")
 
 
 def usable_cores() -> int:
@@ -374,7 +379,10 @@ def plain_fp32(trainer: Any) -> Iterator[None]:
 def precision(trainer: Any) -> dict[str, Any]:
     """What the session really runs: autocast dtype (None = float32) and memory layout."""
     return {"autocast_dtype": str(trainer.autocast_dtype) if trainer.autocast_dtype else None,
-            "channels_last": bool(getattr(trainer.inputs, "channels_last", False))}
+            "channels_last": bool(getattr(trainer.inputs, "channels_last", False)),
+            "images_on_device": bool(getattr(trainer.inputs, "on_device", False)),
+            "compiled_augment": bool(getattr(getattr(trainer.inputs, "augment", None),
+                                             "_compiled", None))}
 
 
 def cached_session(cfg: TrainConfig, split: Split, run_root: Path):

@@ -3,18 +3,18 @@
 Prints one JSON object. Per resolution (CPU: 64 and 128 px; CUDA: 128 and 256 px), images
 per second of:
 
-  embed_path:   what ``rsdml embed`` runs per batch (training/embed.py): rows of the warm
-                decoded-image cache -> (pinned -> device) -> ``normalize`` -> model under
-                ``torch.inference_mode`` -> float32 on the host; large batches;
-  model_alone:  the same model, same batches, on a normalised tensor already on the device;
+  embed_path:   ``embed_batches``, the loop ``rsdml embed`` and the evaluation run
+                (training/inputs.py): rows of the warm decoded-image cache (held in GPU memory
+                where ``--device-cache auto`` puts them, else pinned -> device) -> ``normalize``
+                -> model under ``torch.inference_mode`` -> float32 on the host; large batches;
+  model_alone:  the same loop and model on a normalised tensor already on the device;
   end_to_end:   ``embed_folder()`` itself (the CLI's function) on the same images with the
                 cache warm: listing + checking the files, cache key and CRC-checked load,
                 checkpoint load, the loop above, writing the .npz.
 
-Target: embed_path >= 0.9 x model_alone. On CUDA rsdml embed runs float32 without
-channels_last (as embed.py does today); ``embed_path_amp`` / ``model_alone_amp`` repeat
-both with bf16 autocast + channels_last, as ``Trainer.embed`` runs the evaluation (on CPU
-too with ``--amp bf16``: what bf16 would give on CPUs with AMX / AVX512-BF16).
+Target: embed_path >= 0.9 x model_alone. Both run as embed.py builds the model: autocast
+dtype from ``--amp`` (bf16 on CUDA, float32 on a CPU unless ``--amp bf16``) and channels_last;
+the JSON's ``precision`` says which.
 
     python benchmarks/bench_embed.py [--device cpu|cuda] [--sizes 64 128] [--images N] [--quick]
 """
@@ -88,62 +88,56 @@ def timed_passes(fn, n_images: int, repeats: int, device: torch.device,
 
 def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path) -> dict[str, Any]:
     from rsdml.models.embedding import build_model
-    from rsdml.training.inputs import ImageInputs
+    from rsdml.training.inputs import (
+        ImageInputs,
+        device_cache_fits,
+        embed_batches,
+        uses_channels_last,
+    )
+    from rsdml.training.trainer import autocast_dtype
 
     cfg = C.bench_config(data, size, device, cache_dir, 128, args.workers, args.seed,
-                         eval_batch_size=args.batch)
+                         eval_batch_size=args.batch, amp=args.amp,
+                         device_cache=args.device_cache)
     out: dict[str, Any] = {"size": size, "batch": args.batch}
     C.log(f"{size}px: cache of {len(paths)} images (cold build, then warm load)")
     cache, out["cache"] = C.build_and_reload_cache(data, paths, size, cache_dir, args.workers)
+    # As embed.py builds it: precision, memory layout, device-resident images.
+    dtype, cl = autocast_dtype(cfg.amp, device), uses_channels_last(device, cfg.amp)
     model = build_model(cfg).to(device).eval()
-    chunks = torch.arange(len(paths)).split(args.batch)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+    inputs = ImageInputs(cache, device, channels_last=cl,
+                         on_device=device_cache_fits(cache, device, cfg.device_cache))
+    out["precision"] = {"autocast_dtype": str(dtype) if dtype else None, "channels_last": cl,
+                        "images_on_device": inputs.on_device}
     n = len(paths)
+    index = torch.arange(n)
 
-    def embed_path(model: torch.nn.Module, inputs: ImageInputs, amp: bool):
+    class InMemory:
+        """The model alone: the same loop, the input a normalised tensor already on the device."""
+        device = inputs.device
+        x = inputs._layout(torch.randn(args.batch, 3, size, size).to(device))
+
+        def eval(self, chunk: torch.Tensor) -> torch.Tensor:
+            return self.x[: len(chunk)]
+
+    def loop(source: Any):
         def run(warmup: bool) -> None:
-            with torch.inference_mode(), _autocast(device, amp):
-                for chunk in chunks[:1] if warmup else chunks:
-                    model(inputs.eval(chunk)).float().cpu()
+            embed_batches(model, source, index[: args.batch] if warmup else index, args.batch,
+                          dtype, False, cfg.embedding_dim)
         return run
 
-    def model_alone(model: torch.nn.Module, amp: bool):
-        x = torch.randn(args.batch, 3, size, size).to(device)
-        if amp:
-            x = x.contiguous(memory_format=torch.channels_last)
-
-        def run(warmup: bool) -> None:
-            with torch.inference_mode(), _autocast(device, amp):
-                for chunk in chunks[:1] if warmup else chunks:
-                    model(x[: len(chunk)]).float().cpu()
-        return run
-
-    inputs = ImageInputs(cache, device)  # as embed.py builds it
-    out["embed_path"] = timed_passes(embed_path(model, inputs, False), n, args.repeats, device,
-                                     f"{size}px embed path")
-    out["model_alone"] = timed_passes(model_alone(model, False), n, args.repeats, device,
+    out["embed_path"] = timed_passes(loop(inputs), n, args.repeats, device, f"{size}px embed path")
+    out["model_alone"] = timed_passes(loop(InMemory()), n, args.repeats, device,
                                       f"{size}px model alone")
     out["ratio_embed_over_model"] = C.ratio(out["embed_path"], out["model_alone"])
     out["target_ratio"] = 0.9
     out["target_met"] = out["ratio_embed_over_model"] >= 0.9
-    if device.type == "cuda" or args.amp == "bf16":
-        model_cl = model.to(memory_format=torch.channels_last)
-        inputs_cl = ImageInputs(cache, device, channels_last=True)
-        out["embed_path_amp"] = timed_passes(embed_path(model_cl, inputs_cl, True), n,
-                                             args.repeats, device, f"{size}px embed path amp")
-        out["model_alone_amp"] = timed_passes(model_alone(model_cl, True), n, args.repeats,
-                                              device, f"{size}px model alone amp")
-        out["ratio_embed_over_model_amp"] = C.ratio(out["embed_path_amp"], out["model_alone_amp"])
-        out["ratio_amp_over_fp32_model"] = C.ratio(out["model_alone_amp"], out["model_alone"])
     if not args.no_e2e:
         out["end_to_end"] = end_to_end(args, device, cfg, model, data, n)
     del cache, inputs
     return out
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def end_to_end(args, device, cfg, model, data: Path, n: int) -> dict[str, Any]:

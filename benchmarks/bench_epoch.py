@@ -149,9 +149,14 @@ def epoch_result(per_step: list[float], total_steps: int, eval_batches: list[flo
 def rsdml_epoch(args, device, trainer, split, max_steps, eval_index) -> dict[str, Any]:
     batches = trainer._labeled_batches(0)
     total_steps = len(batches)
-    per = timed_train(lambda b: (trainer.train_step(b, 0), setattr(trainer, "global_step",
-                                                                    trainer.global_step + 1)),
-                      batches[:max_steps], device, "rsdml")
+    last = min(max_steps, total_steps) - 1
+
+    def step(i_b: tuple[int, Any]) -> None:
+        trainer.run_step(i_b[1], 0)  # as the training loop runs it
+        if i_b[0] == last:
+            trainer.flush_losses()  # the loop reads all losses by the end of the epoch
+
+    per = timed_train(step, list(enumerate(batches[:max_steps])), device, "rsdml")
     ev = trainer.evalsets
     n = len(split.paths)
     if len(eval_index) == n:  # rsdml's own evaluation, exactly as an epoch runs it
@@ -262,7 +267,8 @@ def main() -> None:
             tempfile.TemporaryDirectory(prefix="rsdml-bench-run-") as run_root:
         cfg = C.bench_config(args.data, size, device, cache_dir, args.batch, args.workers,
                              args.seed, eval_batch_size=args.eval_batch,
-                             labeled_fraction=args.labeled_fraction, amp=args.amp)
+                             labeled_fraction=args.labeled_fraction, amp=args.amp,
+                             compile=args.compile, device_cache=args.device_cache)
         session, trainer, result["cache"] = C.cached_session(cfg, split, Path(run_root))
         build_s = result["cache"]["cold_build_seconds"]
         result["precision"] = C.precision(trainer)

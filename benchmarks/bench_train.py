@@ -89,13 +89,14 @@ def part_a(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
 
 
 def part_b(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
-    """rsdml's Trainer.train_step from the warm cache"""
+    """rsdml's Trainer.run_step (train_step + loss read-back) from the warm cache"""
     batches = rsdml_batches(trainer, args.batch)
 
     def step(i: int) -> None:
         epoch, b = next(batches)
-        trainer.train_step(b, epoch)
-        trainer.global_step += 1
+        trainer.run_step(b, epoch)  # as the training loop runs it (loss read-backs included)
+        if i in (warmup - 1, warmup + steps - 1):  # the loop reads all losses by epoch end
+            trainer.flush_losses()
 
     return C.time_steps(step, warmup, steps, device, 2 * args.batch, f"{size}px (b)")
 
@@ -125,7 +126,8 @@ def part_c(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
 def bench_size(args: argparse.Namespace, device: torch.device, size: int, steps: int,
                warmup: int, split: Any, cache_dir: Path) -> dict[str, Any]:
     cfg = C.bench_config(args.data, size, device, cache_dir, args.batch, args.workers, args.seed,
-                         amp=args.amp)
+                         amp=args.amp,
+                             compile=args.compile, device_cache=args.device_cache)
     out: dict[str, Any] = {"size": size, "steps_timed": steps, "warmup_steps": warmup}
 
     with tempfile.TemporaryDirectory(prefix="rsdml-bench-run-") as run_root:

@@ -48,13 +48,13 @@ if [ ! -d "$DATA" ]; then
 fi
 
 status=0
-bench() {  # bench NAME LIMIT_S ARGS...
-  local name=$1 limit=$2; shift 2
-  echo "== $name ($(($(date +%s) - start))s elapsed)"
+bench() {  # bench NAME[:OUTPUT] LIMIT_S ARGS...
+  local name=${1%%:*} out=${1#*:} limit=$2; shift 2
+  echo "== $out ($(($(date +%s) - start))s elapsed)"
   timeout "$limit" "$PY" "benchmarks/$name.py" --device cuda --data "$DATA" "$@" \
-    >"$OUT_DIR/$name.json" 2>"$OUT_DIR/$name.log"
+    >"$OUT_DIR/$out.json" 2>"$OUT_DIR/$out.log"
   local rc=$?
-  [ "$rc" -eq 0 ] || { echo "$name failed (exit $rc); last lines of its log:"; tail -5 "$OUT_DIR/$name.log"; status=1; }
+  [ "$rc" -eq 0 ] || { echo "$out failed (exit $rc); last lines of its log:"; tail -5 "$OUT_DIR/$out.log"; status=1; }
 }
 
 bench bench_train 130 --sizes 64 128 256 --steps 30 --warmup 5
@@ -66,13 +66,17 @@ bench bench_epoch 120 --size 256
 echo "== rsdml train + embed on CUDA ($(($(date +%s) - start))s elapsed)"
 {
   timeout 150 "$PY" -m rsdml train --data "$DATA" --out /tmp/rsdml-cuda-run --device cuda \
-    --pretrained none --image-size 128 --epochs 2 --eval-every 1 --compile --quiet \
+    --pretrained none --image-size 128 --epochs 1 --compile --quiet \
     --cache-dir /tmp/rsdml-cli-cache \
     && timeout 60 "$PY" -m rsdml embed "$DATA" --run /tmp/rsdml-cuda-run \
          --out /tmp/rsdml-cuda-emb.npz --device cuda --quiet \
     && "$PY" -c "import numpy as np; z = np.load('/tmp/rsdml-cuda-emb.npz'); print('embed', {k: z[k].shape for k in z.files})" \
     && ls /tmp/rsdml-cuda-run && cat /tmp/rsdml-cuda-run/final_metrics.json
 } >"$OUT_DIR/cli_cuda.txt" 2>&1 || { echo "CLI on CUDA failed; see cli_cuda.txt"; tail -5 "$OUT_DIR/cli_cuda.txt"; status=1; }
+
+# Last (the longest): the training step with --compile (model and augmentation compiled in
+# the untimed warm-up).
+bench bench_train:bench_train_compile 170 --sizes 128 256 --steps 30 --warmup 8 --parts ab --compile
 
 "$PY" - "$OUT_DIR" >"$OUT_DIR/summary.txt" 2>&1 <<'EOF'
 import json, sys
@@ -84,14 +88,16 @@ def load(name):
     except (OSError, ValueError):
         return None
 t, e, p = load("bench_train"), load("bench_embed"), load("bench_epoch")
+tc = load("bench_train_compile")
 if t:
     print("device:", t["machine"].get("gpu"), "| data:", t["setup"]["data"])
-    for s, r in t["sizes"].items():
+for label, tt in (("train", t), ("train --compile", tc)):
+    for s, r in (tt or {}).get("sizes", {}).items():
         ips = {k[0]: r[k]["images_per_s"] for k in r if isinstance(r[k], dict) and "images_per_s" in r[k]}
-        print(f"train {s}px images/s {ips}  b/a {r['ratio_b_over_a']} (target >= 0.8)  b/c {r['ratio_b_over_c']}")
+        print(f"{label} {s}px images/s {ips}  b/a {r.get('ratio_b_over_a')} (target >= 0.8)  b/c {r.get('ratio_b_over_c')}")
 if e:
     for s, r in e["sizes"].items():
-        print(f"embed {s}px embed/model fp32 {r['ratio_embed_over_model']}  amp {r.get('ratio_embed_over_model_amp')}"
+        print(f"embed {s}px embed/model {r['ratio_embed_over_model']} ({r.get('precision')})"
               f"  e2e {r.get('end_to_end', {}).get('images_per_s')} images/s")
 if p and "ratio_rsdml_over_reference" in p:
     print(f"epoch {p['setup']['size']}px rsdml {p['rsdml']['epoch_seconds']}s vs reference "

@@ -20,6 +20,7 @@ PROTOCOLS = ("transductive", "inductive")
 PRETRAINED = ("imagenet", "none")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "mmap")
+DEVICE_CACHE_MODES = ("auto", "off")
 AMP_MODES = ("auto", "off", "bf16")
 
 
@@ -82,11 +83,17 @@ class TrainConfig:
     )
     cache_dir: str | None = _opt(None, "Cache folder (default ~/.cache/rsdml or $RSDML_CACHE).")
     cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped file.")
+    device_cache: str = _opt(
+        "auto", "auto: on CUDA, hold the decoded images in GPU memory when they fit in a quarter "
+        "of the free memory (no host copies per step); off: keep them in host memory.",
+        choices=DEVICE_CACHE_MODES,
+    )
     workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).")
     device: str = _opt("auto", "Training device.", choices=DEVICES)
-    amp: str = _opt("auto", "Mixed precision: auto = bf16 on CUDA where supported, off on CPU; "
-                    "bf16 = bf16 also on a CPU (about 2x faster on AMX CPUs).", choices=AMP_MODES)
-    compile: bool = _opt(False, "torch.compile the network (CUDA).")
+    amp: str = _opt("auto", "Mixed precision: auto = bf16 autocast where the hardware runs it "
+                    "natively (CUDA GPUs with bf16; CPUs with AMX or AVX512-BF16), else float32; "
+                    "off = float32; bf16 = always bf16. Losses run in float32.", choices=AMP_MODES)
+    compile: bool = _opt(False, "torch.compile the network and, on CUDA, the augmentations.")
     # --- evaluation and logging
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
     eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")

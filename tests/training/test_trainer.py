@@ -136,6 +136,44 @@ def test_nan_loss_stops_with_the_step_and_term_and_keeps_checkpoint(tiny_scenes,
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 
+def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(
+        tiny_scenes, tmp_path, monkeypatch):
+    """On a GPU losses are read back every few steps: the logged means are unchanged, and a
+    divergence still names its own step and leaves the last checkpoint finite."""
+    import rsdml.training.trainer as tr
+    from rsdml.training.methods.regularized import HRS2DML
+
+    every_step = tmp_path / "every"
+    train(_cfg(tiny_scenes, every_step, epochs=2))
+    monkeypatch.setitem(tr._FLUSH_EVERY, "cpu", 3)  # more than the 2 steps of an epoch
+    deferred = tmp_path / "deferred"
+    train(_cfg(tiny_scenes, deferred, epochs=2))
+
+    def log(run: Path) -> list[dict]:
+        return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+    for a, b in zip(log(every_step), log(deferred), strict=True):
+        assert a["loss_total"] == b["loss_total"] and a["step"] == b["step"]
+
+    original, calls = HRS2DML.forward, {"n": 0}
+
+    def nan_at_step_3(self, *args, **kw):
+        out = original(self, *args, **kw)
+        calls["n"] += 1
+        if calls["n"] == 4:  # global step 3: the second step of epoch 2
+            out["hr"] = out["hr"] * float("nan")
+            out["total"] = out["nsm"] + out["hr"]
+        return out
+
+    monkeypatch.setattr(HRS2DML, "forward", nan_at_step_3)
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDivergedError, match="'hr'.*epoch 2, step 3;"):
+        train(_cfg(tiny_scenes, run, epochs=3))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
 def test_resume_refuses_a_changed_config(tiny_scenes, tmp_path):
     run = tmp_path / "run"
     train(_cfg(tiny_scenes, run, epochs=1))
@@ -152,10 +190,14 @@ def test_existing_run_folder_is_not_overwritten(tiny_scenes, tmp_path):
     assert (run / "keep.txt").read_text() == "x"
 
 
-def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked():
+def test_autocast_is_bf16_where_the_hardware_runs_it_natively(monkeypatch):
+    import rsdml.training.trainer as tr
     from rsdml.training.trainer import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
     assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16

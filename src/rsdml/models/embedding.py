@@ -43,8 +43,13 @@ class EmbeddingNet(nn.Module):
         return self.trunk(x)
 
     def embed_features(self, f: torch.Tensor) -> torch.Tensor:
-        """Unit-norm embeddings ``(B, D)`` of trunk features ``(B, F)``."""
-        return F.normalize(self.head(f), dim=1)
+        """Unit-norm float32 embeddings ``(B, D)`` of trunk features ``(B, F)``.
+
+        The head runs in float32 even under bf16 autocast: it costs nothing next to the trunk,
+        and bf16's 8-bit mantissa would quantise cosine similarities (and rankings) to ~0.5 %.
+        """
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            return F.normalize(self.head(f.float()), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.embed_features(self.forward_features(x))

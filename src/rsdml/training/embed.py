@@ -14,7 +14,12 @@ from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.models.embedding import build_model
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import ImageInputs, embed_batches, uses_channels_last
+from rsdml.training.inputs import (
+    ImageInputs,
+    device_cache_fits,
+    embed_batches,
+    uses_channels_last,
+)
 from rsdml.training.run_dir import RunDir
 from rsdml.training.runner import load_run_config, resolve_device
 from rsdml.training.trainer import autocast_dtype
@@ -68,7 +73,8 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     channels_last = uses_channels_last(dev, cfg.amp)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    inputs = ImageInputs(cache, dev, channels_last=channels_last)
+    inputs = ImageInputs(cache, dev, channels_last=channels_last,
+                         on_device=device_cache_fits(cache, dev, cfg.device_cache))
     model.eval()
     emb = embed_batches(model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
                         autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)

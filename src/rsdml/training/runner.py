@@ -20,7 +20,12 @@ from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import FeatureInputs, ImageInputs, uses_channels_last
+from rsdml.training.inputs import (
+    FeatureInputs,
+    ImageInputs,
+    device_cache_fits,
+    uses_channels_last,
+)
 from rsdml.training.methods.registry import create_method
 from rsdml.training.run_dir import RunDir, check_writable, prepare_new_run, write_json
 from rsdml.training.trainer import EvalSets, LabeledSet, Trainer, UnlabeledSet
@@ -30,7 +35,8 @@ log = logging.getLogger(__name__)
 #: Options that may change when a run is resumed; any other change is refused.
 RESUMABLE_KEYS = frozenset({
     "epochs", "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
-    "cache_dir", "cache_max_memory_gb", "eval_batch_size", "compile", "out", "report",
+    "cache_dir", "cache_max_memory_gb", "device_cache", "eval_batch_size", "compile", "out",
+    "report",
 })
 
 
@@ -118,7 +124,11 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = TrainAugment(extra=cfg.extra_augment) if train else None
-        inputs = ImageInputs(cache, device, augment, channels_last=channels_last)
+        on_device = device_cache_fits(cache, device, cfg.device_cache)
+        if on_device:
+            log.info("image cache (%.0f MiB) held in %s memory", cache.nbytes / 2**20, device)
+        inputs = ImageInputs(cache, device, augment, channels_last=channels_last,
+                             on_device=on_device, compile_augment=cfg.compile)
     return Session(cfg, run, split, device, model, inputs)
 
 
@@ -158,12 +168,22 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     counts = split.counts()
     if not cfg.quiet:
         print(f"rsdml: {cfg.method} on {len(split.paths)} images, {split.num_classes} classes "
-              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), device {session.device}, "
-              f"run folder {run.root}", file=sys.stderr, flush=True)
+              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), device {session.device} "
+              f"({_precision(trainer)}), run folder {run.root}", file=sys.stderr, flush=True)
     trainer.fit()
     result = evaluate_session(session, checkpoint="auto", trainer=trainer)
     result["wall_seconds"] = round(time.monotonic() - t_start, 1)
     return result
+
+
+def _precision(trainer: Trainer) -> str:
+    """What the run computes in: the user sees it, since ``--amp auto`` depends on the hardware."""
+    dtype = "bf16 autocast" if trainer.autocast_dtype == torch.bfloat16 else "float32"
+    parts = [dtype + ("" if trainer.cfg.amp != "auto" else " (--amp off for float32)"
+                      if trainer.autocast_dtype is not None else "")]
+    if getattr(trainer.inputs, "on_device", False):
+        parts.append("images in device memory")
+    return ", ".join(parts)
 
 
 def _read_run_split(run: RunDir, cfg: TrainConfig) -> tuple[Split, Any]:

@@ -28,7 +28,7 @@ from rsdml.evaluation.knn import knn_accuracy
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
-from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches
+from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
 from rsdml.training.methods.base import Method
 from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
 
@@ -109,6 +109,7 @@ class Trainer:
         self.elapsed = 0.0
         self._stop_signal: int | None = None
         self._unl_perm_cache: tuple[int, Tensor] | None = None
+        self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
         if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
             raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
 
@@ -188,33 +189,61 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch: Tensor, epoch: int) -> dict[str, float]:
+    def train_step(self, batch: Tensor, epoch: int) -> dict[str, Tensor]:
+        """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch). Returns
+        the loss terms as detached device tensors: reading them is left to ``run_step`` /
+        ``flush_losses``, so a GPU never idles while the host waits for a loss value."""
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
         gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
         index_l = batch
-        x_l = self.inputs.train(self.labeled.index[index_l], gen)
-        y_l = self.labeled.labels[index_l].to(self.device)
-        n_l = x_l.shape[0]
-        x = x_l
-        if self.method.uses_unlabeled:
-            x = torch.cat([x_l, self.inputs.train(self.unlabeled_batch(self.global_step), gen)])
+        images = self.labeled.index[index_l]
+        n_l = len(images)
+        if self.method.uses_unlabeled:  # one gather and one augmentation call for both
+            images = torch.cat([images, self.unlabeled_batch(self.global_step)])
+        x = self.inputs.train(images, gen)
+        y_l = to_device(self.labeled.labels[index_l], self.device)
         self.model.train()
         with self._autocast():
             emb = self.inputs.embed(self.forward_model, x).float()
-            terms = self.method(emb[:n_l], y_l, index_l.to(self.device),
+            terms = self.method(emb[:n_l], y_l, to_device(index_l, self.device),
                                 emb[n_l:] if self.method.uses_unlabeled else None)
-        values = {k: float(v.detach()) for k, v in terms.items()}
-        bad = sorted((k for k, v in values.items() if not math.isfinite(v)), key=lambda k: k == "total")
-        if bad:  # name the term that broke, not the sum it broke
-            raise TrainingDivergedError(
-                f"loss term {bad[0]!r} became {values[bad[0]]} at epoch {epoch + 1}, step "
-                f"{self.global_step}; training stopped and the last good checkpoint is kept "
-                f"({self.run.last}); lower --lr or the loss weights and train again"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         self.optimizer.step()
-        return values
+        return {k: v.detach() for k, v in terms.items()}
+
+    def run_step(self, batch: Tensor, epoch: int) -> None:
+        """``train_step`` plus the bookkeeping of the training loop: the step counter, and the
+        loss terms read back (and checked) every step on a CPU, every ``_FLUSH_EVERY["cuda"]``
+        steps on a GPU."""
+        self._pending.append((self.global_step, epoch, self.train_step(batch, epoch)))
+        self.global_step += 1
+        if len(self._pending) >= _FLUSH_EVERY.get(self.device.type, 1):
+            self.flush_losses()
+
+    def flush_losses(self) -> None:
+        """Read the pending steps' loss terms back in one copy, stop on the first non-finite
+        one, and add them to the epoch's sums. Called before anything is saved, so a
+        checkpoint never holds weights from after a diverged step."""
+        if not self._pending:
+            return
+        flat = torch.cat([torch.stack(list(t.values())).float().reshape(-1)
+                          for _, _, t in self._pending]).cpu().tolist()
+        pending, self._pending, at = self._pending, [], 0
+        for step, epoch, terms in pending:
+            values = dict(zip(terms, flat[at:at + len(terms)]))
+            at += len(terms)
+            bad = sorted((k for k, v in values.items() if not math.isfinite(v)),
+                         key=lambda k: k == "total")
+            if bad:  # name the term that broke, not the sum it broke
+                raise TrainingDivergedError(
+                    f"loss term {bad[0]!r} became {values[bad[0]]} at epoch {epoch + 1}, step "
+                    f"{step}; training stopped and the last good checkpoint is kept "
+                    f"({self.run.last}); lower --lr or the loss weights and train again"
+                )
+            for k, v in values.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+            self.steps_in_sums += 1
 
     # ------------------------------------------------------------------ evaluation
     def embed(self, index: Tensor) -> np.ndarray:
@@ -306,13 +335,10 @@ class Trainer:
         todo = range(self.batch_in_epoch, len(batches))
         for b in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                           enabled=not cfg.quiet):
-            values = self.train_step(batches[b], epoch)
-            for k, v in values.items():
-                self.sums[k] = self.sums.get(k, 0.0) + v
-            self.steps_in_sums += 1
-            self.global_step += 1
+            self.run_step(batches[b], epoch)
             self.batch_in_epoch = b + 1
             if self._stop_signal is not None:
+                self.flush_losses()
                 self.elapsed += time.monotonic() - t0
                 self.save()
                 raise TrainingInterrupted(
@@ -320,6 +346,7 @@ class Trainer:
                     f"to {self.run.last}; continue with `rsdml train --resume {self.run.root}`",
                     self._stop_signal,
                 )
+        self.flush_losses()
         self.epoch, self.batch_in_epoch = epoch + 1, 0
         self.scheduler.step()
         self.elapsed += time.monotonic() - t0
@@ -356,6 +383,10 @@ class Trainer:
             self.save()
 
 
+# Steps between loss read-backs: on a GPU each read-back makes the host wait for the device.
+_FLUSH_EVERY = {"cpu": 1, "cuda": 20}
+
+
 def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
     try:
         with open(path, "a") as f:
@@ -368,10 +399,28 @@ def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA where supported (no loss scaling needed); on a CPU only when asked
-    (``--amp bf16``: ~2x faster steps on CPUs with AMX / AVX512-BF16); full precision elsewhere."""
+    """bf16 autocast wherever the hardware runs it natively: CUDA GPUs with bf16, and CPUs with
+    AMX or AVX512-BF16 (1.5-2x faster steps there; docs/benchmarks.md); float32 elsewhere.
+    The losses always run in float32. ``off`` forces float32, ``bf16`` forces bf16."""
     if amp == "off":
         return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def cpu_has_native_bf16() -> bool:
+    """AMX tiles or AVX512-BF16 instructions, which oneDNN uses for bf16 convolutions (without
+    them bf16 is emulated and slower than float32)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and (torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()))
+    except (AttributeError, RuntimeError):
+        return False
     if device.type == "cpu":
         return torch.bfloat16 if amp == "bf16" else None
     if device.type != "cuda":
