@@ -73,8 +73,8 @@ def add_common_args(ap: argparse.ArgumentParser) -> None:
                     help="rsdml's --amp for the session (auto = bf16 on CUDA where supported); "
                          "the JSON's 'precision' says what the trainer really used")
     ap.add_argument("--compile", action="store_true",
-                    help="rsdml's --compile: torch.compile the model (all parts) and, on CUDA, "
-                         "the augmentation; compilation happens in the untimed warm-up")
+                    help="rsdml's --compile: torch.compile the model (all parts); compilation "
+                         "happens in the untimed warm-up")
     ap.add_argument("--device-cache", default="auto", choices=("auto", "off"),
                     help="rsdml's --device-cache (auto: images in GPU memory when they fit)")
 
@@ -380,9 +380,7 @@ def precision(trainer: Any) -> dict[str, Any]:
     """What the session really runs: autocast dtype (None = float32) and memory layout."""
     return {"autocast_dtype": str(trainer.autocast_dtype) if trainer.autocast_dtype else None,
             "channels_last": bool(getattr(trainer.inputs, "channels_last", False)),
-            "images_on_device": bool(getattr(trainer.inputs, "on_device", False)),
-            "compiled_augment": bool(getattr(getattr(trainer.inputs, "augment", None),
-                                             "_compiled", None))}
+            "images_on_device": bool(getattr(trainer.inputs, "on_device", False))}
 
 
 def cached_session(cfg: TrainConfig, split: Split, run_root: Path):

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One-shot CUDA run of rsdml's three speed benchmarks (bench_train, bench_embed, bench_epoch).
-# Sized for < 5 minutes on one H100 (each benchmark also has its own time limit).
+# One-shot CUDA run of rsdml's speed benchmarks (bench_train, bench_embed, bench_epoch), rsdml
+# train + embed on CUDA, and bench_train with --compile. About 7-8 minutes on one H200 with
+# synthetic data (the last step, --compile, is the first to go if the time limit is short).
 #
 #   bash benchmarks/gpu_bench.sh [OUT_DIR]      # default: $OUT, else benchmarks/results-gpu
 #
-# Writes OUT_DIR/bench_{train,embed,epoch}.json (one JSON object each), logs.tar.gz (each
-# benchmark's progress log), env.txt (GPU, driver, /dev/shm, packages), cli_cuda.txt (rsdml
-# train + embed on CUDA end to end) and summary.txt (the key ratios).
+# Writes OUT_DIR/bench_{train,embed,epoch}.json and bench_train_compile.json (one JSON object
+# each), logs.txt (every benchmark's progress log), env.txt (GPU, driver, /dev/shm, packages),
+# cli_cuda.txt (rsdml train + embed on CUDA end to end) and summary.txt (the key ratios): at
+# most 8 files, what the device tool brings back.
 # Data: $RSDML_BENCH_DATA, else ../shared/data/AID, else (the GPU machine does not receive
 # ../shared) 10,000 synthetic 150x150 JPEGs in 30 classes written to /tmp first; the JSON's
 # setup.data says which was used. Python packages the GPU image lacks (faiss-cpu,
@@ -55,6 +57,8 @@ bench() {  # bench NAME[:OUTPUT] LIMIT_S ARGS...
     >"$OUT_DIR/$out.json" 2>"$OUT_DIR/$out.log"
   local rc=$?
   [ "$rc" -eq 0 ] || { echo "$out failed (exit $rc); last lines of its log:"; tail -5 "$OUT_DIR/$out.log"; status=1; }
+  # One log file for all: the device tool brings back at most 8 files.
+  { echo "===== $out (exit $rc)"; cat "$OUT_DIR/$out.log"; } >>"$OUT_DIR/logs.txt" && rm -f "$OUT_DIR/$out.log"
 }
 
 bench bench_train 130 --sizes 64 128 256 --steps 30 --warmup 5
@@ -74,8 +78,8 @@ echo "== rsdml train + embed on CUDA ($(($(date +%s) - start))s elapsed)"
     && ls /tmp/rsdml-cuda-run && cat /tmp/rsdml-cuda-run/final_metrics.json
 } >"$OUT_DIR/cli_cuda.txt" 2>&1 || { echo "CLI on CUDA failed; see cli_cuda.txt"; tail -5 "$OUT_DIR/cli_cuda.txt"; status=1; }
 
-# Last (the longest): the training step with --compile (model and augmentation compiled in
-# the untimed warm-up).
+# Last (the longest): the training step with --compile (the model compiled in the untimed
+# warm-up).
 bench bench_train:bench_train_compile 170 --sizes 128 256 --steps 30 --warmup 8 --parts ab --compile
 
 "$PY" - "$OUT_DIR" >"$OUT_DIR/summary.txt" 2>&1 <<'EOF'
@@ -105,7 +109,5 @@ if p and "ratio_rsdml_over_reference" in p:
           f"vs the same pipeline feeding rsdml's model: {p.get('ratio_rsdml_over_reference_rsdml_model')}")
 EOF
 cat "$OUT_DIR/summary.txt"
-# Progress logs in one archive: the device tool brings back at most 8 files.
-tar -czf "$OUT_DIR/logs.tar.gz" -C "$OUT_DIR" $(cd "$OUT_DIR" && ls *.log 2>/dev/null) && rm -f "$OUT_DIR"/*.log
 echo "done in $(($(date +%s) - start))s; JSON in $OUT_DIR"
 exit $status

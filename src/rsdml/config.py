@@ -93,7 +93,7 @@ class TrainConfig:
     amp: str = _opt("auto", "Mixed precision: auto = bf16 autocast where the hardware runs it "
                     "natively (CUDA GPUs with bf16; CPUs with AMX or AVX512-BF16), else float32; "
                     "off = float32; bf16 = always bf16. Losses run in float32.", choices=AMP_MODES)
-    compile: bool = _opt(False, "torch.compile the network and, on CUDA, the augmentations.")
+    compile: bool = _opt(False, "torch.compile the network (CUDA).")
     # --- evaluation and logging
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
     eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")

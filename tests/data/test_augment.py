@@ -288,3 +288,17 @@ def test_accelerator_path_has_no_data_dependent_ops(extra):
     assert y.device.type == "meta" and y.dtype == torch.float32 and y.shape == x.shape
     with pytest.raises(NotImplementedError):  # the CPU path does use data-dependent shapes
         TrainAugment()._apply_grouped(x, torch.rand(4, 12, device="meta"))
+
+
+def test_accelerator_path_copies_no_host_lists_after_the_first_batch(monkeypatch):
+    """``torch.tensor([...], device=cuda)`` copies from pageable host memory and makes the host
+    wait for the GPU: constants are made once per device, then every batch reuses them."""
+    aug = TrainAugment(extra=True)
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    u = aug.draw(6, torch.Generator().manual_seed(0))
+    first = aug._apply_batched(x, u)
+    made = []
+    real = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or real(*a, **k))
+    again = aug._apply_batched(x, u)
+    assert made == [] and torch.equal(first, again)

@@ -17,6 +17,7 @@ applying them last, as the paper's list does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -34,10 +35,16 @@ _LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 _CPU_CHUNK_ELEMENTS = 2**18  # at most 1 MiB of float32 per CPU block, so it stays in cache
 
 
+@functools.lru_cache(maxsize=64)
+def _const(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor, made once per device: building it from a Python list copies
+    from pageable host memory, which makes the host wait for the GPU every time."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
 def _stats(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(3, 1, 1)
-    return mean, std
+    return (_const(IMAGENET_MEAN, device, dtype).view(3, 1, 1),
+            _const(IMAGENET_STD, device, dtype).view(3, 1, 1))
 
 
 def _check_images(images: Tensor) -> None:
@@ -96,7 +103,7 @@ def _adjust_hue(x: Tensor, hue: Tensor) -> Tensor:
     h_green = rc.add_(2).sub_(bc)
     h6 = torch.where(maxc == r, h_red, torch.where(maxc == g, h_green, h_blue))
     h6 = h6.add_(_per_sample(hue).squeeze(1) * 6)
-    n = torch.tensor((5.0, 3.0, 1.0), device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = _const((5.0, 3.0, 1.0), x.device, x.dtype).view(1, 3, 1, 1)
     k = torch.remainder(h6.unsqueeze(1) + n, 6)
     w = torch.minimum(k, 4 - k).clamp_(0, 1)
     return maxc.unsqueeze(1) - cr.unsqueeze(1) * w
@@ -200,7 +207,6 @@ class TrainAugment(torch.nn.Module):
         self.jitter = float(jitter)
         self.hflip = bool(hflip)
         self.extra = bool(extra)
-        self._compiled: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -223,19 +229,14 @@ class TrainAugment(torch.nn.Module):
         u = self.draw(images_uint8.shape[0], generator).to(images_uint8.device)
         if images_uint8.device.type == "cpu":
             return self._apply_grouped(images_uint8, u)
-        return (self._compiled or self._apply_batched)(images_uint8, u)
-
-    def compile_batched(self) -> None:
-        """Run the accelerator path through ``torch.compile``: its elementwise ops fuse into a
-        few kernels (the random draws stay outside, so the stream is unchanged)."""
-        self._compiled = torch.compile(self._apply_batched, dynamic=True)
+        return self._apply_batched(images_uint8, u)
 
     def _params(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Per-sample parameters from the uniforms: gray, hflip, vflip (bool), rotation (k),
         jitter order (B, 4) (a uniform permutation: argsort of iid uniforms), factors (B, 4)."""
         j = self.jitter
-        lo = torch.tensor([max(0.0, 1 - j)] * 3 + [-j], device=u.device)
-        hi = torch.tensor([1 + j] * 3 + [j], device=u.device)
+        lo = _const((max(0.0, 1 - j),) * 3 + (-j,), u.device, u.dtype)
+        hi = _const((1 + j,) * 3 + (j,), u.device, u.dtype)
         return (
             u[:, _GRAY] < self.grayscale_p,
             (u[:, _HFLIP] < 0.5) & self.hflip,

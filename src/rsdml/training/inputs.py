@@ -22,20 +22,16 @@ class ImageInputs:
 
     ``on_device``: the whole uint8 cache is copied once into device memory, so a batch is one
     ``index_select`` there: no host gather, pinning or host-to-device copy per step (on a GPU
-    those cost more than the augmentation). ``compile_augment``: on CUDA, ``torch.compile``
-    fuses the augmentation's ~200 elementwise passes into a few kernels.
+    those cost more than the augmentation).
     """
 
     def __init__(self, cache: ImageCache, device: torch.device, augment: TrainAugment | None = None,
-                 channels_last: bool = False, on_device: bool = False,
-                 compile_augment: bool = False) -> None:
+                 channels_last: bool = False, on_device: bool = False) -> None:
         self.cache = cache
         self.device = device
         self.augment = augment
         self.channels_last = channels_last
         self.images = cache.images.to(device) if on_device and device.type != "cpu" else None
-        if augment is not None and compile_augment and device.type == "cuda":
-            augment.compile_batched()
 
     @property
     def on_device(self) -> bool:

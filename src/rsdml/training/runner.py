@@ -128,7 +128,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         if on_device:
             log.info("image cache (%.0f MiB) held in %s memory", cache.nbytes / 2**20, device)
         inputs = ImageInputs(cache, device, augment, channels_last=channels_last,
-                             on_device=on_device, compile_augment=cfg.compile)
+                             on_device=on_device)
     return Session(cfg, run, split, device, model, inputs)
 
 
