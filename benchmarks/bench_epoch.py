@@ -17,8 +17,9 @@ labelled ones.
   reference-rsdml-model: the same per-sample pipeline feeding the model in rsdml's precision
              and memory layout (autocast dtype, channels_last), to isolate the input pipeline.
 
-The target ratio (<= 0.5) is rsdml over ``reference``. All share one model, optimiser and loss; before each epoch one untimed training step and one
-untimed evaluation batch warm the model up. ``--max-steps`` and ``--eval-images`` time fewer
+The target ratio (<= 0.5) is rsdml over ``reference``. All share one model, optimiser and
+loss; before each epoch one untimed training step and one untimed evaluation batch warm the
+model up. ``--max-steps`` and ``--eval-images`` time fewer
 steps / images and extrapolate: first step (or batch) once, for it holds the DataLoader
 start-up, plus the mean of the others for each remaining one; kNN is always timed at full
 size. The JSON says what was measured and what was extrapolated.

@@ -83,8 +83,9 @@ class _FilesOnly:
         from rsdml.data.imageio import read_resized
 
         self.decoded += len(index)
-        return torch.stack([torch.from_numpy(read_resized(self.root / self.paths[i], self.size).copy())
-                            .permute(2, 0, 1).contiguous() for i in torch.as_tensor(index).tolist()])
+        rows = [read_resized(self.root / self.paths[i], self.size).copy()
+                for i in torch.as_tensor(index).tolist()]
+        return torch.stack([torch.from_numpy(r).permute(2, 0, 1).contiguous() for r in rows])
 
 
 @pytest.mark.parametrize("source", ["mmap", "files"])
@@ -236,14 +237,13 @@ def test_existing_run_folder_is_not_overwritten(tiny_scenes, tmp_path):
     assert (run / "keep.txt").read_text() == "x"
 
 
-def test_autocast_is_bf16_where_the_hardware_runs_it_natively(monkeypatch):
+def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked(monkeypatch):
     import rsdml.training.trainer as tr
     from rsdml.training.trainer import autocast_dtype
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: False)
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
-    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: True)
-    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("off", cpu) is None
+    for native in (False, True):  # float32 by default even where the CPU has bf16 units
+        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: native)
+        assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16

@@ -178,9 +178,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
 
 def _precision(trainer: Trainer) -> str:
     """What the run computes in: the user sees it, since ``--amp auto`` depends on the hardware."""
-    dtype = "bf16 autocast" if trainer.autocast_dtype == torch.bfloat16 else "float32"
-    parts = [dtype + ("" if trainer.cfg.amp != "auto" else " (--amp off for float32)"
-                      if trainer.autocast_dtype is not None else "")]
+    from rsdml.training.trainer import cpu_has_native_bf16
+
+    if trainer.autocast_dtype == torch.bfloat16:
+        parts = ["bf16 autocast" + (" (--amp off for float32)" if trainer.cfg.amp == "auto" else "")]
+    elif trainer.device.type == "cpu" and trainer.cfg.amp == "auto" and cpu_has_native_bf16():
+        parts = ["float32 (this CPU runs bf16 natively: --amp bf16 is ~1.6x faster)"]
+    else:
+        parts = ["float32"]
     if getattr(trainer.inputs, "on_device", False):
         parts.append("images in device memory")
     return ", ".join(parts)
