@@ -91,7 +91,7 @@ class TrainConfig:
     workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).")
     device: str = _opt("auto", "Training device.", choices=DEVICES)
     amp: str = _opt("auto", "Mixed precision: auto = bf16 autocast on CUDA GPUs with bf16, float32 "
-                    "on a CPU; bf16 = bf16 also on a CPU (~1.6x faster on CPUs with AMX or "
+                    "on a CPU; bf16 = bf16 also on a CPU (1.5-1.9x faster on CPUs with AMX or "
                     "AVX512-BF16); off = float32. Losses run in float32.", choices=AMP_MODES)
     compile: bool = _opt(False, "torch.compile the network (CUDA).")
     # --- evaluation and logging

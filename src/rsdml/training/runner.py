@@ -183,7 +183,7 @@ def _precision(trainer: Trainer) -> str:
     if trainer.autocast_dtype == torch.bfloat16:
         parts = ["bf16 autocast" + (" (--amp off for float32)" if trainer.cfg.amp == "auto" else "")]
     elif trainer.device.type == "cpu" and trainer.cfg.amp == "auto" and cpu_has_native_bf16():
-        parts = ["float32 (this CPU runs bf16 natively: --amp bf16 is ~1.6x faster)"]
+        parts = ["float32 (this CPU runs bf16 natively: --amp bf16 is 1.5-1.9x faster)"]
     else:
         parts = ["float32"]
     if getattr(trainer.inputs, "on_device", False):

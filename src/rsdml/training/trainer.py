@@ -400,7 +400,7 @@ def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA GPUs with bf16 (``auto``); float32 on a CPU unless ``bf16`` is
-    asked for: on CPUs with AMX / AVX512-BF16 it makes steps ~1.6x faster but cost 0.6 kNN
+    asked for: on CPUs with AMX / AVX512-BF16 it makes steps 1.5-1.9x faster but cost 0.6 kNN
     points in a measured fine-tuning comparison (docs/results.md). The losses always run in
     float32. ``off`` forces float32, ``bf16`` forces bf16."""
     if amp == "off":
