@@ -160,27 +160,35 @@ def test_unlabelled_labels_are_never_used(tiny_scenes, tmp_path):
     _assert_same(_params(first), _params(second))
 
 
-def test_nan_loss_stops_with_the_step_and_term_and_keeps_checkpoint(tiny_scenes, tmp_path, monkeypatch):
+def _hr_nan_after(monkeypatch, healthy_steps: int) -> None:
+    """The high-rankness term turns NaN after ``healthy_steps`` training steps."""
     from rsdml.training.methods.regularized import HRS2DML
 
-    original = HRS2DML.forward
-    calls = {"n": 0}
+    original, calls = HRS2DML.forward, {"n": 0}
 
     def nan_later(self, *args, **kw):
         out = original(self, *args, **kw)
         calls["n"] += 1
-        if calls["n"] > 2:  # epoch 1 has 2 steps (12 labelled, batch 8): fails in epoch 2
+        if calls["n"] > healthy_steps:
             out["hr"] = out["hr"] * float("nan")
             out["total"] = out["nsm"] + out["hr"]
         return out
 
     monkeypatch.setattr(HRS2DML, "forward", nan_later)
+
+
+def _finite_last_checkpoint(run: Path) -> dict:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    return state
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_checkpoint(tiny_scenes, tmp_path, monkeypatch):
+    _hr_nan_after(monkeypatch, 2)  # epoch 1 has 2 steps (12 labelled, batch 8): fails in epoch 2
     run = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match="'hr'.*step"):
         train(_cfg(tiny_scenes, run, epochs=3))
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["epoch"] >= 1
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert _finite_last_checkpoint(run)["epoch"] >= 1
 
 
 def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(
@@ -188,7 +196,6 @@ def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(
     """On a GPU losses are read back every few steps: the logged means are unchanged, and a
     divergence still names its own step and leaves the last checkpoint finite."""
     import rsdml.training.trainer as tr
-    from rsdml.training.methods.regularized import HRS2DML
 
     every_step = tmp_path / "every"
     train(_cfg(tiny_scenes, every_step, epochs=2))
@@ -202,23 +209,11 @@ def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(
     for a, b in zip(log(every_step), log(deferred), strict=True):
         assert a["loss_total"] == b["loss_total"] and a["step"] == b["step"]
 
-    original, calls = HRS2DML.forward, {"n": 0}
-
-    def nan_at_step_3(self, *args, **kw):
-        out = original(self, *args, **kw)
-        calls["n"] += 1
-        if calls["n"] == 4:  # global step 3: the second step of epoch 2
-            out["hr"] = out["hr"] * float("nan")
-            out["total"] = out["nsm"] + out["hr"]
-        return out
-
-    monkeypatch.setattr(HRS2DML, "forward", nan_at_step_3)
+    _hr_nan_after(monkeypatch, 3)  # from global step 3, the second step of epoch 2
     run = tmp_path / "nan"
     with pytest.raises(TrainingDivergedError, match="'hr'.*epoch 2, step 3;"):
         train(_cfg(tiny_scenes, run, epochs=3))
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert _finite_last_checkpoint(run)["epoch"] == 1
 
 
 def test_resume_refuses_a_changed_config(tiny_scenes, tmp_path):
