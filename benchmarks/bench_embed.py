@@ -103,7 +103,7 @@ def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path
     C.log(f"{size}px: cache of {len(paths)} images (cold build, then warm load)")
     cache, out["cache"] = C.build_and_reload_cache(data, paths, size, cache_dir, args.workers)
     # As embed.py builds it: precision, memory layout, device-resident images.
-    dtype, cl = autocast_dtype(cfg.amp, device), uses_channels_last(device, cfg.amp)
+    dtype, cl = autocast_dtype(cfg.amp, device), uses_channels_last(device)
     model = build_model(cfg).to(device).eval()
     if cl:
         model = model.to(memory_format=torch.channels_last)

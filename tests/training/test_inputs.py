@@ -33,6 +33,6 @@ def test_device_cache_is_for_cuda_only_and_can_be_turned_off():
 
 
 def test_channels_last_on_cpu_and_cuda():
-    assert uses_channels_last(torch.device("cpu"), "off")
-    assert uses_channels_last(torch.device("cuda"), "auto")
-    assert not uses_channels_last(torch.device("meta"), "auto")
+    assert uses_channels_last(torch.device("cpu"))
+    assert uses_channels_last(torch.device("cuda"))
+    assert not uses_channels_last(torch.device("meta"))

@@ -70,7 +70,7 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
                              max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
                              workers=cfg.workers, progress=not quiet)
     # As evaluation embeds: the same precision, memory layout and batch loop.
-    channels_last = uses_channels_last(dev, cfg.amp)
+    channels_last = uses_channels_last(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     inputs = ImageInputs(cache, dev, channels_last=channels_last,

@@ -21,6 +21,7 @@ from rsdml.data.cache import ImageCache, default_cache_dir
 from rsdml.data.split import Split
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
+from rsdml.training.inputs import uses_channels_last
 
 log = logging.getLogger(__name__)
 FEATURE_FORMAT = 1
@@ -50,11 +51,8 @@ def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.devic
                      batch_size: int, show_progress: bool = True) -> Tensor:
     model.eval()
     chunks = torch.arange(len(cache)).split(batch_size)
-    # The input in the model's memory layout (channels_last where build_session chose it).
-    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    layout = (torch.channels_last if conv is not None
-              and conv.weight.is_contiguous(memory_format=torch.channels_last)
-              and not conv.weight.is_contiguous() else torch.contiguous_format)
+    # The input in the layout build_session gives the model.
+    layout = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
     out = [model.forward_features(
                normalize(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
            for c in progress(chunks, total=len(chunks), desc="trunk features", enabled=show_progress)]

@@ -101,11 +101,10 @@ class FeatureInputs:
 Inputs = ImageInputs | FeatureInputs
 
 
-def uses_channels_last(device: torch.device, amp: str) -> bool:
+def uses_channels_last(device: torch.device) -> bool:
     """channels_last on CUDA and CPU: cuDNN's and oneDNN's convolutions run fastest in NHWC
-    (measured on a 2-core CPU in float32: ResNet-18 training 1.2-1.3x, EfficientNet-Lite0
-    1.7-1.9x; docs/benchmarks.md). ``amp`` is kept for devices where this may differ."""
-    del amp
+    (on a 2-core CPU in float32: ResNet-18 training 1.1-1.3x, EfficientNet-Lite0 1.8-2.1x;
+    ``benchmarks/bench_layout.py``)."""
     return device.type in ("cuda", "cpu")
 
 

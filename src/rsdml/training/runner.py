@@ -112,7 +112,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
     cache = load_cache(cfg, split)
-    channels_last = uses_channels_last(device, cfg.amp)
+    channels_last = uses_channels_last(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_backbone:
