@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot CUDA run of rsdml's speed benchmarks (bench_train, bench_embed, bench_epoch), rsdml
-# train + embed on CUDA, and bench_train with --compile. About 7-8 minutes on one H200 with
-# synthetic data (the last step, --compile, is the first to go if the time limit is short).
+# train + embed on CUDA, and bench_train with --compile. Give it 9 minutes on one H200: the
+# last run reached its final step (--compile, the first to go if time is short) after 393 s,
+# including 150 s of a CLI step that then stalled (since fixed) and 11 s of synthetic data.
 #
 #   bash benchmarks/gpu_bench.sh [OUT_DIR]      # default: $OUT, else benchmarks/results-gpu
 #
