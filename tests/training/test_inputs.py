@@ -36,3 +36,25 @@ def test_channels_last_on_cpu_and_cuda():
     assert uses_channels_last(torch.device("cpu"))
     assert uses_channels_last(torch.device("cuda"))
     assert not uses_channels_last(torch.device("meta"))
+
+
+def test_device_resident_images_give_the_same_batches_as_host_rows(tiny_scenes, tmp_path):
+    """The resident path (one index_select on the device's copy of the cache) feeds exactly the
+    rows, augmentation draws and normalisation of the host path; on a CPU the copy is free, so
+    the wiring is tested here and only the copy's destination differs on CUDA."""
+    from rsdml.data.augment import TrainAugment
+    from rsdml.data.cache import load_image_cache
+    from rsdml.data.scan import scan_image_folder
+    from rsdml.training.inputs import ImageInputs
+
+    paths = scan_image_folder(tiny_scenes, progress=False).paths
+    cache = load_image_cache(tiny_scenes, paths, 32, cache_dir=tmp_path, progress=False)
+    cpu = torch.device("cpu")
+    host = ImageInputs(cache, cpu, TrainAugment())
+    resident = ImageInputs(cache, cpu, TrainAugment(), on_device=True)
+    assert resident.on_device and not host.on_device
+    index = torch.tensor([5, 0, 63, 17, 17])
+    assert torch.equal(host.eval(index), resident.eval(index))
+    a = host.train(index, torch.Generator().manual_seed(3))
+    b = resident.train(index, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.equal(a, host.eval(index))

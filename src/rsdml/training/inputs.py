@@ -31,7 +31,7 @@ class ImageInputs:
         self.device = device
         self.augment = augment
         self.channels_last = channels_last
-        self.images = cache.images.to(device) if on_device and device.type != "cpu" else None
+        self.images = cache.images.to(device) if on_device else None
 
     @property
     def on_device(self) -> bool:
