@@ -73,3 +73,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def touch(path: str | Path) -> None:
+    """Set ``path``'s modification time to now (best effort: a read-only folder keeps the old
+    time). The caches use it to record when they were last used."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass

@@ -160,9 +160,11 @@ def list_registries() -> None:
 
 
 def _register() -> None:
+    from rsdml.cli.cache import cache
     from rsdml.cli.experiment import experiment
 
     cli.add_command(experiment)
+    cli.add_command(cache)
 
 
 _register()

@@ -37,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from rsdml.fsutil import fsync_dir
+from rsdml.fsutil import fsync_dir, touch
 from rsdml.data import imageio
 from rsdml.errors import RsdmlError
 from rsdml.progress import progress as _progress
@@ -332,6 +332,7 @@ def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str) -> I
         log.warning("cannot read the image cache %s (%s); rebuilding it", file, e)
         return None
     stats = _stats(want, nbytes, False, True, 0.0, time.perf_counter() - start)
+    touch(file)  # "last used", for `rsdml cache clear --older-than`
     return ImageCache(torch.from_numpy(array), shape[-1], file, stats)
 
 

@@ -18,6 +18,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.data.augment import normalize
 from rsdml.data.cache import ImageCache, default_cache_dir
+from rsdml.fsutil import touch
 from rsdml.data.split import Split
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
@@ -67,6 +68,7 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
         try:
             feats = torch.load(path, weights_only=True)
             if isinstance(feats, Tensor) and feats.shape[0] == len(split.paths):
+                touch(path)  # "last used", for `rsdml cache clear --older-than`
                 return feats
         except Exception:
             pass

@@ -124,11 +124,8 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = TrainAugment(extra=cfg.extra_augment) if train else None
-        on_device = device_cache_fits(cache, device, cfg.device_cache)
-        if on_device:
-            log.info("image cache (%.0f MiB) held in %s memory", cache.nbytes / 2**20, device)
         inputs = ImageInputs(cache, device, augment, channels_last=channels_last,
-                             on_device=on_device)
+                             on_device=device_cache_fits(cache, device, cfg.device_cache))
     return Session(cfg, run, split, device, model, inputs)
 
 
