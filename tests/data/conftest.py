@@ -149,3 +149,17 @@ def _make_messy_folder_fixture():
 def messy_folder(tmp_path: Path) -> MessyFolder:
     """A messy data folder under tmp_path and what a default scan should report."""
     return make_messy_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> tuple[Path, list[str]]:
+    """20 random 32x32 images in two class folders (mixed formats): the cache tests' data."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "data"
+    paths = []
+    for i in range(20):
+        rel = f"class{i % 2}/img{i:02d}.{'png' if i % 3 else 'jpg'}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / rel)
+        paths.append(rel)
+    return root, paths

@@ -23,20 +23,6 @@ N_IMAGES = 20
 
 
 @pytest.fixture
-def data(tmp_path: Path) -> tuple[Path, list[str]]:
-    """20 random 32x32 images in two class folders (mixed formats)."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "data"
-    paths = []
-    for i in range(N_IMAGES):
-        rel = f"class{i % 2}/img{i:02d}.{'png' if i % 3 else 'jpg'}"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / rel)
-        paths.append(rel)
-    return root, paths
-
-
-@pytest.fixture
 def decodes(monkeypatch) -> list[str]:
     """Counts calls of imageio.read_resized (the cache must call it, once per image)."""
     calls: list[str] = []

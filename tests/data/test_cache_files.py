@@ -6,9 +6,7 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from rsdml.cli.main import main
 from rsdml.data.cache import load_image_cache
@@ -17,25 +15,14 @@ from rsdml.data.cache_files import cache_files, clear_cache
 DAY = 86400
 
 
-def _images(root: Path, n: int = 4) -> list[str]:
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        rel = f"c{i % 2}/i{i}.png"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / rel)
-        paths.append(rel)
-    return paths
-
-
 def _age(path: Path, days: float) -> None:
     t = time.time() - days * DAY
     os.utime(path, (t, t))
 
 
-def test_lists_image_and_feature_caches_and_marks_reuse(tmp_path):
-    data, cache = tmp_path / "data", tmp_path / "cache"
-    paths = _images(data)
+def test_lists_image_and_feature_caches_and_marks_reuse(data, tmp_path):
+    data, paths = data
+    cache = tmp_path / "cache"
     built = load_image_cache(data, paths, 8, cache_dir=cache, progress=False).path
     other = load_image_cache(data, paths, 12, cache_dir=cache, progress=False).path
     (cache / "features-abc.pt").write_bytes(b"x" * 10)
