@@ -334,7 +334,8 @@ def model_step(trainer: Any, x: torch.Tensor, y_l: torch.Tensor, index_l: torch.
                read_loss: bool) -> None:
     """Trainer.train_step without its input pipeline: same autocast, forward of the joined
     labelled + unlabelled batch, method, backward and optimiser step. ``read_loss`` copies the
-    loss terms to the host as train_step does (a device sync on CUDA)."""
+    loss terms to the host every step (a device sync on CUDA), as the per-sample pipeline's
+    reference loop does."""
     n_l = y_l.shape[0]
     trainer.model.train()
     with trainer._autocast():

@@ -88,12 +88,7 @@ def timed_passes(fn, n_images: int, repeats: int, device: torch.device,
 
 def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path) -> dict[str, Any]:
     from rsdml.models.embedding import build_model
-    from rsdml.training.inputs import (
-        ImageInputs,
-        device_cache_fits,
-        embed_batches,
-        uses_channels_last,
-    )
+    from rsdml.training.inputs import embed_batches, image_inputs, place_model
     from rsdml.training.trainer import autocast_dtype
 
     cfg = C.bench_config(data, size, device, cache_dir, 128, args.workers, args.seed,
@@ -103,14 +98,11 @@ def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path
     C.log(f"{size}px: cache of {len(paths)} images (cold build, then warm load)")
     cache, out["cache"] = C.build_and_reload_cache(data, paths, size, cache_dir, args.workers)
     # As embed.py builds it: precision, memory layout, device-resident images.
-    dtype, cl = autocast_dtype(cfg.amp, device), uses_channels_last(device)
-    model = build_model(cfg).to(device).eval()
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    inputs = ImageInputs(cache, device, channels_last=cl,
-                         on_device=device_cache_fits(cache, device, cfg.device_cache))
-    out["precision"] = {"autocast_dtype": str(dtype) if dtype else None, "channels_last": cl,
-                        "images_on_device": inputs.on_device}
+    dtype = autocast_dtype(cfg.amp, device)
+    model = place_model(build_model(cfg).to(device), device).eval()
+    inputs = image_inputs(cache, device, cfg.device_cache)
+    out["precision"] = {"autocast_dtype": str(dtype) if dtype else None,
+                        "channels_last": inputs.channels_last, "images_on_device": inputs.on_device}
     n = len(paths)
     index = torch.arange(n)
 

@@ -7,7 +7,7 @@ embeds all 10,000 images and scores kNN (k = 10) of the 8,000 test images agains
 labelled ones.
 
   rsdml:     the decoded-image cache (its cold build is timed and reported apart: it is paid
-             once per data set and resolution, not per epoch), then ``Trainer.train_step`` for
+             once per data set and resolution, not per epoch), then ``Trainer.run_step`` for
              each batch of the epoch and ``Trainer.evaluate()`` (embedding from the cache in
              inference mode, kNN);
   reference: every step decodes + resizes + jitters each JPEG with PIL in DataLoader workers

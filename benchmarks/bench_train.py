@@ -7,9 +7,10 @@ images per second (labelled + unlabelled) of:
   (a) the model step alone on random tensors already on the device: forward of the
       128 + 128 batch through ResNet-18 (from scratch) + head, the hr-s2dml loss (margin
       softmax + BNM), backward, SGD step; the limit any input pipeline can reach;
-  (b) rsdml's full training step, ``Trainer.train_step`` itself: cache rows -> (pinned ->
-      device) -> batched TrainAugment -> same model step, reading the loss values back; the
-      cache is built (cold, timed apart) and loaded back (warm) before timing;
+  (b) rsdml's full training step, ``Trainer.run_step`` as the training loop calls it: cache
+      rows (in GPU memory, or host -> pinned -> device) -> one batched TrainAugment call ->
+      same model step, loss values read back as the loop does; the cache is built (cold,
+      timed apart) and loaded back (warm) before timing;
   (c) the reference pipeline: an ImageFolder-style dataset decoding every JPEG with PIL,
       ``paper_pil_transform`` (resize, grayscale p=0.2, jitter 0.4, flip, to tensor,
       normalise) per sample in a DataLoader with one worker per core, then the same step.

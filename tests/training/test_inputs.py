@@ -6,7 +6,12 @@ import numpy as np
 import torch
 
 import rsdml.training.inputs as inputs_mod
-from rsdml.training.inputs import FeatureInputs, device_cache_fits, embed_batches, uses_channels_last
+from rsdml.training.inputs import (
+    FeatureInputs,
+    device_cache_fits,
+    embed_batches,
+    uses_channels_last,
+)
 
 
 def test_embed_batches_copies_back_in_groups_without_changing_rows(monkeypatch):

@@ -55,6 +55,8 @@ _MAGIC = b"RSDMLIMG"
 _HEADER_BYTES = 4096
 _IO_CHUNK = 16 * 2**20
 _SUFFIX = ".rsdml-images"
+#: The image cache files of a cache folder (named in ``load_image_cache``).
+IMAGE_CACHE_GLOB = f"images-*{_SUFFIX}"
 
 
 def default_cache_dir() -> Path:

@@ -12,14 +12,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsdml.data.cache import _SUFFIX, default_cache_dir
+from rsdml.data.cache import IMAGE_CACHE_GLOB, default_cache_dir
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX: nothing is locked, nothing is skipped
     fcntl = None  # type: ignore[assignment]
 
-_PATTERNS = (f"images-*{_SUFFIX}", "features-*.pt")
+_PATTERNS = (IMAGE_CACHE_GLOB, "features-*.pt")  # the second: training/frozen.py
 
 
 @dataclass(frozen=True)

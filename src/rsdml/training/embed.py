@@ -11,15 +11,10 @@ import torch
 
 from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
 from rsdml.errors import DatasetNotFoundError, RsdmlError
-from rsdml.models.embedding import build_model
 from rsdml.fsutil import atomic_write_bytes
+from rsdml.models.embedding import build_model
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import (
-    ImageInputs,
-    device_cache_fits,
-    embed_batches,
-    uses_channels_last,
-)
+from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
 from rsdml.training.runner import load_run_config, resolve_device
 from rsdml.training.trainer import autocast_dtype
@@ -70,11 +65,8 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
                              max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
                              workers=cfg.workers, progress=not quiet)
     # As evaluation embeds: the same precision, memory layout and batch loop.
-    channels_last = uses_channels_last(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    inputs = ImageInputs(cache, dev, channels_last=channels_last,
-                         on_device=device_cache_fits(cache, dev, cfg.device_cache))
+    model = place_model(model, dev)
+    inputs = image_inputs(cache, dev, cfg.device_cache)
     model.eval()
     emb = embed_batches(model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
                         autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)

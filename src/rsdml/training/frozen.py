@@ -18,8 +18,8 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.data.augment import normalize
 from rsdml.data.cache import ImageCache, default_cache_dir
-from rsdml.fsutil import touch
 from rsdml.data.split import Split
+from rsdml.fsutil import touch
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
 from rsdml.training.inputs import uses_channels_last

@@ -101,6 +101,19 @@ class FeatureInputs:
 Inputs = ImageInputs | FeatureInputs
 
 
+def place_model(model: EmbeddingNet, device: torch.device) -> EmbeddingNet:
+    """The model in the memory layout its inputs will have (see ``uses_channels_last``)."""
+    return model.to(memory_format=torch.channels_last) if uses_channels_last(device) else model
+
+
+def image_inputs(cache: ImageCache, device: torch.device, device_cache: str,
+                 augment: TrainAugment | None = None) -> ImageInputs:
+    """ImageInputs as training, evaluation and ``rsdml embed`` build them: in the layout of
+    ``place_model``, the images in device memory where ``--device-cache`` lets them fit."""
+    return ImageInputs(cache, device, augment, channels_last=uses_channels_last(device),
+                       on_device=device_cache_fits(cache, device, device_cache))
+
+
 def uses_channels_last(device: torch.device) -> bool:
     """channels_last on CUDA and CPU: cuDNN's and oneDNN's convolutions run fastest in NHWC
     (on a 2-core CPU in float32: ResNet-18 training 1.1-1.3x, EfficientNet-Lite0 1.8-2.1x;

@@ -20,15 +20,16 @@ from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import (
-    FeatureInputs,
-    ImageInputs,
-    device_cache_fits,
-    uses_channels_last,
-)
+from rsdml.training.inputs import FeatureInputs, ImageInputs, image_inputs, place_model
 from rsdml.training.methods.registry import create_method
 from rsdml.training.run_dir import RunDir, check_writable, prepare_new_run, write_json
-from rsdml.training.trainer import EvalSets, LabeledSet, Trainer, UnlabeledSet
+from rsdml.training.trainer import (
+    EvalSets,
+    LabeledSet,
+    Trainer,
+    UnlabeledSet,
+    cpu_has_native_bf16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +111,8 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -> Session:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = place_model(build_model(cfg).to(device), device)
     cache = load_cache(cfg, split)
-    channels_last = uses_channels_last(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_backbone:
         from rsdml.training.frozen import frozen_features
 
@@ -124,8 +122,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = TrainAugment(extra=cfg.extra_augment) if train else None
-        inputs = ImageInputs(cache, device, augment, channels_last=channels_last,
-                             on_device=device_cache_fits(cache, device, cfg.device_cache))
+        inputs = image_inputs(cache, device, cfg.device_cache, augment)
     return Session(cfg, run, split, device, model, inputs)
 
 
@@ -175,8 +172,6 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
 
 def _precision(trainer: Trainer) -> str:
     """What the run computes in: the user sees it, since ``--amp auto`` depends on the hardware."""
-    from rsdml.training.trainer import cpu_has_native_bf16
-
     if trainer.autocast_dtype == torch.bfloat16:
         parts = ["bf16 autocast" + (" (--amp off for float32)" if trainer.cfg.amp == "auto" else "")]
     elif trainer.device.type == "cpu" and trainer.cfg.amp == "auto" and cpu_has_native_bf16():

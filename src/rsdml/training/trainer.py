@@ -189,7 +189,7 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch: Tensor, epoch: int) -> dict[str, Tensor]:
+    def train_step(self, batch: Tensor) -> dict[str, Tensor]:
         """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch). Returns
         the loss terms as detached device tensors: reading them is left to ``run_step`` /
         ``flush_losses``, so a GPU never idles while the host waits for a loss value."""
@@ -216,7 +216,7 @@ class Trainer:
         """``train_step`` plus the bookkeeping of the training loop: the step counter, and the
         loss terms read back (and checked) every step on a CPU, every ``_FLUSH_EVERY["cuda"]``
         steps on a GPU."""
-        self._pending.append((self.global_step, epoch, self.train_step(batch, epoch)))
+        self._pending.append((self.global_step, epoch, self.train_step(batch)))
         self.global_step += 1
         if len(self._pending) >= _FLUSH_EVERY.get(self.device.type, 1):
             self.flush_losses()
