@@ -22,6 +22,8 @@ DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "mmap")
 DEVICE_CACHE_MODES = ("auto", "off")
 AMP_MODES = ("auto", "off", "bf16")
+SCHEDULES = ("cosine", "step")
+BN_MODES = ("auto", "train", "frozen")
 
 
 def _opt(default: Any, help: str, **kw: Any) -> Any:
@@ -70,11 +72,35 @@ class TrainConfig:
     epochs: int = _opt(130, "Epochs (one epoch = one pass over the labelled set).")
     batch_size: int = _opt(128, "Labelled images per step.")
     unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.")
-    lr: float = _opt(0.1, "SGD learning rate.")
+    lr: float = _opt(0.1, "SGD learning rate of the head and the class weights.")
+    trunk_lr_mult: float = _opt(
+        0.1, "The trunk's learning rate is --lr times this (a pretrained trunk needs a smaller "
+        "one than the new head); 1 trains everything at --lr, as the paper does."
+    )
     momentum: float = _opt(0.9, "SGD (Nesterov) momentum.")
-    weight_decay: float = _opt(1e-4, "SGD weight decay.")
-    lr_step: int = _opt(30, "StepLR period in epochs.")
-    lr_gamma: float = _opt(0.5, "StepLR factor.")
+    weight_decay: float = _opt(1e-4, "SGD weight decay (not applied to norm and bias parameters).")
+    schedule: str = _opt(
+        "cosine", "Learning-rate decay after the warm-up: cosine (to 0 at the last epoch) or step "
+        "(times --lr-gamma every --lr-step epochs, the paper's).", choices=SCHEDULES
+    )
+    lr_step: int = _opt(30, "--schedule step: period in epochs.")
+    lr_gamma: float = _opt(0.5, "--schedule step: factor.")
+    warmup_epochs: float = _opt(
+        2.0, "Linear learning-rate warm-up in epochs (the trunk's starts after the head warm-up)."
+    )
+    head_warmup_epochs: float = _opt(
+        3.0, "Train only the head and class weights on the fixed trunk for this many epochs "
+        "first: a random head's gradients would distort pretrained features."
+    )
+    bnm_warmup_epochs: float = _opt(
+        10.0, "Ramp the weight of the unlabelled term linearly from 0 to --bnm-weight over this "
+        "many epochs (early predictions are noise)."
+    )
+    bn: str = _opt(
+        "auto", "BatchNorm of the trunk while training: train (batch statistics, running "
+        "averages updated), frozen (the running statistics kept as they are); auto = frozen for "
+        "a pretrained trunk, train from random initialisation.", choices=BN_MODES
+    )
     # --- images and pipeline
     image_size: int = _opt(256, "Images are resized to SIZE x SIZE.")
     extra_augment: bool = _opt(False, "Add RS augmentations: vertical flip, 90-degree rotations.")
@@ -102,6 +128,16 @@ class TrainConfig:
     quiet: bool = _opt(False, "No progress bars.")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def trunk_pretrained(self) -> bool:
+        return bool(self.weights) or self.pretrained != "none"
+
+    @property
+    def bn_frozen(self) -> bool:
+        """``--bn auto``: keep a pretrained trunk's statistics (augmented batches would drift
+        them even at lr 0); a randomly initialised trunk needs batch statistics to train."""
+        return self.bn == "frozen" or (self.bn == "auto" and self.trunk_pretrained)
+
     @property
     def logit_scale_u(self) -> float:
         return self.bnm_logit_scale if self.bnm_logit_scale is not None else 1.0 / self.temperature
@@ -186,6 +222,13 @@ class TrainConfig:
             raise RsdmlError(f"--lr {self.lr} must be > 0")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise RsdmlError("--weight-decay must be >= 0 and --momentum in [0, 1)")
+        if not self.trunk_lr_mult >= 0:
+            raise RsdmlError(f"--trunk-lr-mult {self.trunk_lr_mult} must be >= 0 (0 freezes the "
+                             "trunk's weights; --freeze-backbone also caches its features)")
+        for name in ("warmup_epochs", "head_warmup_epochs", "bnm_warmup_epochs"):
+            v = getattr(self, name)
+            if not v >= 0:
+                raise RsdmlError(f"--{_flag(name)} {v} must be >= 0 (0 turns it off)")
         if not 0 < self.lr_gamma <= 1:
             raise RsdmlError(f"--lr-gamma {self.lr_gamma} must be in (0, 1]")
         if not 0 <= self.snca_momentum < 1:
