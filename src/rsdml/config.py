@@ -7,7 +7,11 @@ The CLI builds its options from these fields, so a new option is one field here.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -153,16 +157,10 @@ class TrainConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = set(cls.field_names())
-        unknown = sorted(k.replace("-", "_") for k in values if k.replace("-", "_") not in known)
-        if unknown:
-            raise RsdmlError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are the "
-                "`rsdml train --help` options with '_' for '-'"
-            )
-        cfg = cls(**{k.replace("-", "_"): v for k, v in values.items()})
-        return cfg
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """A config from any mapping of options (YAML, flags, a grid cell), through the one
+        loader: keys with '-' or '_', values converted to each field's type."""
+        return cls(**config_values(values, source))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> TrainConfig:
@@ -259,12 +257,151 @@ def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
+# --------------------------------------------------------------------------- the one loader
+#: Fields that hold a file or folder path: text in YAML (a path given as a Path object is
+#: accepted too), an empty value means "none" where the field is optional.
+PATH_FIELDS = frozenset({"data", "out", "split", "weights", "cache_dir"})
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+_NONE = frozenset({"", "none", "null", "~"})
+
+
+def _field_types() -> dict[str, tuple[type, bool]]:
+    """field name -> (base type, optional); from the annotations, so a new field needs nothing."""
+    hints = typing.get_type_hints(TrainConfig)
+    out: dict[str, tuple[type, bool]] = {}
+    for f in fields(TrainConfig):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = bool(typing.get_args(hint)) and len(args) < len(typing.get_args(hint))
+        out[f.name] = (args[0] if optional else hint, optional)
+    return out
+
+
+_TYPES: dict[str, tuple[type, bool]] | None = None
+
+
+def option_name(key: Any, source: str) -> str:
+    """The TrainConfig field a YAML key or flag name means (``eval-every``, ``eval_every``,
+    ``--eval-every``), or a one-line error with the closest valid name."""
+    name = str(key).strip().lstrip("-").replace("-", "_")
+    known = TrainConfig.field_names()
+    if name in known:
+        return name
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise RsdmlError(
+        f"{source}: unknown key {str(key)!r}{hint}; valid keys are the `rsdml train --help` "
+        "options, written with '-' or '_'"
+    )
+
+
+def config_values(values: Mapping[Any, Any], source: str = "config") -> dict[str, Any]:
+    """The one way options come in (a YAML file, CLI flags, a resumed run's config.yaml, an
+    experiment grid cell): field name -> value of the field's type; RsdmlError (exit 2, one
+    line) for an unknown key, a key given twice or a value of the wrong type."""
+    if not isinstance(values, Mapping):
+        raise RsdmlError(f"{source} must hold a mapping of option: value")
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, value in values.items():
+        name = option_name(key, source)
+        if name in out:
+            raise RsdmlError(
+                f"{source}: {spelled[name]!r} and {str(key)!r} are the same option; keep one"
+            )
+        spelled[name] = str(key)
+        out[name] = convert_value(name, value, f"{source}: {key}")
+    return out
+
+
+def convert_value(name: str, value: Any, where: str) -> Any:
+    """``value`` as the type of field ``name``: whole numbers, floats in any YAML spelling
+    (``5e-2`` is text to PyYAML), true/false/yes/no, paths, choices; else a one-line error."""
+    global _TYPES
+    if _TYPES is None:
+        _TYPES = _field_types()
+    base, optional = _TYPES[name]
+    text = value.strip() if isinstance(value, str) else None
+    if value is None or (optional and text is not None and text.lower() in _NONE):
+        if optional:
+            return None
+        raise RsdmlError(f"{where} needs a value (got nothing)")
+    if name in PATH_FIELDS:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, str):
+            return value
+        raise RsdmlError(f"{where} = {value!r} must be a path; write it in quotes")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if text is not None and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise RsdmlError(f"{where} = {value!r} must be true or false")
+    if base is int:
+        number = _number(value, text)
+        if number is not None and float(number).is_integer():
+            return int(number)
+        raise RsdmlError(f"{where} = {value!r} must be a whole number")
+    if base is float:
+        number = _number(value, text)
+        if number is not None:
+            return float(number)
+        raise RsdmlError(f"{where} = {value!r} must be a number (e.g. 0.1, 5e-2 or 1e-4)")
+    choices = _choices(name)
+    if isinstance(value, bool) and choices:  # YAML 1.1 reads a bare off / on / no as a bool
+        spelled = [c for c in choices if c in (_TRUE if value else _FALSE)]
+        if spelled:
+            return spelled[0]
+    if not isinstance(value, str):
+        raise RsdmlError(f"{where} = {value!r} must be text")
+    if choices and value not in choices:
+        if text is not None and text.lower() in choices:
+            return text.lower()
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RsdmlError(f"{where} = {value!r} is not one of {', '.join(choices)}{hint}")
+    return value
+
+
+def _number(value: Any, text: str | None) -> float | int | None:
+    """A finite int or float from a number or its text (any spelling float() reads)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if text is not None:
+        try:
+            number = float(text)
+        except ValueError:
+            return None
+        if math.isfinite(number):
+            return int(text) if text.lstrip("+-").isdigit() else number
+    return None
+
+
+def _choices(name: str) -> tuple[str, ...] | None:
+    for f in fields(TrainConfig):
+        if f.name == name:
+            return f.metadata.get("choices")
+    return None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise RsdmlError(f"config file {p} does not exist; check the path given to --config")
     try:
-        values = yaml.safe_load(p.read_text()) or {}
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise RsdmlError(f"config file {p} is not a text (UTF-8 YAML) file; check the path") from None
+    except OSError as e:
+        raise RsdmlError(f"cannot read config file {p} ({e.strerror or e})") from None
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else "syntax error"
         raise RsdmlError(f"config file {p} is not valid YAML ({first}); fix the file") from None

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from rsdml.config import TrainConfig, load_yaml
+from rsdml.config import TrainConfig, config_values, load_yaml
 from rsdml.errors import RsdmlError
 
 
@@ -84,14 +84,13 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
     from rsdml.training.runner import train as run_train
 
     given = _given(options)
+    # One loader for the file and the flags: keys normalised, values typed, unknown keys refused.
+    values = config_values(load_yaml(config_path), config_path) if config_path else {}
+    values.update(config_values(given, "options"))
     if resume:
-        if config_path:
-            given = {**load_yaml(config_path), **given}
-        result = run_train(TrainConfig(), resume=resume, overrides=given)
+        result = run_train(TrainConfig(), resume=resume, overrides=values)
     else:
-        values = load_yaml(config_path) if config_path else {}
-        cfg = TrainConfig.from_dict({**values, **given}, source=config_path or "options")
-        result = run_train(cfg)
+        result = run_train(TrainConfig.from_dict(values, source=config_path or "options"))
     _print_summary(result)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rsdml.config import TrainConfig, load_yaml
+from rsdml.config import TrainConfig, convert_value, load_yaml, option_name
 from rsdml.errors import RsdmlError
 
 log = logging.getLogger(__name__)
@@ -86,16 +86,9 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
     for name, part in (("base", base_raw), ("grid", grid_raw)):
         if not isinstance(part, dict):
             raise RsdmlError(f"{source}: `{name}:` must be a mapping of option: value")
-    base = {_key(k): v for k, v in base_raw.items()}
-    grid = {_key(k): v for k, v in grid_raw.items()}
-    known = set(TrainConfig.field_names())
+    base = _names(base_raw, f"{source}: base")
+    grid = _names(grid_raw, f"{source}: grid")
     for name, part in (("base", base), ("grid", grid)):
-        unknown = sorted(k for k in part if k not in known)
-        if unknown:
-            raise RsdmlError(
-                f"{source}: unknown key(s) in `{name}:`: {', '.join(unknown)}; valid keys are "
-                "the `rsdml train --help` options with '_' for '-'"
-            )
         reserved = sorted(k for k in part if k in RESERVED_KEYS)
         if reserved:
             raise RsdmlError(
@@ -108,13 +101,13 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
             f"{source}: {', '.join(both)} appear(s) in both `base:` and `grid:`; keep each key "
             "in one"
         )
-    base = {k: _coerce(k, v, f"{source}: base {k}") for k, v in base.items()}
+    base = {k: convert_value(k, v, f"{source}: base {k}") for k, v in base.items()}
     axes: dict[str, list[Any]] = {}
     for k, raw in grid.items():
         seq = raw if isinstance(raw, list) else [raw]
         if not seq:
             raise RsdmlError(f"{source}: grid {k} is an empty list; give at least one value")
-        vals = [_coerce(k, v, f"{source}: grid {k}") for v in seq]
+        vals = [convert_value(k, v, f"{source}: grid {k}") for v in seq]
         dupes = sorted({repr(v) for i, v in enumerate(vals) if v in vals[:i]})
         if dupes:
             raise RsdmlError(f"{source}: grid {k} lists {', '.join(dupes)} more than once")
@@ -122,42 +115,15 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
     return Grid(base, axes, source)
 
 
-def _key(k: Any) -> str:
-    return str(k).replace("-", "_")
-
-
-_TYPES = {f.name: str(f.type) for f in fields(TrainConfig)}
-
-
-def _coerce(name: str, value: Any, where: str) -> Any:
-    """Check a YAML value against the TrainConfig field type (YAML reads ``1e-4`` as text)."""
-    ann = _TYPES[name]
-    optional = "None" in ann
-    base = ann.split("|")[0].strip()
-    if value is None:
-        if optional:
-            return None
-        raise RsdmlError(f"{where}: a value is required (got nothing)")
-    if base == "bool":
-        if isinstance(value, bool):
-            return value
-        raise RsdmlError(f"{where} = {value!r} must be true or false")
-    if base == "int":
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise RsdmlError(f"{where} = {value!r} must be a whole number")
-    if base == "float":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RsdmlError(f"{where} = {value!r} must be a number")
-    if isinstance(value, str):
-        return value
-    raise RsdmlError(f"{where} = {value!r} must be text")
+def _names(part: dict[Any, Any], where: str) -> dict[str, Any]:
+    """Keys as TrainConfig field names ('-' or '_'; unknown ones refused with the closest name)."""
+    out: dict[str, Any] = {}
+    for k, v in part.items():
+        name = option_name(k, where)
+        if name in out:
+            raise RsdmlError(f"{where}: {k!r} repeats an option given above; keep one")
+        out[name] = v
+    return out
 
 
 def expand_grid(grid: Grid) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsdml.config import TrainConfig
+from rsdml.config import PATH_FIELDS, TrainConfig, config_values
 from rsdml.data.augment import TrainAugment
 from rsdml.data.cache import ImageCache, load_image_cache
 from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
@@ -58,8 +58,9 @@ def load_run_config(run: RunDir) -> TrainConfig:
 def resume_config(run: RunDir, overrides: dict[str, Any]) -> TrainConfig:
     """The saved config with the few changes a resume allows (more epochs, another device...)."""
     cfg = load_run_config(run)
+    overrides = config_values(overrides, "options")
     changed = sorted(k for k, v in overrides.items()
-                     if k not in RESUMABLE_KEYS and getattr(cfg, k) != v)
+                     if k not in RESUMABLE_KEYS and not _same_value(k, getattr(cfg, k), v))
     if changed:
         raise RsdmlError(
             f"--resume {run.root}: option(s) {', '.join('--' + k.replace('_', '-') for k in changed)} "
@@ -67,6 +68,13 @@ def resume_config(run: RunDir, overrides: dict[str, Any]) -> TrainConfig:
             f"{', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_KEYS - {'out'}))} may change)"
         )
     return cfg.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE_KEYS and k != "out"})
+
+
+def _same_value(name: str, saved: Any, given: Any) -> bool:
+    """Whether an option given on resume is the saved one (paths compared as folders)."""
+    if name in PATH_FIELDS and saved and given:
+        return Path(saved).expanduser().resolve() == Path(given).expanduser().resolve()
+    return bool(saved == given)
 
 
 def build_split(cfg: TrainConfig) -> Split:

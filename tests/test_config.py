@@ -1,0 +1,98 @@
+"""The one options loader: every TrainConfig option read back from YAML in every spelling."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import pytest
+
+from rsdml.config import PATH_FIELDS, TrainConfig, config_values, convert_value, option_name
+from rsdml.errors import RsdmlError
+
+_HINTS = {f.name: f for f in fields(TrainConfig)}
+
+
+def _spellings(name: str) -> list[tuple[str, object]]:
+    """(YAML text of a value, the value the loader must give) for field ``name``."""
+    f = _HINTS[name]
+    ann = str(f.type)
+    optional = "None" in ann
+    none = [("null", None), ("~", None)] if optional else []
+    if name in PATH_FIELDS:
+        return [("some/dir", "some/dir"), ("'~/x y/z.csv'", "~/x y/z.csv"), *none]
+    if f.metadata.get("choices"):
+        return [(c, c) for c in f.metadata["choices"]] + [(f"'{c}'", c) for c in f.metadata["choices"]]
+    if ann == "bool":
+        return [("true", True), ("false", False), ("yes", True), ("no", False), ("on", True),
+                ("off", False), ("'no'", False), ("'yes'", True), ("'True'", True),
+                ("'false'", False), ("1", True), ("0", False)]
+    if ann.startswith("int"):
+        return [("7", 7), ("'7'", 7), ("7.0", 7), ("1e1", 10), ("'30'", 30), *none]
+    if ann.startswith("float"):
+        return [("5e-2", 0.05), ("0.05", 0.05), ("1e-4", 1e-4), ("1.0e-4", 1e-4), ("'0.3'", 0.3),
+                ("3", 3.0), (".5", 0.5), ("2E-3", 0.002), *none]
+    return [("triplet", "triplet"), ("'efficientnet_lite0'", "efficientnet_lite0")]
+
+
+CASES = [(name, text, want) for name in TrainConfig.field_names() for text, want in _spellings(name)]
+
+
+@pytest.mark.parametrize("name, text, want", CASES)
+@pytest.mark.parametrize("dashes", [False, True])
+def test_every_option_reads_back_from_yaml_in_every_spelling(name, text, want, dashes, tmp_path):
+    key = name.replace("_", "-") if dashes else name
+    p = tmp_path / "c.yaml"
+    p.write_text(f"{key}: {text}\n")
+    got = getattr(TrainConfig.from_yaml(p), name)
+    assert got == (pytest.approx(want) if isinstance(want, float) else want)
+    assert type(got) is type(want)  # 7 stays an int, 3 becomes the float 3.0
+
+
+def test_every_field_is_covered_and_a_full_config_round_trips(tmp_path):
+    assert {c[0] for c in CASES} == set(TrainConfig.field_names())
+    changed = {name: next(w for _, w in _spellings(name) if w != getattr(TrainConfig(), name))
+               for name in TrainConfig.field_names()}
+    cfg = TrainConfig(**changed)
+    cfg.save_yaml(tmp_path / "config.yaml")
+    back = TrainConfig.from_yaml(tmp_path / "config.yaml")
+    assert back == cfg and back != TrainConfig()
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"eval_evry": 5}, "unknown key 'eval_evry' (did you mean 'eval_every'?)"),
+        ({"labeled-fracton": 0.1}, "did you mean 'labeled_fraction'?"),
+        ({"learning_rate": 0.1}, "unknown key 'learning_rate'"),
+        ({"freeze_backbone": "nein"}, "freeze_backbone = 'nein' must be true or false"),
+        ({"freeze_backbone": 2}, "must be true or false"),
+        ({"epochs": 2.5}, "epochs = 2.5 must be a whole number"),
+        ({"epochs": True}, "must be a whole number"),
+        ({"lr": "fast"}, "lr = 'fast' must be a number"),
+        ({"lr": ".nan"}, "must be a number"),
+        ({"lr": None}, "lr needs a value"),
+        ({"cache": "memry"}, "is not one of auto, memory, mmap (did you mean 'memory'?)"),
+        ({"data": 2020}, "data = 2020 must be a path"),
+        ({"method": ["a"]}, "must be text"),
+        ({"eval-every": 1, "eval_every": 2}, "same option"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_are_one_line_errors(values, message):
+    with pytest.raises(RsdmlError) as e:
+        config_values(values, "c.yaml")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith("c.yaml: ")
+
+
+def test_flag_spellings_and_choices_case():
+    assert option_name("--eval-every", "x") == "eval_every"
+    assert convert_value("device", "CPU", "x") == "cpu"
+    assert convert_value("bnm_logit_scale", "none", "x") is None
+    assert convert_value("weights", "", "x") is None
+
+
+def test_binary_config_file_is_a_one_line_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"\xff\xfe\x00\x81binary")
+    with pytest.raises(RsdmlError, match="not a text"):
+        TrainConfig.from_yaml(p)
