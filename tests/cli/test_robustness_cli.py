@@ -45,13 +45,13 @@ marker = os.environ.get("RSDML_TEST_MARKER", "")
 if os.environ.get("RSDML_TEST_PAUSE_STEP"):
     from rsdml.training.trainer import Trainer
     _step, _at = Trainer.train_step, int(os.environ["RSDML_TEST_PAUSE_STEP"])
-    def train_step(self, batch):
+    def train_step(self, batch, *a):
         if self.global_step == _at:
             Path(marker).write_text("step")
             end = time.monotonic() + 60
             while self._stop_signal is None and time.monotonic() < end:
                 time.sleep(0.02)
-        return _step(self, batch)
+        return _step(self, batch, *a)
     Trainer.train_step = train_step
 if os.environ.get("RSDML_TEST_PAUSE_WRITE"):
     import rsdml.fsutil as ck

@@ -397,10 +397,10 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint(scenes, reference, 
                                                              monkeypatch, capsys):
     original = Trainer.train_step
 
-    def die_at_step_2(self, batch):
+    def die_at_step_2(self, batch, *a):
         if self.global_step == 2:
             raise _Killed
-        return original(self, batch)
+        return original(self, batch, *a)
 
     monkeypatch.setattr(Trainer, "train_step", die_at_step_2)
     run = tmp_path / "run"

@@ -125,8 +125,8 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tiny_scenes, tmp_path, mo
     run = tmp_path / "interrupted"
     original = Trainer.train_step
 
-    def step_then_signal(self, batch):
-        out = original(self, batch)
+    def step_then_signal(self, batch, *a):
+        out = original(self, batch, *a)
         if self.global_step == 0:  # the first step: epoch 1 has two (12 labelled, batch 8)
             self._stop_signal = 2
         return out

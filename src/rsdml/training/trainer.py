@@ -28,8 +28,21 @@ from rsdml.evaluation.knn import knn_accuracy
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
+from rsdml.training.diagnostics import (
+    collapse_warning,
+    embedding_diagnostics,
+    is_collapsed,
+    mixed_batch,
+    prediction_diagnostics,
+)
 from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
 from rsdml.training.methods.base import Method
+from rsdml.training.optim import (
+    make_optimizer,
+    regularizer_weight,
+    set_learning_rates,
+    trunk_trains,
+)
 from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -70,7 +83,7 @@ def derived_seed(seed: int, *key: int) -> int:
     return int(np.random.SeedSequence([seed, *key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-STREAM_EPOCH, STREAM_UNLABELED, STREAM_AUGMENT = 1, 2, 3
+STREAM_EPOCH, STREAM_UNLABELED, STREAM_AUGMENT, STREAM_SPECTRUM = 1, 2, 3, 4
 
 
 class Trainer:
@@ -89,14 +102,7 @@ class Trainer:
         self.cfg, self.run, self.model, self.method = cfg, run, model, method
         self.inputs, self.labeled, self.unlabeled, self.evalsets = inputs, labeled, unlabeled, evalsets
         self.device = device
-        params = [p for p in model.parameters() if p.requires_grad] + list(method.parameters())
-        self.optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
-            weight_decay=cfg.weight_decay,
-        )
-        self.scheduler = torch.optim.lr_scheduler.StepLR(
-            self.optimizer, step_size=cfg.lr_step, gamma=cfg.lr_gamma
-        )
+        self.optimizer = make_optimizer(model, method, cfg)
         self.forward_model = torch.compile(model) if cfg.compile else model
         self.autocast_dtype = autocast_dtype(cfg.amp, device)
         # Position in training: the next epoch / batch to run.
@@ -110,6 +116,8 @@ class Trainer:
         self._stop_signal: int | None = None
         self._unl_perm_cache: tuple[int, Tensor] | None = None
         self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
+        self._trunk_trains: bool | None = None
+        self._diagnostics: dict[str, float] | None = None
         if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
             raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
 
@@ -119,7 +127,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
@@ -135,7 +142,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
@@ -147,6 +153,15 @@ class Trainer:
 
     def save(self, extra: dict[str, Any] | None = None) -> None:
         save_checkpoint({**self.state_dict(), **(extra or {})}, self.run.last)
+
+    def _group_lr(self, name: str) -> float:
+        return next(g["lr"] for g in self.optimizer.param_groups if g["name"] == name)
+
+    def head_lr(self) -> float:
+        return self._group_lr("head")
+
+    def trunk_lr(self) -> float:
+        return self._group_lr("trunk")
 
     def resume_from(self, path: Any) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
@@ -189,10 +204,33 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def train_step(self, batch: Tensor) -> dict[str, Tensor]:
-        """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch). Returns
-        the loss terms as detached device tensors: reading them is left to ``run_step`` /
-        ``flush_losses``, so a GPU never idles while the host waits for a loss value."""
+    def set_position(self, t: float) -> None:
+        """Rates, the unlabelled term's weight and what trains at epoch position ``t`` (the
+        fraction of epochs done once the coming step has run): see ``optim``."""
+        set_learning_rates(self.optimizer, self.cfg, t)
+        self.method.reg_weight = regularizer_weight(self.cfg, t)
+        trains = trunk_trains(self.cfg, t)
+        if trains != self._trunk_trains and not self.cfg.freeze_backbone:
+            for p in self.model.trunk.parameters():
+                p.requires_grad_(trains)  # no backward through a trunk that does not learn
+            self._trunk_trains = trains
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if not self._trunk_trains:  # head warm-up: the trunk gives its evaluation features
+            self.model.trunk.eval()
+        elif self.cfg.bn_frozen:
+            for m in self.model.trunk.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+
+    def train_step(self, batch: Tensor, t: float | None = None) -> dict[str, Tensor]:
+        """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch) at epoch
+        position ``t`` (default: the end of training, i.e. full rates after the warm-ups).
+        Returns the loss terms as detached device tensors: reading them is left to
+        ``run_step`` / ``flush_losses``, so a GPU never idles while the host waits for a loss
+        value."""
+        self.set_position(float(self.cfg.epochs) if t is None else t)
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
         gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
         index_l = batch
@@ -202,7 +240,7 @@ class Trainer:
             images = torch.cat([images, self.unlabeled_batch(self.global_step)])
         x = self.inputs.train(images, gen)
         y_l = to_device(self.labeled.labels[index_l], self.device)
-        self.model.train()
+        self._train_mode()
         with self._autocast():
             emb = self.inputs.embed(self.forward_model, x).float()
             terms = self.method(emb[:n_l], y_l, to_device(index_l, self.device),
@@ -212,11 +250,11 @@ class Trainer:
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
-    def run_step(self, batch: Tensor, epoch: int) -> None:
+    def run_step(self, batch: Tensor, epoch: int, t: float | None = None) -> None:
         """``train_step`` plus the bookkeeping of the training loop: the step counter, and the
         loss terms read back (and checked) every step on a CPU, every ``_FLUSH_EVERY["cuda"]``
         steps on a GPU."""
-        self._pending.append((self.global_step, epoch, self.train_step(batch)))
+        self._pending.append((self.global_step, epoch, self.train_step(batch, t)))
         self.global_step += 1
         if len(self._pending) >= _FLUSH_EVERY.get(self.device.type, 1):
             self.flush_losses()
@@ -253,20 +291,30 @@ class Trainer:
                              self.cfg.embedding_dim)
 
     def evaluate(self) -> dict[str, float]:
+        """kNN accuracy (and on validation), plus the label-free collapse diagnostics of the
+        test embeddings and of the unlabelled prediction matrix; warns when they collapse."""
         ev = self.evalsets
         ref = self.embed(ev.reference.index)
         ref_y = ev.reference.labels.numpy()
-        out = {"knn_acc": knn_accuracy(ref, ref_y, self.embed(ev.test.index), ev.test.labels.numpy(), k=10)}
+        test = self.embed(ev.test.index)
+        out = {"knn_acc": knn_accuracy(ref, ref_y, test, ev.test.labels.numpy(), k=10)}
         if ev.val is not None and len(ev.val.index):
             out["val_knn_acc"] = knn_accuracy(ref, ref_y, self.embed(ev.val.index), ev.val.labels.numpy(), k=10)
-        return out
+        diag = embedding_diagnostics(test)
+        spectrum = self.spectrum()
+        if spectrum is not None:
+            diag.update(prediction_diagnostics(spectrum))
+        if self.epoch > 0 and is_collapsed(diag):
+            log.warning(collapse_warning(diag, self.epoch))
+        return {**out, **diag}
 
     @torch.inference_mode()
     def spectrum(self) -> list[float] | None:
         """Singular values of P on a fixed unlabelled batch: the rank the method maximises."""
         if self.unlabeled is None or len(self.unlabeled.index) == 0:
             return None
-        index = self.unlabeled.index[: self.cfg.unlabeled_batch_size]
+        index = mixed_batch(self.unlabeled.index, self.cfg.unlabeled_batch_size,
+                            derived_seed(self.cfg.seed, STREAM_SPECTRUM))
         emb = torch.from_numpy(self.embed(index)).to(self.device)
         probs = self.method.predict_proba(emb)
         if probs is None:
@@ -335,7 +383,7 @@ class Trainer:
         todo = range(self.batch_in_epoch, len(batches))
         for b in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                           enabled=not cfg.quiet):
-            self.run_step(batches[b], epoch)
+            self.run_step(batches[b], epoch, epoch + (b + 1) / len(batches))
             self.batch_in_epoch = b + 1
             if self._stop_signal is not None:
                 self.flush_losses()
@@ -348,11 +396,12 @@ class Trainer:
                 )
         self.flush_losses()
         self.epoch, self.batch_in_epoch = epoch + 1, 0
-        self.scheduler.step()
         self.elapsed += time.monotonic() - t0
         means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()}
         row: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **means,
-                               "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(self.elapsed, 3)}
+                               "lr": self.head_lr(), "trunk_lr": self.trunk_lr(),
+                               "reg_weight": self.method.reg_weight,
+                               "seconds": round(self.elapsed, 3)}
         self.sums, self.steps_in_sums = {}, 0
         for k, v in means.items():
             writer.add_scalar(f"train/{k}", v, self.global_step)

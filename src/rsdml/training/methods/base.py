@@ -27,6 +27,8 @@ class Method(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.embedding_dim = cfg.embedding_dim
+        #: Weight of the unlabelled term; the trainer ramps it up (``optim.regularizer_weight``).
+        self.reg_weight = float(cfg.bnm_weight)
 
     def forward(
         self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor, emb_u: Tensor | None = None

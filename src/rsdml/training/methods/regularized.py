@@ -35,7 +35,7 @@ class RegularizedSoftmax(NSMMargin):
             raise ValueError(f"{self.name} needs an unlabelled batch")
         nsm = self.nsm(emb_l, labels_l)
         reg = self.regularizer(self.predict_proba(emb_u))
-        return {"total": nsm + self.cfg.bnm_weight * reg, "nsm": nsm, self.term: reg}
+        return {"total": nsm + self.reg_weight * reg, "nsm": nsm, self.term: reg}
 
 
 class HRS2DML(RegularizedSoftmax):
