@@ -70,7 +70,7 @@ def test_every_field_is_covered_and_a_full_config_round_trips(tmp_path):
         ({"epochs": True}, "must be a whole number"),
         ({"lr": "fast"}, "lr = 'fast' must be a number"),
         ({"lr": ".nan"}, "must be a number"),
-        ({"lr": None}, "lr needs a value"),
+        ({"margin": None}, "margin needs a value"),
         ({"cache": "memry"}, "is not one of auto, memory, mmap (did you mean 'memory'?)"),
         ({"data": 2020}, "data = 2020 must be a path"),
         ({"method": ["a"]}, "must be text"),

@@ -112,7 +112,7 @@ def test_resume_with_its_own_config_yaml_is_no_change(saved_run, tmp_path, capsy
     """Passing the run's config.yaml back (the file `--config` reuses) changes nothing."""
     seen = {}
 
-    def stop(run, cfg):
+    def stop(run, cfg, what="run folder"):
         seen["cfg"] = cfg
         raise RsdmlError("stop here")
 

@@ -90,6 +90,10 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
     if resume:
         result = run_train(TrainConfig(), resume=resume, overrides=values)
     else:
+        if values.get("split"):  # a reused split brings its protocol and fractions
+            from rsdml.data.split import split_options
+
+            values = {**split_options(values["split"]), **values}
         result = run_train(TrainConfig.from_dict(values, source=config_path or "options"))
     _print_summary(result)
 
@@ -106,12 +110,15 @@ def _print_summary(result: dict[str, Any]) -> None:
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto (best where the protocol has a validation split) or a path.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="Where the run's data set is now, if it moved (recorded in config.yaml).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def evaluate(run_dir: str, checkpoint: str, device: str | None, quiet: bool) -> None:
+def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None,
+             quiet: bool) -> None:
     """Re-evaluate a run's checkpoint: RUN_DIR/eval/ (metrics.json, embeddings.npz, report.html)."""
     from rsdml.training.runner import evaluate_run
 
-    result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet)
+    result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet, data=data)
     _print_summary(result)
     click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
 

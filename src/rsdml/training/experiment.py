@@ -305,7 +305,7 @@ def prepare_splits(cells: Iterable[Cell], quiet: bool = False) -> list[Path]:
         scan = scans[key]
         split = make_split(scan.paths, scan.labels, scan.classes, protocol=cfg.protocol,
                            labeled_fraction=cfg.labeled_fraction, val_fraction=cfg.val_fraction,
-                           test_fraction=cfg.test_fraction, seed=cfg.seed)
+                           test_fraction=cfg.test_fraction, seed=cfg.seed, data_root=scan.root)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_split_csv(split, path)
         written.append(path)

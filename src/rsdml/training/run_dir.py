@@ -8,7 +8,13 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, as before
+    fcntl = None  # type: ignore[assignment]
 
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import atomic_write_bytes, read_jsonl  # noqa: F401  (read_jsonl: re-export)
@@ -69,6 +75,76 @@ class RunDir:
         if which in ("last", "best"):
             return getattr(self, which)
         return Path(which)
+
+
+LOCK_NAME = ".rsdml.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a process trains in it, so a second
+    ``--resume`` (or a second grid on the same --out) is refused instead of writing the same
+    logs twice. fcntl locks end with the process, so a killed run never leaves it locked."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        if fcntl is None:
+            return self
+        path = self.root / LOCK_NAME
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise RsdmlError(
+                f"cannot create {path} ({e.strerror or e}); check the run folder's permissions"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            who = f" (pid {holder})" if holder.isdigit() else ""
+            raise RsdmlError(
+                f"run folder {self.root} is in use by another rsdml process{who}; wait until "
+                "it ends (or stop it) before resuming or evaluating this run"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing the descriptor drops the lock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def remove_failed_start(run: RunDir, created: bool) -> None:
+    """Undo a new run whose start failed (e.g. the pretrained weights could not be fetched),
+    so that the retry the error suggests is not refused as 'already exists'. The folder was
+    new or empty when the run began, so everything in it is this run's."""
+    if created:
+        shutil.rmtree(run.root, ignore_errors=True)
+        return
+    for child in list(run.root.iterdir()) if run.root.is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                child.unlink()
 
 
 def prepare_new_run(out: str | None) -> RunDir:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -16,13 +18,28 @@ import torch
 from rsdml.config import PATH_FIELDS, TrainConfig, config_values
 from rsdml.data.augment import TrainAugment
 from rsdml.data.cache import ImageCache, load_image_cache
-from rsdml.data.split import Split, make_split, read_split_csv, write_split_csv
+from rsdml.data.split import (
+    Split,
+    SplitContract,
+    check_data_root,
+    check_images,
+    make_split,
+    read_split,
+    write_split_csv,
+)
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import FeatureInputs, ImageInputs, image_inputs, place_model
 from rsdml.training.methods.registry import create_method
-from rsdml.training.run_dir import RunDir, check_writable, prepare_new_run, write_json
+from rsdml.training.run_dir import (
+    RunDir,
+    RunLock,
+    check_writable,
+    prepare_new_run,
+    remove_failed_start,
+    write_json,
+)
 from rsdml.training.trainer import (
     EvalSets,
     LabeledSet,
@@ -37,7 +54,7 @@ log = logging.getLogger(__name__)
 RESUMABLE_KEYS = frozenset({
     "epochs", "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
     "cache_dir", "cache_max_memory_gb", "device_cache", "eval_batch_size", "compile", "out",
-    "report",
+    "report", "data",  # data: the same images in a moved folder (split.csv must find them)
 })
 
 
@@ -78,17 +95,53 @@ def _same_value(name: str, saved: Any, given: Any) -> bool:
 
 
 def build_split(cfg: TrainConfig) -> Split:
+    """The run's split: reused from ``--split`` (under its contract) or made from a scan."""
     from rsdml.data.scan import scan_image_folder
 
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
     if cfg.split:
-        return read_split_csv(cfg.split, cfg.data)
-    scan = scan_image_folder(cfg.data, strict=cfg.strict, progress=not cfg.quiet,
-                             min_per_class=2 if cfg.protocol == "inductive" else 1)
-    return make_split(scan.paths, scan.labels, scan.classes, protocol=cfg.protocol,
-                      labeled_fraction=cfg.labeled_fraction, val_fraction=cfg.val_fraction,
-                      test_fraction=cfg.test_fraction, seed=cfg.seed)
+        what = f"--split {cfg.split}"
+        split = read_split(cfg.split, protocol=cfg.protocol, what=what)
+        _check_split_options(split, cfg, what)
+        check_data_root(split, cfg.data, what)
+        check_images(split, cfg.data, what, "use the data folder the split was made for")
+        if split.contract is None:  # an older file: record what this run now knows of it
+            split = dataclasses.replace(split, contract=SplitContract(
+                cfg.protocol, data_root=str(Path(cfg.data).expanduser().resolve())))
+    else:
+        scan = scan_image_folder(cfg.data, strict=cfg.strict, progress=not cfg.quiet,
+                                 min_per_class=2 if cfg.protocol == "inductive" else 1)
+        split = make_split(scan.paths, scan.labels, scan.classes, protocol=cfg.protocol,
+                           labeled_fraction=cfg.labeled_fraction, val_fraction=cfg.val_fraction,
+                           test_fraction=cfg.test_fraction, seed=cfg.seed, data_root=scan.root)
+    if split.num_classes < 2:
+        raise RsdmlError(
+            f"{cfg.split or cfg.data} holds one class ({split.classes[0]}); metric learning "
+            "needs at least 2 classes (one sub-folder per class): add class folders"
+        )
+    return split
+
+
+def _check_split_options(split: Split, cfg: TrainConfig, what: str) -> None:
+    """A reused split fixes the fractions it was made with; config.yaml must not say others."""
+    if split.contract is None:
+        return
+    for name, made in split.contract.fractions().items():
+        given = getattr(cfg, name)
+        if not math.isclose(given, made):
+            flag = "--" + name.replace("_", "-")
+            raise RsdmlError(
+                f"{what} was made with {flag} {made}, but {flag} is {given}; drop {flag} (the "
+                "split's is used) or make a new split"
+            )
+
+
+def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Paths a run refers to later, made absolute: evaluate and resume work from any folder."""
+    changes = {k: str(Path(v).expanduser().absolute())
+               for k in ("data", "split", "weights", "cache_dir") if (v := getattr(cfg, k))}
+    return cfg.replace(**changes)
 
 
 def load_cache(cfg: TrainConfig, split: Split) -> ImageCache:
@@ -136,27 +189,47 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
 
 def train(cfg: TrainConfig, resume: str | Path | None = None,
           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run (or continue) training, then the full evaluation; returns the final metrics."""
+    """Run (or continue) training, then the full evaluation; returns the final metrics.
+
+    The run folder is locked while this runs. A new run whose start fails (no pretrained
+    weights, a bad weights file, ...) is removed again, so the same command can be retried.
+    """
     t_start = time.monotonic()
     if resume is not None:
         run = RunDir(Path(resume))
         cfg = resume_config(run, overrides or {}).validate()
         check_writable(run.root)
-        split, saved_classes = _read_run_split(run, cfg)
-        if saved_classes != split.classes:
-            raise RsdmlError(f"--resume {run.root}: class names in split.csv and class_names.json differ")
-    else:
-        cfg = cfg.validate()
-        if not cfg.data:
-            raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
-        split = build_split(cfg)
-        run = prepare_new_run(cfg.out)
-        cfg.save_yaml(run.config)
-        write_split_csv(split, run.split)
-        write_json(run.class_names, split.classes)
-    session = build_session(cfg, run, split, train=True)
-    trainer = _make_trainer(session)
-    if resume is not None:
+        with RunLock(run.root):
+            split, cfg = _open_run_split(run, cfg, "--resume")
+            return _train(cfg, run, split, None, t_start)
+    cfg = _absolute_paths(cfg).validate()
+    if not cfg.data:
+        raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
+    split = build_split(cfg)
+    created = not (cfg.out and Path(cfg.out).exists())
+    run = prepare_new_run(cfg.out)
+    with RunLock(run.root) as lock:
+        return _train(cfg, run, split, (lock, created), t_start)
+
+
+def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool] | None,
+           t_start: float) -> dict[str, Any]:
+    """Train in a locked run folder; ``new`` = (its lock, whether this call made the folder)
+    for a new run, None for a resumed one."""
+    resume = new is None
+    try:
+        if new is not None:
+            cfg.save_yaml(run.config)
+            write_split_csv(split, run.split)
+            write_json(run.class_names, split.classes)
+        session = build_session(cfg, run, split, train=True)
+        trainer = _make_trainer(session)
+    except Exception:
+        if new is not None:
+            new[0].release()
+            remove_failed_start(run, new[1])
+        raise
+    if resume:
         if run.last.is_file():
             trainer.resume_from(run.last)
         else:  # stopped before its first checkpoint: replay it from the start
@@ -191,23 +264,41 @@ def _precision(trainer: Trainer) -> str:
     return ", ".join(parts)
 
 
-def _read_run_split(run: RunDir, cfg: TrainConfig) -> tuple[Split, Any]:
+def _read_run_split(run: RunDir, cfg: TrainConfig, what: str = "run folder") -> tuple[Split, Any]:
     """The split and class names a run folder was made with (one-line errors if damaged)."""
     for f in (run.split, run.class_names):
         if not f.is_file():
             raise RsdmlError(
-                f"--resume {run.root}: {f.name} is missing, so the run folder is incomplete (it "
+                f"{what} {run.root}: {f.name} is missing, so the run folder is incomplete (it "
                 "was stopped while being created, or files were deleted); start a new run with "
                 "another --out"
             )
-    split = read_split_csv(run.split, cfg.data)
+    split = read_split(run.split, protocol=cfg.protocol, what=f"{what} {run.root}: split.csv")
     try:
         return split, json.loads(run.class_names.read_text())
     except (OSError, ValueError) as e:
         raise RsdmlError(
-            f"--resume {run.root}: class_names.json cannot be read ({type(e).__name__}); restore "
+            f"{what} {run.root}: class_names.json cannot be read ({type(e).__name__}); restore "
             "it (a JSON list of the class folder names, as in split.csv) or start a new run"
         ) from None
+
+
+def _open_run_split(run: RunDir, cfg: TrainConfig, what: str) -> tuple[Split, TrainConfig]:
+    """A saved run's split, with its images found under ``cfg.data`` (the saved data folder,
+    or the one ``--data`` names); a moved data folder is recorded in config.yaml."""
+    split, saved_classes = _read_run_split(run, cfg, what)
+    if saved_classes != split.classes:
+        raise RsdmlError(f"{what} {run.root}: class names in split.csv and class_names.json differ")
+    if not cfg.data:
+        raise RsdmlError(f"{what} {run.root}: config.yaml names no data folder; pass --data DIR")
+    check_images(split, cfg.data, f"{what} {run.root}: split.csv",
+                 "if the data set moved, pass --data DIR (the folder that holds it now)")
+    data = str(Path(cfg.data).expanduser().absolute())
+    if data != cfg.data or data != load_run_config(run).data:
+        cfg = cfg.replace(data=data)
+        log.info("%s: recording the data folder %s in config.yaml", run.root, data)
+        load_run_config(run).replace(data=data).save_yaml(run.config)
+    return split, cfg
 
 
 def _make_trainer(s: Session) -> Trainer:
@@ -252,10 +343,13 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
-                 quiet: bool = False) -> dict[str, Any]:
+                 quiet: bool = False, data: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a saved run again; ``data`` points at its data set when that moved."""
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
-    cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}))
-    split = read_split_csv(run.split, cfg.data)
-    session = build_session(cfg, run, split, train=False)
-    return evaluate_session(session, checkpoint)
+    cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
+                      **({"data": str(data)} if data else {}))
+    with RunLock(run.root):
+        split, cfg = _open_run_split(run, cfg, "run folder")
+        session = build_session(cfg, run, split, train=False)
+        return evaluate_session(session, checkpoint)
