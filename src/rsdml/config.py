@@ -54,8 +54,8 @@ class TrainConfig:
     seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
     strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
     # --- method and model
-    method: str = _opt("hr-s2dml", "Training method (see `rsdml methods`).")
-    backbone: str = _opt("resnet18", "CNN trunk (see `rsdml backbones`).")
+    method: str = _opt("hr-s2dml", "Training method (`rsdml list` shows them).")
+    backbone: str = _opt("resnet18", "CNN trunk (`rsdml list` shows them).")
     pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
     weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).")
     embedding_dim: int = _opt(128, "Embedding dimension D.")
