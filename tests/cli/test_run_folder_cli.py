@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import yaml
 
@@ -107,3 +108,53 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     # released: the resume gets past the lock (and stops at the missing split.csv)
     code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5"], capsys)
     assert "split.csv is missing" in _error_line(code, err)
+
+
+def damaged_jpeg_bytes() -> bytes:
+    """A JPEG whose Huffman table is broken: the fast check passes it, decoding fails (as
+    tests/data/test_scan.py checks for the same recipe)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    rgb = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=90)
+    data = bytearray(buf.getvalue())
+    at = data.find(b"\xff\xc4") + 5
+    data[at : at + 16] = b"\xff" * 16
+    return bytes(data)
+
+
+def test_damaged_jpeg_is_skipped_by_training_and_embed_and_embed_keeps_its_output(
+        tiny_scenes, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_scenes, data)
+    cls = sorted(p.name for p in data.iterdir())[0]
+    (data / cls / "zz-damaged.jpg").write_bytes(damaged_jpeg_bytes())
+    run = tmp_path / "run"
+    code, _, err = run_cli(["train", "--data", str(data), "--out", str(run), *TINY], capsys)
+    assert code == 0, err
+    assert "skipping 1 image(s) that cannot be decoded" in err
+    assert f"{cls}/zz-damaged.jpg" not in (run / "split.csv").read_text()
+    assert (run / "split.csv").read_text().count("\n") == 1 + 64
+
+    code, _, err = run_cli(["train", "--data", str(data), "--out", str(tmp_path / "strict"),
+                            "--strict", *TINY], capsys)
+    assert "cannot be decoded" in _error_line(code, err)
+    assert not (tmp_path / "strict").exists()
+
+    npz = tmp_path / "emb.npz"
+    code, _, err = run_cli(["embed", str(data), "--run", str(run), "--out", str(npz), "--quiet"],
+                           capsys)
+    assert code == 0, err
+    assert "skipped 1 image(s) that cannot be decoded" in err
+    assert len(np.load(npz)["paths"]) == 64
+    first = npz.read_bytes()
+    code, _, err = run_cli(["embed", str(data), "--run", str(run), "--out", str(npz), "--quiet"],
+                           capsys)
+    assert "already exists; add --force" in _error_line(code, err)
+    assert npz.read_bytes() == first
+    code, _, err = run_cli(["embed", str(data), "--run", str(run), "--out", str(npz), "--quiet",
+                            "--force"], capsys)
+    assert code == 0, err

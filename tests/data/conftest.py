@@ -30,6 +30,14 @@ def jpeg_bytes(seed: int = 0, h: int = 12, w: int = 16) -> bytes:
     return buf.getvalue()
 
 
+def damaged_jpeg_bytes(seed: int = 0) -> bytes:
+    """A JPEG damaged inside its coded data: every count of its first Huffman table is 255."""
+    data = bytearray(jpeg_bytes(seed, 32, 32))
+    at = data.find(b"\xff\xc4") + 5  # DHT marker, length (2), table class/id (1)
+    data[at : at + 16] = b"\xff" * 16
+    return bytes(data)
+
+
 def write_image(path: Path, kind: str, seed: int = 0) -> Path:
     """Write one small file of ``kind`` at ``path`` (parents created); returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +65,8 @@ def write_image(path: Path, kind: str, seed: int = 0) -> Path:
     elif kind == "truncated_jpeg":  # cut inside the entropy-coded data, past the header
         data = jpeg_bytes(seed, 48, 48)
         path.write_bytes(data[: len(data) * 2 // 3])
+    elif kind == "damaged_jpeg":  # header and end marker intact, Huffman table broken:
+        path.write_bytes(damaged_jpeg_bytes(seed))  # passes the fast check, fails to decode
     elif kind == "random":
         path.write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
     elif kind == "empty":

@@ -315,3 +315,18 @@ def test_valid_cache_in_unwritable_folder_is_used(data, tmp_path, monkeypatch, c
         again = _load(root, paths, tmp_path / "cache")
     assert not again.stats.built and not decodes and not caplog.text
     assert torch.equal(again.images, first.images)
+
+
+def test_an_image_that_fails_to_decode_is_reported_with_all_others(data, tmp_path, write_image):
+    """Damage inside compressed data (which the fast scan cannot see) stops the build with
+    every such file named, and leaves no cache file behind."""
+    from rsdml.data.cache import UndecodableImagesError
+
+    root, paths = data
+    write_image(root / "bad1.jpg", "damaged_jpeg")
+    write_image(root / "bad2.jpg", "damaged_jpeg", seed=1)
+    cache_dir = tmp_path / "c"
+    with pytest.raises(UndecodableImagesError) as e:
+        _load(root, [*paths, "bad1.jpg", "bad2.jpg"], cache_dir)
+    assert e.value.paths == ["bad1.jpg", "bad2.jpg"] and "cannot be decoded" in str(e.value)
+    assert [p.suffix for p in cache_dir.iterdir()] == [".lock"]  # no cache file, no temp file

@@ -223,6 +223,35 @@ def test_symlink_loop_does_not_hang(tmp_path, write_image) -> None:
     assert r.paths[0] == "A/000.png" and len(r.paths) <= 2
 
 
+def test_links_back_to_the_root_or_to_another_class_are_not_read_again(tmp_path, write_image,
+                                                                       caplog) -> None:
+    root = _folder(tmp_path / "d", write_image, {"A": 2, "B": 3})
+    try:
+        os.symlink(root, root / "A" / "back-to-root")
+        os.symlink(root / "B", root / "A" / "b-again")
+        os.symlink(root / "A", root / "A2")  # a class folder that is another class's folder
+    except OSError:
+        pytest.skip("symlinks not supported here")
+    with caplog.at_level(logging.WARNING):
+        r = scan_image_folder(root, progress=False)
+    assert r.paths == ["A/000.png", "A/001.png", "B/000.png", "B/001.png", "B/002.png"]
+    assert r.classes == ["A", "B"] and r.labels.tolist() == [0, 0, 1, 1, 1]
+    assert "not reading 3 linked folder(s) again" in caplog.text
+
+
+def test_damage_inside_a_jpeg_passes_the_fast_check_and_fails_to_decode(tmp_path,
+                                                                        write_image) -> None:
+    """The fixture the cache and training tests use for such files behaves as they assume."""
+    from rsdml.data.imageio import ImageReadError
+
+    bad = write_image(tmp_path / "bad.jpg", "damaged_jpeg")
+    root = _folder(tmp_path / "d", write_image, {"A": 1})
+    (root / "A" / "bad.jpg").write_bytes(bad.read_bytes())
+    assert "A/bad.jpg" in scan_image_folder(root, progress=False).paths
+    with pytest.raises(ImageReadError):
+        read_rgb(bad)
+
+
 def test_thread_pool_gives_the_same_result(tmp_path, write_image) -> None:
     root = _folder(tmp_path / "d", write_image, {"A": 40, "B": 40}, kind="jpeg")
     write_image(root / "A" / "bad.jpg", "truncated_jpeg")

@@ -132,14 +132,15 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 @click.option("--checkpoint", default="auto", show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--batch-size", type=int, default=None)
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True)
 def embed(data: str, run_dir: str, out_file: str, checkpoint: str, device: str | None,
-          batch_size: int | None, quiet: bool) -> None:
+          batch_size: int | None, force: bool, quiet: bool) -> None:
     """Embed every image under DATA (any folder tree) with a trained run's model."""
     from rsdml.training.embed import embed_folder
 
     n = embed_folder(data, run_dir, out_file, checkpoint=checkpoint, device=device,
-                     batch_size=batch_size, quiet=quiet)
+                     batch_size=batch_size, quiet=quiet, force=force)
     click.echo(f"embedded {n} images -> {out_file}")
 
 

@@ -126,6 +126,22 @@ class ImageCache:
         return self.images.index_select(0, index)
 
 
+class UndecodableImagesError(RsdmlError):
+    """Images that passed the fast check before training but fail to decode (damage inside
+    their compressed data). ``paths`` are relative to the data root; a caller that may still
+    change its image list (a new run, ``rsdml embed``) leaves them out and builds again."""
+
+    def __init__(self, root: Path, errors: dict[str, imageio.ImageReadError]) -> None:
+        self.paths = sorted(errors)
+        self.details = {p: errors[p].detail for p in self.paths}
+        shown = ", ".join(f"{p} ({self.details[p]})" for p in self.paths[:3])
+        more = f" (+{len(self.paths) - 3} more)" if len(self.paths) > 3 else ""
+        super().__init__(
+            f"{len(self.paths)} image(s) in {root} cannot be decoded (damaged inside their "
+            f"compressed data): {shown}{more}; remove or re-save them"
+        )
+
+
 class _Corrupt(Exception):
     """The cache file exists but cannot be trusted (the message says why)."""
 
@@ -377,10 +393,15 @@ class _Build:
         a few images per thread are in flight, so memory stays flat whatever N is."""
         start = time.perf_counter()
         size = self.shape[-1]
+        failed: dict[str, imageio.ImageReadError] = {}
 
         def work(i: int) -> None:
             path = self.root / self.paths[i]
-            img = imageio.read_resized(path, size)
+            try:
+                img = imageio.read_resized(path, size)
+            except imageio.ImageReadError as e:  # found all in one pass, reported together
+                failed[self.paths[i]] = e
+                return
             if img.shape != (size, size, 3) or img.dtype != np.uint8:
                 raise RuntimeError(
                     f"read_resized({path}, {size}) returned {img.dtype} {img.shape}, "
@@ -406,6 +427,8 @@ class _Build:
             done = completed(pool)
             for _ in _progress(done, total=len(self.paths), desc=desc, enabled=self.show):
                 pass
+        if failed:
+            raise UndecodableImagesError(self.root, failed)
         return time.perf_counter() - start
 
     def _into_array(self) -> tuple[np.ndarray, float]:

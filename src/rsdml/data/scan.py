@@ -59,16 +59,23 @@ def _is_hidden(name: str) -> bool:
 
 
 def _list_class(
-    root: Path, name: str, problems: dict[str, list[str]], broken: dict[str, str]
+    root: Path, name: str, problems: dict[str, list[str]], broken: dict[str, str],
+    seen: set[str], claimed: set[str],
 ) -> list[str]:
-    """Relative paths of the image files below ROOT/NAME (recursive, links followed once)."""
+    """Relative paths of the image files below ROOT/NAME (recursive, links followed once).
+
+    ``seen``: real paths of the folders read so far, shared by all classes, so no folder is
+    read twice. ``claimed``: the data root and every class folder: a link to one of them from
+    inside a class (e.g. back to the root) is not followed, or other classes' images would
+    be read again under this class's label.
+    """
     found: list[str] = []
-    seen: set[str] = set()
     stack = [(root / name, name)]
     while stack:
         folder, rel = stack.pop()
         real = os.path.realpath(folder)
-        if real in seen:  # a symlink loop or a folder linked twice
+        if real in seen or (rel != name and real in claimed):
+            problems["repeated_folder"].append(rel)
             continue
         seen.add(real)
         try:
@@ -165,7 +172,9 @@ def scan_image_folder(
     slower) and so guarantees that every kept image decodes.
     """
     root = Path(root).expanduser().absolute()
-    problems: dict[str, list[str]] = {k: [] for k in (*IGNORED_KINDS, *BAD_IMAGE_KINDS)}
+    problems: dict[str, list[str]] = {
+        k: [] for k in (*IGNORED_KINDS, *BAD_IMAGE_KINDS, "repeated_folder")
+    }
     details: dict[str, str] = {}
 
     class_names: list[str] = []
@@ -191,7 +200,16 @@ def scan_image_folder(
             f"({_names(visible)}); {_LAYOUT}"
         )
 
-    per_class = {name: _list_class(root, name, problems, details) for name in class_names}
+    seen: set[str] = set()
+    claimed = {os.path.realpath(root), *(os.path.realpath(root / c) for c in class_names)}
+    per_class = {name: _list_class(root, name, problems, details, seen, claimed)
+                 for name in class_names}
+    repeated = problems.pop("repeated_folder")
+    if repeated:
+        log.warning(
+            "not reading %d linked folder(s) again (a link back into %s, or a folder linked "
+            "twice): %s", len(repeated), root, _names(sorted(repeated)),
+        )
     if not any(per_class.values()):
         exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
         raise DatasetNotFoundError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +38,19 @@ def list_images(root: Path) -> tuple[list[str], list[str]]:
 
 def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
                  checkpoint: str = "auto", device: str | None = None,
-                 batch_size: int | None = None, quiet: bool = False) -> int:
+                 batch_size: int | None = None, quiet: bool = False, force: bool = False) -> int:
+    """Embed every image below ``data``; ``force`` replaces an existing ``out_file``."""
     root = Path(data)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
     out_path = Path(out_file)
     if not out_path.parent.is_dir():
         raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
+    if out_path.is_dir():
+        raise RsdmlError(f"--out {out_path} is a folder; give a file name such as emb.npz")
+    if out_path.exists() and not force:
+        raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
+                         "choose another file")
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
     cfg = cfg.replace(quiet=quiet, data=str(root), **({"device": device} if device else {}),
@@ -59,11 +66,23 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     model = build_model(cfg.replace(pretrained="none", weights=None)).to(dev)
     state = load_checkpoint(run.checkpoint(checkpoint), map_location=dev)
     model.load_state_dict(state["model"])
-    from rsdml.data.cache import load_image_cache
+    from rsdml.data.cache import UndecodableImagesError, load_image_cache
 
-    cache = load_image_cache(root, paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
-                             max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
-                             workers=cfg.workers, progress=not quiet)
+    def cache_of(paths: list[str]) -> Any:
+        return load_image_cache(root, paths, cfg.image_size, mode=cfg.cache,
+                                cache_dir=cfg.cache_dir,
+                                max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
+                                workers=cfg.workers, progress=not quiet)
+
+    try:
+        cache = cache_of(paths)
+    except UndecodableImagesError as e:  # damage the fast check cannot see: skip those too
+        log.warning("skipped %d image(s) that cannot be decoded (first: %s)", len(e.paths),
+                    ", ".join(e.paths[:3]))
+        paths = [p for p in paths if p not in set(e.paths)]
+        if not paths:
+            raise DatasetNotFoundError(f"no decodable images under {root}; check the folder") from None
+        cache = cache_of(paths)
     # As evaluation embeds: the same precision, memory layout and batch loop.
     model = place_model(model, dev)
     inputs = image_inputs(cache, dev, cfg.device_cache)

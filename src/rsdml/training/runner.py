@@ -17,7 +17,7 @@ import torch
 
 from rsdml.config import PATH_FIELDS, TrainConfig, config_values
 from rsdml.data.augment import TrainAugment
-from rsdml.data.cache import ImageCache, load_image_cache
+from rsdml.data.cache import ImageCache, UndecodableImagesError, load_image_cache
 from rsdml.data.split import (
     Split,
     SplitContract,
@@ -219,10 +219,19 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool
     resume = new is None
     try:
         if new is not None:
-            cfg.save_yaml(run.config)
-            write_split_csv(split, run.split)
-            write_json(run.class_names, split.classes)
-        session = build_session(cfg, run, split, train=True)
+            _write_new_run(cfg, run, split)
+        try:
+            session = build_session(cfg, run, split, train=True)
+        except UndecodableImagesError as e:
+            if new is None or cfg.split or cfg.strict:  # the images are fixed: report them
+                raise
+            # The fast check before training cannot see damage inside compressed data: skip
+            # such images like the other unusable ones and make the split without them.
+            log.warning("skipping %d image(s) that cannot be decoded: %s", len(e.paths),
+                        ", ".join(f"{p} ({e.details[p]})" for p in e.paths[:5]))
+            split = _split_without(split, set(e.paths), cfg)
+            _write_new_run(cfg, run, split)
+            session = build_session(cfg, run, split, train=True)
         trainer = _make_trainer(session)
     except Exception:
         if new is not None:
@@ -249,6 +258,35 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool
     result = evaluate_session(session, checkpoint="auto", trainer=trainer)
     result["wall_seconds"] = round(time.monotonic() - t_start, 1)
     return result
+
+
+def _write_new_run(cfg: TrainConfig, run: RunDir, split: Split) -> None:
+    cfg.save_yaml(run.config)
+    write_split_csv(split, run.split)
+    write_json(run.class_names, split.classes)
+
+
+def _split_without(split: Split, bad: set[str], cfg: TrainConfig) -> Split:
+    """The split made again, by the same rule and seed, without the ``bad`` images (a class
+    left with none is dropped, as the scan drops it)."""
+    keep = [i for i, p in enumerate(split.paths) if p not in bad]
+    labels = split.labels[keep]
+    present = sorted(set(labels.tolist()))
+    dropped = [split.classes[c] for c in range(split.num_classes) if c not in present]
+    if dropped:
+        log.warning("dropping %d class folder(s) with no usable image: %s", len(dropped),
+                    ", ".join(dropped))
+    relabel = np.full(split.num_classes, -1, dtype=np.int64)
+    relabel[present] = np.arange(len(present))
+    root = split.contract.data_root if split.contract else cfg.data
+    out = make_split([split.paths[i] for i in keep], relabel[labels],
+                     [split.classes[c] for c in present], protocol=cfg.protocol,
+                     labeled_fraction=cfg.labeled_fraction, val_fraction=cfg.val_fraction,
+                     test_fraction=cfg.test_fraction, seed=cfg.seed, data_root=root)
+    if out.num_classes < 2:
+        raise RsdmlError(f"{cfg.data} has fewer than 2 classes with decodable images; metric "
+                         "learning needs at least 2: add or re-save images")
+    return out
 
 
 def _precision(trainer: Trainer) -> str:
