@@ -18,9 +18,10 @@ from typing import Any
 
 import yaml
 
+from rsdml.data.split import PROTOCOLS
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import write_text_atomic
 
-PROTOCOLS = ("transductive", "inductive")
 PRETRAINED = ("imagenet", "none")
 DEVICES = ("auto", "cpu", "cuda")
 CACHE_MODES = ("auto", "memory", "mmap")
@@ -167,8 +168,6 @@ class TrainConfig:
         return cls.from_dict(load_yaml(path), source=str(path))
 
     def save_yaml(self, path: Path) -> None:
-        from rsdml.training.run_dir import write_text_atomic
-
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ validation

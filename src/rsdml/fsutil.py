@@ -1,4 +1,9 @@
-"""Small file-system helpers shared by every stage: atomic replacement and JSON lines."""
+"""Small file-system helpers shared by every stage: atomic replacement and JSON lines.
+
+Every file rsdml replaces (checkpoints, config.yaml, split files, metrics, the report and its
+figures, embeddings, experiment tables) goes through :func:`atomic_write_bytes`: a temp file
+beside it, fsync, rename, fsync of the folder. A kill leaves the old or the new version.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from rsdml.errors import RsdmlError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -23,6 +30,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
     fsync_dir(path.parent)
     _remove_stale_temps(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """:func:`atomic_write_text`, with a failed write (disk full, read-only) as a one-line
+    :class:`RsdmlError`."""
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        raise RsdmlError(
+            f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
+            "permissions (the previous version of the file, if any, is untouched)"
+        ) from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """``obj`` as indented JSON, replaced atomically (one-line error if it cannot be)."""
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _remove_stale_temps(path: Path) -> None:

@@ -280,12 +280,17 @@ def test_read_only_output_folder(scenes, tmp_path, capsys, where):
 
 
 # --------------------------------------------------------------------------- bad --resume
-def test_resume_with_other_data_is_refused(run_copy, scenes, tmp_path, capsys):
+def test_resume_with_data_lacking_the_runs_images_is_refused(run_copy, scenes, tmp_path,
+                                                             capsys):
+    """--data on resume may point at a moved copy (tests/cli/test_run_folder_cli.py), but a
+    folder without the run's images is refused, naming the images and --data."""
     other = tmp_path / "other"
     shutil.copytree(scenes, other)
+    gone = sorted(other.rglob("*.png"))[0]
+    gone.unlink()
     code, _, err = run_main(["train", "--resume", str(run_copy), "--data", str(other)], capsys)
     line = _one_error_line(err)
-    assert code == 2 and "--data differ" in line and "config.yaml" in line
+    assert code == 2 and "missing under" in line and gone.name in line and "--data" in line
 
 
 def test_resume_with_hand_edited_invalid_config(run_copy, capsys):

@@ -37,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
+from rsdml.config import CACHE_MODES
 from rsdml.fsutil import fsync_dir, touch
 from rsdml.data import imageio
 from rsdml.errors import RsdmlError
@@ -50,7 +51,6 @@ except ImportError:  # pragma: no cover - not POSIX: builds are still atomic, ju
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-CACHE_MODES = ("auto", "memory", "mmap")
 _MAGIC = b"RSDMLIMG"
 _HEADER_BYTES = 4096
 _IO_CHUNK = 16 * 2**20

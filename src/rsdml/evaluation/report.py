@@ -26,9 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 
-from rsdml.fsutil import read_jsonl
+from rsdml.fsutil import atomic_write_bytes, atomic_write_text, read_jsonl
 from rsdml.errors import RsdmlError
-from rsdml.evaluation.suite import _atomic_write, headline_metrics, load_embeddings
+from rsdml.evaluation.suite import headline_metrics, load_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
     sections.append(_section_config(inputs))
     page = _page(run_dir, inputs, sections)
     path = out_dir / "report.html"
-    _atomic_write(path, lambda f: f.write(page), binary=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, page)
     return path
 
 
@@ -220,7 +221,8 @@ def _figure_section(out_dir: Path, name: str, title: str, caption: str,
     FigureCanvasAgg(fig)
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     data = buf.getvalue()
-    _atomic_write(png, lambda f: f.write(data), binary=True)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(png, data)
     b64 = base64.b64encode(data).decode("ascii")
     return (f'<section><h2>{_e(title)}</h2><p class="small">{_e(caption)} ({_e(name)})</p>'
             f'<img alt="{_e(title)}" src="data:image/png;base64,{b64}"></section>')

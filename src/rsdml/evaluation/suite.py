@@ -7,10 +7,9 @@ but the query itself. Definitions: docs/metrics.md.
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -18,13 +17,14 @@ import numpy as np
 from sklearn.metrics import f1_score
 from threadpoolctl import threadpool_limits
 
+from rsdml.data.split import ROLES
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.clustering import clustering_metrics
 from rsdml.evaluation.knn import knn_predict_many
 from rsdml.evaluation.retrieval_metrics import KS, retrieval_metrics
+from rsdml.fsutil import atomic_write_bytes, atomic_write_text
 from rsdml.retrieval.index import l2_normalize
 
-ROLES = ("labeled", "unlabeled", "val", "test")
 KNN_KS = (1, 5, 10)
 CONFUSION_K = 10
 
@@ -123,10 +123,10 @@ def save_embeddings(
         raise RsdmlError(f"{len(x)} embeddings but {len(p)} paths; pass one path per image")
     path = Path(path)
 
-    def write(f) -> None:
-        np.savez(f, embeddings=x, labels=y, roles=r, paths=p)
-
-    _atomic_write(path, write, binary=True)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=x, labels=y, roles=r, paths=p)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def load_embeddings(path: str | Path) -> EmbeddingSet:
@@ -168,7 +168,8 @@ def write_evaluation(
     metrics["headline"] = headline_metrics(metrics)
     metrics = _jsonable(metrics)
     text = json.dumps(metrics, indent=1, allow_nan=False) + "\n"
-    _atomic_write(eval_dir / "metrics.json", lambda f: f.write(text), binary=False)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(eval_dir / "metrics.json", text)
     return metrics
 
 
@@ -205,18 +206,3 @@ def _jsonable(obj: Any) -> Any:
         v = float(obj)
         return v if math.isfinite(v) else None
     return obj
-
-
-def _atomic_write(path: Path, write, *, binary: bool) -> None:
-    """Write to a temporary file beside ``path`` and rename it over, so readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -31,6 +31,7 @@ from typing import Any
 
 from rsdml.config import TrainConfig, convert_value, load_yaml, option_name
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import write_json
 
 log = logging.getLogger(__name__)
 
@@ -479,9 +480,7 @@ def _wall_seconds(run_dir: Path) -> float | None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, obj)  # atomic, with fsync
 
 
 def _result_paths(out: Path) -> tuple[Path, Path, Path]:

@@ -17,7 +17,11 @@ except ImportError:  # pragma: no cover - Windows: no lock, as before
     fcntl = None  # type: ignore[assignment]
 
 from rsdml.errors import RsdmlError
-from rsdml.fsutil import atomic_write_bytes, read_jsonl  # noqa: F401  (read_jsonl: re-export)
+from rsdml.fsutil import (  # noqa: F401  (re-exported: the trainer imports them from here)
+    read_jsonl,
+    write_json,
+    write_text_atomic,
+)
 
 
 @dataclass(frozen=True)
@@ -203,18 +207,3 @@ def check_writable(root: Path, need_bytes: int = NEED_BYTES) -> None:
             f"{need_bytes / 2**20:.0f} MiB for its checkpoints: free some space or use a "
             "folder on another disk"
         )
-
-
-def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a file whole: a kill leaves the old or the new version, never half of one."""
-    try:
-        atomic_write_bytes(path, text.encode())
-    except OSError as e:
-        raise RsdmlError(
-            f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
-            "permissions (the previous version of the file, if any, is untouched)"
-        ) from None
