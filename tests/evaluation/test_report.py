@@ -97,3 +97,14 @@ def test_report_on_a_bare_run_folder(tmp_path):
     assert not _IMG_SRC.findall(html)
     with pytest.raises(RsdmlError):
         write_report(tmp_path / "missing")
+
+
+def test_top_k_rows_only_for_k_within_the_gallery(full_report):
+    """The fake run's labelled gallery has 12 images, its archive gallery 47: P@50 / P@100
+    rows are left out, P@20 has an empty labelled cell, P@10 is complete."""
+    _, report = full_report
+    html = report.read_text()
+    assert "<th>P@10</th>" in html and "<th>P@20</th>" in html
+    assert "<th>P@50</th>" not in html and "<th>P@100</th>" not in html
+    row = re.search(r"<tr><th>P@20</th>(.*?)</tr>", html).group(1)
+    assert row.startswith("<td></td>")

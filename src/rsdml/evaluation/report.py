@@ -38,6 +38,17 @@ RETRIEVAL_QUERIES = 6
 RETRIEVAL_TOP = 10
 THUMB_PX = 96
 
+def _retrieval_cell(values: dict[str, Any], key: str) -> str:
+    """A retrieval table cell; a top-K metric with K above the gallery size is left empty
+    (P@100 of a 72-image gallery cannot reach 1 and says nothing)."""
+    k = key.rsplit("_", 1)[-1]
+    size = values.get("gallery_size")
+    if key.startswith(("p_at_", "map_at_")) and k.isdigit() and isinstance(size, int) \
+            and int(k) > size:
+        return ""
+    return _cell(values.get(key))
+
+
 _RETRIEVAL_ROWS = [
     ("map", "mAP (full ranking)"),
     *[(f"map_at_{k}", f"mAP@{k}") for k in (5, 10, 20, 50, 100)],
@@ -181,8 +192,9 @@ def _section_metrics(inputs: _Inputs) -> str:
         head = "".join(f"<th>{_e(g)} gallery</th>" for g in galleries)
         body = "".join(
             f"<tr><th>{_e(label)}</th>"
-            + "".join(f"<td>{_cell(ret[g].get(key))}</td>" for g in galleries) + "</tr>"
+            + "".join(f"<td>{_retrieval_cell(ret[g], key)}</td>" for g in galleries) + "</tr>"
             for key, label in _RETRIEVAL_ROWS
+            if any(_retrieval_cell(ret[g], key) != "" for g in galleries)
         )
         parts.append(f"<h3>Retrieval (cosine, full ranking)</h3><table><tr><th></th>{head}</tr>{body}</table>")
     per_class = {k: v.get("per_class_accuracy") for k, v in knn.items()
