@@ -28,6 +28,9 @@ CACHE_MODES = ("auto", "memory", "mmap")
 DEVICE_CACHE_MODES = ("auto", "off")
 AMP_MODES = ("auto", "off", "bf16")
 SCHEDULES = ("cosine", "step")
+OPTIMIZERS = ("adamw", "sgd")
+#: --lr when not given, per optimiser (AdamW's steps do not scale with the loss's 1/tau).
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1}
 BN_MODES = ("auto", "train", "frozen")
 
 
@@ -77,13 +80,21 @@ class TrainConfig:
     epochs: int = _opt(130, "Epochs (one epoch = one pass over the labelled set).")
     batch_size: int = _opt(128, "Labelled images per step.")
     unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.")
-    lr: float = _opt(0.1, "SGD learning rate of the head and the class weights.")
-    trunk_lr_mult: float = _opt(
-        0.1, "The trunk's learning rate is --lr times this (a pretrained trunk needs a smaller "
-        "one than the new head); 1 trains everything at --lr, as the paper does."
+    optimizer: str = _opt(
+        "adamw", "adamw, or sgd (Nesterov; the paper's). SGD's step grows with the loss's "
+        "1/temperature = 20 and wrecks a fine-tuned trunk at the paper's lr.", choices=OPTIMIZERS
     )
-    momentum: float = _opt(0.9, "SGD (Nesterov) momentum.")
-    weight_decay: float = _opt(1e-4, "SGD weight decay (not applied to norm and bias parameters).")
+    lr: float | None = _opt(
+        None, "Learning rate of the head and the class weights (default: 0.001 for adamw, 0.1 "
+        "for sgd)."
+    )
+    trunk_lr_mult: float | None = _opt(
+        None, "The trunk's learning rate is --lr times this (default: 0.1 for a pretrained "
+        "trunk, which a new head's rate would distort; 1 from random initialisation)."
+    )
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum; AdamW's beta1.")
+    weight_decay: float = _opt(1e-4, "Weight decay (decoupled for adamw; not applied to norm "
+                               "and bias parameters).")
     schedule: str = _opt(
         "cosine", "Learning-rate decay after the warm-up: cosine (to 0 at the last epoch) or step "
         "(times --lr-gamma every --lr-step epochs, the paper's).", choices=SCHEDULES
@@ -133,6 +144,16 @@ class TrainConfig:
     quiet: bool = _opt(False, "No progress bars.")
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def trunk_lr_factor(self) -> float:
+        if self.trunk_lr_mult is not None:
+            return self.trunk_lr_mult
+        return 0.1 if self.trunk_pretrained else 1.0
+
     @property
     def trunk_pretrained(self) -> bool:
         return bool(self.weights) or self.pretrained != "none"
@@ -215,11 +236,11 @@ class TrainConfig:
             raise RsdmlError(f"--bnm-logit-scale {self.bnm_logit_scale} must be > 0")
         if self.bnm_weight < 0:
             raise RsdmlError(f"--bnm-weight {self.bnm_weight} must be >= 0")
-        if not self.lr > 0:
+        if self.lr is not None and not self.lr > 0:
             raise RsdmlError(f"--lr {self.lr} must be > 0")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise RsdmlError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if not self.trunk_lr_mult >= 0:
+        if self.trunk_lr_mult is not None and not self.trunk_lr_mult >= 0:
             raise RsdmlError(f"--trunk-lr-mult {self.trunk_lr_mult} must be >= 0 (0 freezes the "
                              "trunk's weights; --freeze-backbone also caches its features)")
         for name in ("warmup_epochs", "head_warmup_epochs", "bnm_warmup_epochs"):

@@ -28,6 +28,8 @@ def demo_config(data: Path, run: Path, epochs: int | None = None, quiet: bool = 
         pretrained="imagenet", freeze_backbone=True, labeled_fraction=0.2, image_size=DEMO_SIZE,
         epochs=epochs or 30, batch_size=64, unlabeled_batch_size=64, eval_every=10,
         device="cpu", seed=0, quiet=quiet, cache="memory",
+        # The paper's optimiser and schedule: on frozen features SGD at lr 0.1 is stable.
+        optimizer="sgd", lr=0.1, schedule="step", warmup_epochs=0.0, bnm_warmup_epochs=0.0,
     )
 
 

@@ -19,7 +19,9 @@ from rsdml.training.trainer import Trainer, TrainingInterrupted
 
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), backbone="resnet18", pretrained="none", image_size=32,
-                epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.05,
+                epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.003,
+                # every phase inside two epochs: head warm-up, trunk warm-up, ramp, decay
+                head_warmup_epochs=0.5, warmup_epochs=1.0, bnm_warmup_epochs=1.5,
                 device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False)
     base.update(kw)
     return TrainConfig(**base)
@@ -39,7 +41,7 @@ def _assert_same(a: dict, b: dict) -> None:
 
 def test_run_writes_its_files_and_beats_chance(tiny_scenes, tmp_path):
     run = tmp_path / "run"
-    result = train(_cfg(tiny_scenes, run, epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01,
+    result = train(_cfg(tiny_scenes, run, epochs=3, batch_size=16, unlabeled_batch_size=16,
                         report=True))
     for name in ("config.yaml", "split.csv", "class_names.json", "metrics.jsonl",
                  "final_metrics.json", "checkpoints/last.pt", "spectrum.json", "eval/report.html",
@@ -242,3 +244,57 @@ def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked(monkeypa
         assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16
+
+
+def _trunk_state(run: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    return {k: v for k, v in state.items() if k.startswith("trunk.")}
+
+
+def _initial_trunk(cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    from rsdml.models.embedding import build_model
+
+    torch.manual_seed(cfg.seed)  # as build_session does
+    return {k: v for k, v in build_model(cfg).state_dict().items() if k.startswith("trunk.")}
+
+
+def test_head_warmup_keeps_the_trunk_and_its_statistics(tiny_scenes, tmp_path):
+    cfg = _cfg(tiny_scenes, tmp_path / "warm", epochs=1, head_warmup_epochs=1.0, bn="train")
+    train(cfg)
+    before, after = _initial_trunk(cfg), _trunk_state(tmp_path / "warm")
+    _assert_same(before, after)  # weights and BatchNorm running statistics alike
+    head = load_checkpoint(tmp_path / "warm" / "checkpoints" / "last.pt")["model"]
+    torch.manual_seed(0)
+    from rsdml.models.embedding import build_model
+    fresh = build_model(cfg).state_dict()
+    assert not torch.equal(head["head.1.weight"], fresh["head.1.weight"])  # the head trained
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_bn_mode_decides_whether_running_statistics_move(tiny_scenes, tmp_path, bn):
+    cfg = _cfg(tiny_scenes, tmp_path / bn, epochs=1, head_warmup_epochs=0.0, bn=bn)
+    train(cfg)
+    before, after = _initial_trunk(cfg), _trunk_state(tmp_path / bn)
+    stats = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in before if k.endswith("conv1.weight")]
+    assert stats and weights
+    assert any(not torch.equal(before[k], after[k]) for k in weights)  # the trunk trained
+    moved = [k for k in stats if not torch.equal(before[k], after[k])]
+    assert (not moved) if bn == "frozen" else (len(moved) == len(stats))
+
+
+def test_logged_rates_follow_the_schedule(tiny_scenes, tmp_path):
+    from rsdml.training.optim import lr_factors, regularizer_weight
+
+    cfg = _cfg(tiny_scenes, tmp_path / "sched", epochs=3, head_warmup_epochs=1.0,
+               warmup_epochs=1.0, bnm_warmup_epochs=2.0, trunk_lr_mult=0.5)
+    train(cfg)
+    rows = [json.loads(l) for l in (tmp_path / "sched" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        f = lr_factors(cfg, float(r["epoch"]))
+        assert r["lr"] == pytest.approx(0.003 * f["head"])
+        assert r["trunk_lr"] == pytest.approx(0.003 * 0.5 * f["trunk"])
+        assert r["reg_weight"] == pytest.approx(regularizer_weight(cfg, float(r["epoch"])))
+    assert rows[0]["trunk_lr"] == 0.0 and rows[1]["trunk_lr"] > 0  # after the head warm-up
+    assert rows[0]["reg_weight"] == pytest.approx(0.5)

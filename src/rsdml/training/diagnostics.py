@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Mean pairwise cosine above which the embeddings count as collapsed: all within ~25 degrees.
-COLLAPSE_COSINE = 0.9
+#: Mean pairwise cosine above which the embeddings count as collapsed: all within ~11 degrees.
+COLLAPSE_COSINE = 0.98
 #: Effective rank below which they count as collapsed (a line or a point).
 COLLAPSE_ERANK = 2.0
 

@@ -48,15 +48,19 @@ def param_groups(model: nn.Module, method: nn.Module, cfg: TrainConfig) -> list[
         groups[part + ("_no_decay" if _no_decay(name, p) else "")].append(p)
     out = []
     for g in GROUPS:
-        base = cfg.lr * (cfg.trunk_lr_mult if g.startswith("trunk") else 1.0)
+        base = cfg.base_lr * (cfg.trunk_lr_factor if g.startswith("trunk") else 1.0)
         decay = 0.0 if g.endswith("no_decay") else cfg.weight_decay
         out.append({"params": groups[g], "name": g, "base_lr": base, "lr": base,
                     "weight_decay": decay})
     return out
 
 
-def make_optimizer(model: nn.Module, method: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    return torch.optim.SGD(param_groups(model, method, cfg), lr=cfg.lr, momentum=cfg.momentum,
+def make_optimizer(model: nn.Module, method: nn.Module,
+                   cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, method, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.base_lr, betas=(cfg.momentum, 0.999))
+    return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum,
                            nesterov=cfg.momentum > 0)
 
 
@@ -80,7 +84,7 @@ def decay_factor(cfg: TrainConfig, t: float) -> float:
 
 def trunk_trains(cfg: TrainConfig, t: float) -> bool:
     """Whether the trunk's weights change at epoch position ``t`` (after the head warm-up)."""
-    return not cfg.freeze_backbone and cfg.trunk_lr_mult > 0 and t > cfg.head_warmup_epochs
+    return not cfg.freeze_backbone and cfg.trunk_lr_factor > 0 and t > cfg.head_warmup_epochs
 
 
 def lr_factors(cfg: TrainConfig, t: float) -> dict[str, float]:
