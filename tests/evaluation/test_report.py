@@ -108,3 +108,24 @@ def test_top_k_rows_only_for_k_within_the_gallery(full_report):
     assert "<th>P@50</th>" not in html and "<th>P@100</th>" not in html
     row = re.search(r"<tr><th>P@20</th>(.*?)</tr>", html).group(1)
     assert row.startswith("<td></td>")
+
+
+def test_plotting_warnings_become_one_rsdml_warning(tmp_path, caplog):
+    import warnings
+
+    from matplotlib.figure import Figure
+
+    from rsdml.evaluation.report import _figure_section
+
+    def make():
+        fig = Figure(figsize=(2, 2))
+        fig.add_subplot().set_title("\u6e2f\u53e3")  # CJK: the default font lacks the glyphs
+        warnings.warn("Glyph 28207 missing from font(s) DejaVu Sans.", UserWarning)
+        return fig
+
+    with warnings.catch_warnings(record=True) as escaped, caplog.at_level("WARNING"):
+        warnings.simplefilter("always")
+        html = _figure_section(tmp_path, "x.png", "X", "caption", make)
+    assert "data:image/png;base64," in html and (tmp_path / "x.png").is_file()
+    assert not escaped  # nothing reaches Python's warning printer (stderr)
+    assert len(caplog.records) == 1 and "x.png" in caplog.text and "Glyph 28207" in caplog.text

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -221,17 +222,24 @@ def _section_metrics(inputs: _Inputs) -> str:
 def _figure_section(out_dir: Path, name: str, title: str, caption: str,
                     make: Callable[[], Figure | str]) -> str:
     png = out_dir / name
-    try:
-        fig = make()
-    except Exception as e:  # noqa: BLE001 - one failed plot must not cost the whole page
-        log.warning("report: %s failed (%s: %s)", name, type(e).__name__, e)
-        fig = f"this figure could not be drawn ({type(e).__name__}: {e})"
-    if isinstance(fig, str):
-        png.unlink(missing_ok=True)  # no stale picture from an earlier report
-        return _note_section(title, fig)
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig)
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    # matplotlib's own warnings (e.g. a glyph missing for CJK class names) become one
+    # rsdml warning line per figure instead of Python warning text on stderr.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            fig = make()
+        except Exception as e:  # noqa: BLE001 - one failed plot must not cost the whole page
+            log.warning("report: %s failed (%s: %s)", name, type(e).__name__, e)
+            fig = f"this figure could not be drawn ({type(e).__name__}: {e})"
+        if isinstance(fig, str):
+            png.unlink(missing_ok=True)  # no stale picture from an earlier report
+            return _note_section(title, fig)
+        buf = io.BytesIO()
+        FigureCanvasAgg(fig)
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    if caught:
+        log.warning("report: %s: %d plotting warning(s), first: %s", name, len(caught),
+                    " ".join(str(caught[0].message).split()))
     data = buf.getvalue()
     png.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(png, data)
