@@ -362,3 +362,23 @@ def test_shipped_grids_are_valid_fast_mode_grids(name, n_cells, tmp_path):
         assert {c.config.method for c in cells} == set(METHODS)
         assert {c.config.labeled_fraction for c in cells} == {0.05, 0.1, 0.2}
         assert {c.config.seed for c in cells} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("name, n_cells, frozen", [
+    ("grid_aid_finetune.yaml", 18, False), ("grid_aid_fast64.yaml", 18, True),
+    ("grid_aid_paper_gpu.yaml", 2, False), ("tune_aid_finetune.yaml", 3, False)])
+def test_shipped_fine_tuning_grids_validate(name, n_cells, frozen, tmp_path):
+    path = Path(__file__).resolve().parents[2] / "configs" / name
+    cells = plan_cells(ex.load_grid(path), tmp_path)
+    assert len(cells) == n_cells
+    assert all(c.config.freeze_backbone is frozen for c in cells)
+    if not frozen:  # fine-tuning grids keep rsdml's fine-tuning defaults
+        assert all(c.config.optimizer == "adamw" and c.config.bn_frozen for c in cells)
+
+
+def test_paper_config_is_the_papers_regime():
+    path = Path(__file__).resolve().parents[2] / "configs" / "paper.yaml"
+    cfg = TrainConfig.from_yaml(path).validate()
+    assert (cfg.optimizer, cfg.base_lr, cfg.trunk_lr_factor, cfg.schedule) == ("sgd", 0.1, 1.0, "step")
+    assert (cfg.warmup_epochs, cfg.head_warmup_epochs, cfg.bnm_warmup_epochs) == (0, 0, 0)
+    assert (cfg.epochs, cfg.image_size, cfg.lr_step, cfg.lr_gamma, cfg.bn) == (130, 256, 30, 0.5, "train")
