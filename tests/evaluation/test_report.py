@@ -129,3 +129,23 @@ def test_plotting_warnings_become_one_rsdml_warning(tmp_path, caplog):
     assert "data:image/png;base64," in html and (tmp_path / "x.png").is_file()
     assert not escaped  # nothing reaches Python's warning printer (stderr)
     assert len(caplog.records) == 1 and "x.png" in caplog.text and "Glyph 28207" in caplog.text
+
+
+def test_curves_show_collapse_diagnostics_when_recorded(tmp_path):
+    from tests.evaluation.conftest import make_fake_run
+
+    from rsdml.evaluation.report import _fig_curves, _Inputs
+
+    run = make_fake_run(tmp_path / "run")
+    without = _fig_curves(_Inputs(run))
+    assert len(without.axes) == 2
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
+    for i, r in enumerate(rows):
+        r.update(emb_mean_cosine=0.2 + 0.2 * i, emb_effective_rank=40.0 - 10 * i)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    fig = _fig_curves(_Inputs(run))
+    assert len(fig.axes) == 4  # losses, accuracy, cosine + its twin axis for the rank
+    cos_line = fig.axes[2].lines[0]
+    assert list(cos_line.get_ydata()) == pytest.approx([r["emb_mean_cosine"] for r in rows])
+    assert list(fig.axes[3].lines[0].get_ydata()) == pytest.approx(
+        [r["emb_effective_rank"] for r in rows])

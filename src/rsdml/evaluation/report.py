@@ -74,8 +74,9 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
     sections: list[str] = [_section_metrics(inputs)]
     figures: list[tuple[str, str, str, Callable[[], Figure | str]]] = [
         ("curves.png", "Training curves",
-         ("Each loss term per epoch (train_log.jsonl, else metrics.jsonl) and the kNN "
-          "accuracy at each evaluation (metrics.jsonl)."),
+         ("Each loss term per epoch (train_log.jsonl, else metrics.jsonl), the kNN "
+          "accuracy at each evaluation (metrics.jsonl) and, where recorded, the mean pairwise "
+          "cosine of the test embeddings: near 1, the embeddings have collapsed to one point."),
          lambda: _fig_curves(inputs)),
         ("confusion.png", "Confusion matrix",
          ("kNN (K=10) on the test images; rows are true classes, colour is the "
@@ -289,9 +290,14 @@ def _fig_curves(inputs: _Inputs) -> Figure | str:
                     if k.endswith("_acc") and k not in accs and not k.startswith("loss_")})
     if not (losses or accs):
         return "metrics.jsonl has no loss or accuracy values to plot"
-    fig = Figure(figsize=(11, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    for keys, rows, ax in ((losses, loss_rows, ax1), (accs, acc_rows, ax2)):
+    diags = [k for k in DIAGNOSTICS if any(k in r for r in acc_rows.values())]
+    fig = Figure(figsize=(16 if diags else 11, 4))
+    axes = fig.subplots(1, 3 if diags else 2)
+    ax1, ax2 = axes[0], axes[1]
+    panels = [(losses, loss_rows, ax1), (accs, acc_rows, ax2)]
+    if diags:
+        panels.append((diags, acc_rows, axes[2]))
+    for keys, rows, ax in panels:
         for key in keys:
             pts = [(x, rows[x][key]) for x in sorted(rows) if _finite(rows[x].get(key))]
             if pts:
@@ -304,7 +310,23 @@ def _fig_curves(inputs: _Inputs) -> Figure | str:
             ax.legend(fontsize=8)
     ax1.set_title("loss terms")
     ax2.set_title("kNN accuracy (K=10)")
+    if diags:
+        axes[2].set_title("collapse diagnostics (test embeddings)")
+        axes[2].set_ylim(-0.05, 1.05)
+        pts = [(x, acc_rows[x]["emb_effective_rank"]) for x in sorted(acc_rows)
+               if _finite(acc_rows[x].get("emb_effective_rank"))]
+        if pts:  # the effective rank on its own scale (1 = a line, D = fully spread)
+            twin = axes[2].twinx()
+            px, py = zip(*pts)
+            twin.plot(px, py, marker="s", markersize=3, color="tab:red", label="emb_effective_rank")
+            twin.set_ylabel("effective rank")
+            twin.legend(fontsize=8, loc="lower right")
     return fig
+
+
+#: Per-evaluation collapse diagnostics on a 0..1 scale (metrics.jsonl; see training.diagnostics):
+#: a mean pairwise cosine near 1 means every image maps to nearly one point.
+DIAGNOSTICS = ("emb_mean_cosine",)
 
 
 def _by_x(rows: list[dict[str, Any]], x_key: str) -> dict[float, dict[str, Any]]:
