@@ -26,7 +26,8 @@ def test_short_run_on_aid_subset_beats_chance(aid_root, tmp_path):
     write_split_csv(split, split_file)
     run = tmp_path / "run"
     result = train(TrainConfig(
-        data=str(aid_root), split=str(split_file), out=str(run), pretrained="none", image_size=48,
+        data=str(aid_root), split=str(split_file), labeled_fraction=0.25, out=str(run),
+        pretrained="none", image_size=48,
         epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01, eval_every=1, device="cpu",
         quiet=True, eval_batch_size=128, report=False,
     ))
