@@ -188,9 +188,18 @@ def _finite_last_checkpoint(run: Path) -> dict:
 def test_nan_loss_stops_with_the_step_and_term_and_keeps_checkpoint(tiny_scenes, tmp_path, monkeypatch):
     _hr_nan_after(monkeypatch, 2)  # epoch 1 has 2 steps (12 labelled, batch 8): fails in epoch 2
     run = tmp_path / "nan"
-    with pytest.raises(TrainingDivergedError, match="'hr'.*step"):
+    with pytest.raises(TrainingDivergedError, match="'hr'.*step.*last good checkpoint is kept"):
         train(_cfg(tiny_scenes, run, epochs=3))
     assert _finite_last_checkpoint(run)["epoch"] >= 1
+
+
+def test_nan_before_any_checkpoint_names_no_checkpoint(tiny_scenes, tmp_path, monkeypatch):
+    _hr_nan_after(monkeypatch, 0)
+    run = tmp_path / "nan0"
+    with pytest.raises(TrainingDivergedError, match="no checkpoint had been written yet") as e:
+        train(_cfg(tiny_scenes, run, epochs=2))
+    assert "last.pt" not in str(e.value)
+    assert not (run / "checkpoints" / "last.pt").exists()
 
 
 def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(

@@ -274,10 +274,12 @@ class Trainer:
             bad = sorted((k for k, v in values.items() if not math.isfinite(v)),
                          key=lambda k: k == "total")
             if bad:  # name the term that broke, not the sum it broke
+                kept = (f"the last good checkpoint is kept ({self.run.last})"
+                        if self.run.last.is_file() else "no checkpoint had been written yet")
                 raise TrainingDivergedError(
                     f"loss term {bad[0]!r} became {values[bad[0]]} at epoch {epoch + 1}, step "
-                    f"{step}; training stopped and the last good checkpoint is kept "
-                    f"({self.run.last}); lower --lr or the loss weights and train again"
+                    f"{step}; training stopped and {kept}; lower --lr or the loss weights and "
+                    "train again"
                 )
             for k, v in values.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
