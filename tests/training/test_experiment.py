@@ -243,7 +243,7 @@ def test_a_changed_grid_does_not_mix_with_earlier_runs(scenes, tmp_path, fake, m
     run_experiment(grid, out, echo=lambda s: None)
     changed = _grid(scenes, base={"lr": 0.01}, method=["hr-s2dml"], labeled_fraction=[0.5],
                     seed=[0])
-    with pytest.raises(RsdmlError, match=r"lr 0\.1 -> 0\.01"):
+    with pytest.raises(RsdmlError, match=r"lr None -> 0\.01"):
         run_experiment(changed, out, echo=lambda s: None)
     # runtime options may change: the finished cell is still accepted
     run_experiment(grid, out, overrides={"device": "cpu", "quiet": True}, echo=lambda s: None)

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from rsdml.config import PRETRAINED as PRETRAINED_CHOICES
 from rsdml.errors import RsdmlError
 from rsdml.models.efficientnet_lite import efficientnet_lite0
 from rsdml.models.resnet import resnet18
@@ -25,7 +26,6 @@ BACKBONES: dict[str, BackboneFactory] = {
     "efficientnet_lite0": efficientnet_lite0,
 }
 
-PRETRAINED_CHOICES = ("imagenet", "none")
 # Classifier layers of the source networks: present in their files, absent from a trunk.
 _CLASSIFIER_PREFIXES = ("fc.", "_fc.", "classifier.")
 # Wrappers that prefix every key: DataParallel/DDP, torch.compile.
@@ -33,7 +33,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def describe(name: str) -> str:
-    """One line about a backbone (its factory's docstring), for ``rsdml backbones``."""
+    """One line about a backbone (its factory's docstring), for ``rsdml list``."""
     doc = (BACKBONES[name].__doc__ or "").strip()
     return doc.splitlines()[0] if doc else ""
 
