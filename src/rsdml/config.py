@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,14 @@ DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1}
 BN_MODES = ("auto", "train", "frozen")
 
 
-def _opt(default: Any, help: str, **kw: Any) -> Any:
+def option(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field that is an option (flag and YAML key): its default, its help text and
+    optionally ``choices`` or bounds ``ge``/``gt``/``le``/``lt`` (checked by :func:`check_bounds`).
+    TrainConfig's fields and the methods' parameter classes are declared with it."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+_opt = option
 
 
 @dataclass
@@ -74,8 +81,10 @@ class TrainConfig:
     bnm_logit_scale: float | None = _opt(
         None, "Scale s of the cosines in the unlabelled softmax (default 1/temperature)."
     )
-    triplet_margin: float = _opt(0.1, "triplet: margin of the triplet loss.")
-    snca_momentum: float = _opt(0.5, "snca: memory-bank momentum.")
+    #: Hyper-parameters a method declares itself (``rsdml.training.methods``): option name ->
+    #: value, e.g. ``{"triplet_margin": 0.1}``. Flags and YAML keys like the fields here (the
+    #: YAML file holds them at the top level); the method registry checks and fills them.
+    method_params: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
     # --- optimisation
     epochs: int = _opt(130, "Epochs (one epoch = one pass over the labelled set).")
     batch_size: int = _opt(128, "Labelled images per step.")
@@ -169,32 +178,55 @@ class TrainConfig:
         return self.bnm_logit_scale if self.bnm_logit_scale is not None else 1.0 / self.temperature
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Option name -> value, the method's parameters at the top level (as in YAML)."""
+        out: dict[str, Any] = {}
+        for name, value in dataclasses.asdict(self).items():
+            if name == "method_params":
+                out.update(value)
+            else:
+                out[name] = value
+        return out
+
+    def value(self, name: str) -> Any:
+        """The value of option ``name``: a field, or a method parameter given (else None)."""
+        if name in _option_fields(TrainConfig):
+            return getattr(self, name)
+        return self.method_params.get(name)
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        """The options that are fields here (not the methods' parameters)."""
+        return list(_option_fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config",
+                  params: Sequence[type] = ()) -> TrainConfig:
         """A config from any mapping of options (YAML, flags, a grid cell), through the one
-        loader: keys with '-' or '_', values converted to each field's type."""
-        return cls(**config_values(values, source))
+        loader: keys with '-' or '_', values converted to each field's type. ``params``: the
+        methods' parameter classes (``rsdml.training.methods.registry.param_classes()``)
+        whose options may appear too."""
+        values = config_values(values, source, params)
+        own = _option_fields(cls)
+        return cls(**{k: v for k, v in values.items() if k in own},
+                   method_params={k: v for k, v in values.items() if k not in own})
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(load_yaml(path), source=str(path))
+    def from_yaml(cls, path: str | Path, params: Sequence[type] = ()) -> TrainConfig:
+        return cls.from_dict(load_yaml(path), source=str(path), params=params)
 
     def save_yaml(self, path: Path) -> None:
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> TrainConfig:
-        """Check every value a user can get wrong; raise a one-line RsdmlError naming the fix."""
-        for f in fields(self):
+        """Check every value a user can get wrong; raise a one-line RsdmlError naming the fix.
+
+        The method, its parameters and the backbone are the registries' to check
+        (``rsdml.training.runner.validate_config`` runs all of it)."""
+        for f in _option_fields(type(self)).values():
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)
             if choices and value not in choices:
@@ -249,27 +281,10 @@ class TrainConfig:
                 raise RsdmlError(f"--{_flag(name)} {v} must be >= 0 (0 turns it off)")
         if not 0 < self.lr_gamma <= 1:
             raise RsdmlError(f"--lr-gamma {self.lr_gamma} must be in (0, 1]")
-        if not 0 <= self.snca_momentum < 1:
-            raise RsdmlError(f"--snca-momentum {self.snca_momentum} must be in [0, 1)")
-        if self.triplet_margin < 0:
-            raise RsdmlError(f"--triplet-margin {self.triplet_margin} must be >= 0")
         if self.workers < 0:
             raise RsdmlError(f"--workers {self.workers} must be >= 0")
         if self.cache_max_memory_gb < 0:
             raise RsdmlError("--cache-max-memory-gb must be >= 0")
-        # Lazy imports: the registries import torch-heavy modules.
-        from rsdml.models.registry import BACKBONES
-        from rsdml.training.methods.registry import METHODS
-
-        if self.method not in METHODS:
-            raise RsdmlError(
-                f"--method {self.method!r} is unknown; choose one of {', '.join(sorted(METHODS))}"
-            )
-        if self.backbone not in BACKBONES:
-            raise RsdmlError(
-                f"--backbone {self.backbone!r} is unknown; choose one of "
-                f"{', '.join(sorted(BACKBONES))}"
-            )
         return self
 
 
@@ -286,26 +301,63 @@ _FALSE = frozenset({"false", "no", "off", "0"})
 _NONE = frozenset({"", "none", "null", "~"})
 
 
-def _field_types() -> dict[str, tuple[type, bool]]:
+@functools.cache
+def _option_fields(cls: type) -> dict[str, dataclasses.Field[Any]]:
+    """name -> field for the options a dataclass declares (TrainConfig's internal ones left out)."""
+    return {f.name: f for f in fields(cls) if not f.metadata.get("internal")}
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
     """field name -> (base type, optional); from the annotations, so a new field needs nothing."""
-    hints = typing.get_type_hints(TrainConfig)
+    hints = typing.get_type_hints(cls)
     out: dict[str, tuple[type, bool]] = {}
-    for f in fields(TrainConfig):
-        hint = hints[f.name]
+    for name in _option_fields(cls):
+        hint = hints[name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = bool(typing.get_args(hint)) and len(args) < len(typing.get_args(hint))
-        out[f.name] = (args[0] if optional else hint, optional)
+        out[name] = (args[0] if optional else hint, optional)
     return out
 
 
-_TYPES: dict[str, tuple[type, bool]] | None = None
+def _declaring(name: str, params: Sequence[type]) -> type | None:
+    """The class that declares option ``name``: TrainConfig or one of ``params``."""
+    for cls in (TrainConfig, *params):
+        if name in _option_fields(cls):
+            return cls
+    return None
 
 
-def option_name(key: Any, source: str) -> str:
-    """The TrainConfig field a YAML key or flag name means (``eval-every``, ``eval_every``,
-    ``--eval-every``), or a one-line error with the closest valid name."""
+def option_fields(params: Sequence[type] = ()) -> dict[str, dataclasses.Field[Any]]:
+    """Every option: TrainConfig's fields, then those of the methods' parameter classes."""
+    out: dict[str, dataclasses.Field[Any]] = {}
+    for cls in (TrainConfig, *params):
+        for name, f in _option_fields(cls).items():
+            out.setdefault(name, f)
+    return out
+
+
+def check_bounds(obj: Any) -> None:
+    """The ``ge``/``gt``/``le``/``lt`` bounds an :func:`option` declares, for every field of
+    the dataclass instance ``obj`` (a method's parameters); a one-line error naming the flag."""
+    tests = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+             "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        for key, (ok, sign) in tests.items():
+            bound = f.metadata.get(key)
+            if bound is not None and not ok(value, bound):
+                raise RsdmlError(f"--{_flag(f.name)} {value} must be {sign} {bound}")
+
+
+def option_name(key: Any, source: str, params: Sequence[type] = ()) -> str:
+    """The option a YAML key or flag name means (``eval-every``, ``eval_every``,
+    ``--eval-every``), or a one-line error with the closest valid name. ``params``: the
+    methods' parameter classes whose options count too."""
     name = str(key).strip().lstrip("-").replace("-", "_")
-    known = TrainConfig.field_names()
+    known = list(option_fields(params))
     if name in known:
         return name
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
@@ -316,7 +368,8 @@ def option_name(key: Any, source: str) -> str:
     )
 
 
-def config_values(values: Mapping[Any, Any], source: str = "config") -> dict[str, Any]:
+def config_values(values: Mapping[Any, Any], source: str = "config",
+                  params: Sequence[type] = ()) -> dict[str, Any]:
     """The one way options come in (a YAML file, CLI flags, a resumed run's config.yaml, an
     experiment grid cell): field name -> value of the field's type; RsdmlError (exit 2, one
     line) for an unknown key, a key given twice or a value of the wrong type."""
@@ -325,23 +378,23 @@ def config_values(values: Mapping[Any, Any], source: str = "config") -> dict[str
     out: dict[str, Any] = {}
     spelled: dict[str, str] = {}
     for key, value in values.items():
-        name = option_name(key, source)
+        name = option_name(key, source, params)
         if name in out:
             raise RsdmlError(
                 f"{source}: {spelled[name]!r} and {str(key)!r} are the same option; keep one"
             )
         spelled[name] = str(key)
-        out[name] = convert_value(name, value, f"{source}: {key}")
+        out[name] = convert_value(name, value, f"{source}: {key}", params)
     return out
 
 
-def convert_value(name: str, value: Any, where: str) -> Any:
-    """``value`` as the type of field ``name``: whole numbers, floats in any YAML spelling
+def convert_value(name: str, value: Any, where: str, params: Sequence[type] = ()) -> Any:
+    """``value`` as the type of option ``name``: whole numbers, floats in any YAML spelling
     (``5e-2`` is text to PyYAML), true/false/yes/no, paths, choices; else a one-line error."""
-    global _TYPES
-    if _TYPES is None:
-        _TYPES = _field_types()
-    base, optional = _TYPES[name]
+    cls = _declaring(name, params)
+    if cls is None:
+        raise RsdmlError(f"{where}: unknown option {name!r}")
+    base, optional = _field_types(cls)[name]
     text = value.strip() if isinstance(value, str) else None
     if value is None or (optional and text is not None and text.lower() in _NONE):
         if optional:
@@ -371,7 +424,7 @@ def convert_value(name: str, value: Any, where: str) -> Any:
         if number is not None:
             return float(number)
         raise RsdmlError(f"{where} = {value!r} must be a number (e.g. 0.1, 5e-2 or 1e-4)")
-    choices = _choices(name)
+    choices = _option_fields(cls)[name].metadata.get("choices")
     if isinstance(value, bool) and choices:  # YAML 1.1 reads a bare off / on / no as a bool
         spelled = [c for c in choices if c in (_TRUE if value else _FALSE)]
         if spelled:
@@ -402,13 +455,6 @@ def _number(value: Any, text: str | None) -> float | int | None:
             return None
         if math.isfinite(number):
             return int(text) if text.lstrip("+-").isdigit() else number
-    return None
-
-
-def _choices(name: str) -> tuple[str, ...] | None:
-    for f in fields(TrainConfig):
-        if f.name == name:
-            return f.metadata.get("choices")
     return None
 
 

@@ -52,7 +52,9 @@ class FakeTrain:
         self.calls.append({"cfg": cfg, "resume": resume, "overrides": overrides})
         if resume is not None:
             run = Path(resume)
-            cfg = TrainConfig.from_yaml(run / "config.yaml")
+            from rsdml.training.methods.registry import param_classes
+
+            cfg = TrainConfig.from_yaml(run / "config.yaml", params=param_classes())
         else:
             if cfg.method == self.fail:
                 raise RsdmlError("loss became NaN (fake)")

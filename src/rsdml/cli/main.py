@@ -6,13 +6,12 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-from rsdml.config import TrainConfig, config_values, load_yaml
+from rsdml.config import TrainConfig, config_values, load_yaml, option_fields
 from rsdml.errors import RsdmlError
 
 
@@ -44,27 +43,49 @@ def _click_type(annotation: Any) -> tuple[Any, bool]:
     return str, False
 
 
+def _option(f: Any) -> Callable[[Callable[..., Any]], Any]:
+    """The click option for an option field (default None = 'not given on the command line')."""
+    ctype, is_flag = _click_type(f.type)
+    flag = f.name.replace("_", "-")
+    help_text = f"{f.metadata.get('help', '')} [default: {f.default}]"
+    if is_flag:
+        return click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
+    if f.metadata.get("choices"):
+        return click.option(f"--{flag}", f.name, type=click.Choice(f.metadata["choices"]),
+                            default=None, help=help_text)
+    return click.option(f"--{flag}", f.name, type=ctype, default=None, help=help_text)
+
+
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add one CLI option per TrainConfig field (default None = 'not given on the command line')."""
-    for f in reversed(fields(TrainConfig)):
-        ctype, is_flag = _click_type(f.type)
-        flag = f.name.replace("_", "-")
-        default = f.default
-        help_text = f"{f.metadata.get('help', '')} [default: {default}]"
-        if is_flag:
-            opt = click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
-        elif f.metadata.get("choices"):
-            opt = click.option(f"--{flag}", f.name, type=click.Choice(f.metadata["choices"]),
-                               default=None, help=help_text)
-        else:
-            opt = click.option(f"--{flag}", f.name, type=ctype, default=None, help=help_text)
-        func = opt(func)
+    """Add one CLI option per TrainConfig option field."""
+    for f in reversed(list(option_fields())):
+        func = _option(option_fields()[f])(func)
     return func
 
 
+def _method_params() -> tuple[type, ...]:
+    from rsdml.training.methods.registry import param_classes
+
+    return param_classes()
+
+
+class _TrainCommand(click.Command):
+    """``rsdml train``: TrainConfig's options plus those the registered methods declare (read
+    from the registry when the command runs, so a method added at run time has its flags)."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        declared = [f for name, f in option_fields(_method_params()).items()
+                    if name not in TrainConfig.field_names()]
+        extra: list[click.Parameter] = []
+        for f in declared:
+            extra.extend(_option(f)(lambda: None).__click_params__)  # type: ignore[attr-defined]
+        # After the TrainConfig options, before --help.
+        return [*params[:-1], *extra, params[-1]] if params else extra
+
+
 def _given(options: dict[str, Any]) -> dict[str, Any]:
-    names = set(TrainConfig.field_names())
-    return {k: v for k, v in options.items() if k in names and v is not None}
+    return {k: v for k, v in options.items() if v is not None and k not in ("config_path", "resume")}
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -73,7 +94,7 @@ def cli() -> None:
     """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
 
 
-@cli.command()
+@cli.command(cls=_TrainCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML file of options (keys as below, '_' for '-'); the command line overrides it.")
 @click.option("--resume", type=click.Path(file_okay=False),
@@ -84,9 +105,10 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
     from rsdml.training.runner import train as run_train
 
     given = _given(options)
+    params = _method_params()
     # One loader for the file and the flags: keys normalised, values typed, unknown keys refused.
-    values = config_values(load_yaml(config_path), config_path) if config_path else {}
-    values.update(config_values(given, "options"))
+    values = config_values(load_yaml(config_path), config_path, params) if config_path else {}
+    values.update(config_values(given, "options", params))
     if resume:
         result = run_train(TrainConfig(), resume=resume, overrides=values)
     else:
@@ -94,7 +116,8 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
             from rsdml.data.split import split_options
 
             values = {**split_options(values["split"]), **values}
-        result = run_train(TrainConfig.from_dict(values, source=config_path or "options"))
+        result = run_train(TrainConfig.from_dict(values, source=config_path or "options",
+                                                 params=params))
     _print_summary(result)
 
 

@@ -38,14 +38,19 @@ def describe(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def create_backbone(
-    name: str, pretrained: str = "imagenet", weights: str | None = None
-) -> nn.Module:
-    """Build trunk ``name``; ``weights`` (a local state dict file) overrides ``pretrained``."""
+def check_backbone(name: str) -> None:
+    """A one-line error unless ``name`` is a registered backbone."""
     if name not in BACKBONES:
         raise RsdmlError(
             f"--backbone {name!r} is unknown; choose one of {', '.join(sorted(BACKBONES))}"
         )
+
+
+def create_backbone(
+    name: str, pretrained: str = "imagenet", weights: str | None = None
+) -> nn.Module:
+    """Build trunk ``name``; ``weights`` (a local state dict file) overrides ``pretrained``."""
+    check_backbone(name)
     if pretrained not in PRETRAINED_CHOICES:
         raise RsdmlError(
             f"--pretrained {pretrained!r} is not one of {', '.join(PRETRAINED_CHOICES)}"

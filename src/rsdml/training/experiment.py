@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,9 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
     for name, part in (("base", base_raw), ("grid", grid_raw)):
         if not isinstance(part, dict):
             raise RsdmlError(f"{source}: `{name}:` must be a mapping of option: value")
-    base = _names(base_raw, f"{source}: base")
-    grid = _names(grid_raw, f"{source}: grid")
+    params = _param_classes()
+    base = _names(base_raw, f"{source}: base", params)
+    grid = _names(grid_raw, f"{source}: grid", params)
     for name, part in (("base", base), ("grid", grid)):
         reserved = sorted(k for k in part if k in RESERVED_KEYS)
         if reserved:
@@ -102,13 +103,13 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
             f"{source}: {', '.join(both)} appear(s) in both `base:` and `grid:`; keep each key "
             "in one"
         )
-    base = {k: convert_value(k, v, f"{source}: base {k}") for k, v in base.items()}
+    base = {k: convert_value(k, v, f"{source}: base {k}", params) for k, v in base.items()}
     axes: dict[str, list[Any]] = {}
     for k, raw in grid.items():
         seq = raw if isinstance(raw, list) else [raw]
         if not seq:
             raise RsdmlError(f"{source}: grid {k} is an empty list; give at least one value")
-        vals = [convert_value(k, v, f"{source}: grid {k}") for v in seq]
+        vals = [convert_value(k, v, f"{source}: grid {k}", params) for v in seq]
         dupes = sorted({repr(v) for i, v in enumerate(vals) if v in vals[:i]})
         if dupes:
             raise RsdmlError(f"{source}: grid {k} lists {', '.join(dupes)} more than once")
@@ -116,11 +117,18 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
     return Grid(base, axes, source)
 
 
-def _names(part: dict[Any, Any], where: str) -> dict[str, Any]:
-    """Keys as TrainConfig field names ('-' or '_'; unknown ones refused with the closest name)."""
+def _param_classes() -> tuple[type, ...]:
+    """The methods' parameter classes (their options may appear in a grid)."""
+    from rsdml.training.methods.registry import param_classes
+
+    return param_classes()
+
+
+def _names(part: dict[Any, Any], where: str, params: tuple[type, ...]) -> dict[str, Any]:
+    """Keys as option names ('-' or '_'; unknown ones refused with the closest name)."""
     out: dict[str, Any] = {}
     for k, v in part.items():
-        name = option_name(k, where)
+        name = option_name(k, where, params)
         if name in out:
             raise RsdmlError(f"{where}: {k!r} repeats an option given above; keep one")
         out[name] = v
@@ -134,7 +142,7 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
     defaults = TrainConfig()
 
     def axis(k: str) -> list[Any]:
-        return grid.axes.get(k, [grid.base.get(k, getattr(defaults, k))])
+        return grid.axes[k] if k in grid.axes else [grid.base.get(k, defaults.value(k))]
 
     order = ["seed", "labeled_fraction", *grid.other_keys, "method"]
     cells = []
@@ -179,6 +187,9 @@ def plan_cells(grid: Grid, out_dir: str | Path,
     ``overrides`` may only hold :data:`RUNTIME_KEYS` (e.g. device, quiet): they apply to every
     cell and cannot change results.
     """
+    from rsdml.training.runner import validate_config
+
+    params = _param_classes()
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - RUNTIME_KEYS)
     if bad:
@@ -195,7 +206,7 @@ def plan_cells(grid: Grid, out_dir: str | Path,
             raise RsdmlError(f"{grid.source}: no data folder; add `data: FOLDER` under `base:`")
         merged["data"] = str(Path(merged["data"]).expanduser().absolute())
         try:
-            probe = TrainConfig.from_dict(merged, source=where).validate()
+            probe = validate_config(TrainConfig.from_dict(merged, source=where, params=params))
         except RsdmlError as e:
             raise RsdmlError(f"{where}: {e}") from None
         run_dir = out / "runs" / _cell_folder(grid, values)
@@ -266,18 +277,22 @@ def _check_same_config(cell: Cell, source: str) -> None:
             f"{cell.run_dir} has a checkpoint but no config.yaml; delete that folder to run the "
             "cell again"
         )
-    saved = TrainConfig.from_yaml(saved_path)
+    from rsdml.training.methods.registry import check_method
+
+    # The saved options as run (the method's parameters with their defaults, others dropped).
+    saved = check_method(TrainConfig.from_yaml(saved_path, params=_param_classes()))
     diffs = []
-    for f in fields(TrainConfig):
-        if f.name in RUNTIME_KEYS or f.name in RESERVED_KEYS:
+    names = dict.fromkeys([*saved.to_dict(), *cell.config.to_dict()])
+    for name in names:
+        if name in RUNTIME_KEYS or name in RESERVED_KEYS:
             continue
-        old, new = getattr(saved, f.name), getattr(cell.config, f.name)
-        if f.name == "data" and old and new:
+        old, new = saved.value(name), cell.config.value(name)
+        if name == "data" and old and new:
             same = Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
         else:
             same = old == new
         if not same:
-            diffs.append(f"{f.name} {old!r} -> {new!r}")
+            diffs.append(f"{name} {old!r} -> {new!r}")
     if diffs:
         raise RsdmlError(
             f"{cell.run_dir} was made with other options than {source} now gives "

@@ -31,7 +31,8 @@ from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import FeatureInputs, ImageInputs, image_inputs, place_model
-from rsdml.training.methods.registry import create_method
+from rsdml.models.registry import check_backbone
+from rsdml.training.methods.registry import check_method, create_method, param_classes
 from rsdml.training.run_dir import (
     RunDir,
     RunLock,
@@ -66,18 +67,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def validate_config(cfg: TrainConfig) -> TrainConfig:
+    """All a run's options must satisfy: the config's own checks, then the registries' (the
+    method and its parameters, filled in with their defaults; the backbone)."""
+    cfg = check_method(cfg.validate())
+    check_backbone(cfg.backbone)
+    return cfg
+
+
 def load_run_config(run: RunDir) -> TrainConfig:
     if not run.config.is_file():
         raise RsdmlError(f"{run.root} is not an rsdml run folder (no config.yaml); check the path")
-    return TrainConfig.from_yaml(run.config)
+    return TrainConfig.from_yaml(run.config, params=param_classes())
 
 
 def resume_config(run: RunDir, overrides: dict[str, Any]) -> TrainConfig:
     """The saved config with the few changes a resume allows (more epochs, another device...)."""
     cfg = load_run_config(run)
-    overrides = config_values(overrides, "options")
+    overrides = config_values(overrides, "options", param_classes())
+    saved = check_method(cfg)  # the method's parameters with their defaults, as run
     changed = sorted(k for k, v in overrides.items()
-                     if k not in RESUMABLE_KEYS and not _same_value(k, getattr(cfg, k), v))
+                     if k not in RESUMABLE_KEYS and not _same_value(k, saved.value(k), v))
     if changed:
         raise RsdmlError(
             f"--resume {run.root}: option(s) {', '.join('--' + k.replace('_', '-') for k in changed)} "
@@ -197,12 +207,12 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     t_start = time.monotonic()
     if resume is not None:
         run = RunDir(Path(resume))
-        cfg = resume_config(run, overrides or {}).validate()
+        cfg = validate_config(resume_config(run, overrides or {}))
         check_writable(run.root)
         with RunLock(run.root):
             split, cfg = _open_run_split(run, cfg, "--resume")
             return _train(cfg, run, split, None, t_start)
-    cfg = _absolute_paths(cfg).validate()
+    cfg = validate_config(_absolute_paths(cfg))
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
     split = build_split(cfg)

@@ -7,7 +7,9 @@ and, for semi-supervised methods, embeddings of one unlabelled batch - never the
 
 from __future__ import annotations
 
-from typing import ClassVar
+import dataclasses
+
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,10 @@ class Method(nn.Module):
     """Base class: subclasses set ``name`` and implement :meth:`forward`."""
 
     name: ClassVar[str] = ""
+    #: The method's own hyper-parameters: a dataclass of :func:`rsdml.config.option` fields,
+    #: next to the method (e.g. ``TripletParams``). Its fields become flags and YAML keys
+    #: (``triplet_margin`` <-> ``--triplet-margin``); the registry checks them.
+    params_class: ClassVar[type | None] = None
     #: Whether each step needs an unlabelled batch.
     uses_unlabeled: ClassVar[bool] = False
 
@@ -29,6 +35,8 @@ class Method(nn.Module):
         self.embedding_dim = cfg.embedding_dim
         #: Weight of the unlabelled term; the trainer ramps it up (``optim.regularizer_weight``).
         self.reg_weight = float(cfg.bnm_weight)
+        #: An instance of :attr:`params_class` with the run's values (None without one).
+        self.params: Any = make_params(self.params_class, cfg.method_params)
 
     def forward(
         self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor, emb_u: Tensor | None = None
@@ -50,3 +58,12 @@ class Method(nn.Module):
         """One epoch of labelled batches (indices into the labelled set): a seeded permutation."""
         order = torch.randperm(len(labels), generator=generator)
         return list(order.split(batch_size))
+
+
+def make_params(params_class: type | None, values: dict[str, Any]) -> Any:
+    """``params_class`` filled from a config's ``method_params`` (its own keys; defaults for the
+    rest); None for a method without parameters."""
+    if params_class is None:
+        return None
+    own = {f.name for f in dataclasses.fields(params_class)}
+    return params_class(**{k: v for k, v in values.items() if k in own})

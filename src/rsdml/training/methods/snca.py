@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor
 
-from rsdml.config import TrainConfig
+from rsdml.config import TrainConfig, option
 from rsdml.losses import SNCALoss
 from rsdml.training.methods.base import Method
+
+
+@dataclass(frozen=True)
+class SNCAParams:
+    """The snca method's own options (``--snca-momentum``, YAML ``snca_momentum``)."""
+
+    snca_momentum: float = option(0.5, "snca: memory-bank momentum.", ge=0.0, lt=1.0)
 
 
 class SNCA(Method):
     """Kang et al., TGRS 2020: NCA over a momentum memory of all labelled embeddings."""
 
     name: ClassVar[str] = "snca"
+    params_class: ClassVar[type | None] = SNCAParams
 
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)
         self.snca = SNCALoss(
             len(labeled_labels), cfg.embedding_dim, labeled_labels,
-            temperature=cfg.temperature, momentum=cfg.snca_momentum,
+            temperature=cfg.temperature, momentum=self.params.snca_momentum,
         )
 
     needs_start_embeddings: ClassVar[bool] = True

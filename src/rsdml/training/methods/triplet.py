@@ -2,25 +2,35 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from pytorch_metric_learning import losses, miners
 from torch import Tensor
 
-from rsdml.config import TrainConfig
+from rsdml.config import TrainConfig, option
 from rsdml.training.methods.base import Method
 
 SAMPLES_PER_CLASS = 4
 
 
+@dataclass(frozen=True)
+class TripletParams:
+    """The triplet method's own options (``--triplet-margin``, YAML ``triplet_margin``)."""
+
+    triplet_margin: float = option(0.1, "triplet: margin of the triplet loss.", ge=0.0)
+
+
 class Triplet(Method):
     name: ClassVar[str] = "triplet"
+    params_class: ClassVar[type | None] = TripletParams
 
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)
-        self.loss = losses.TripletMarginLoss(margin=cfg.triplet_margin)
-        self.miner = miners.TripletMarginMiner(margin=cfg.triplet_margin, type_of_triplets="semihard")
+        margin = self.params.triplet_margin
+        self.loss = losses.TripletMarginLoss(margin=margin)
+        self.miner = miners.TripletMarginMiner(margin=margin, type_of_triplets="semihard")
 
     def forward(
         self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor, emb_u: Tensor | None = None

@@ -1,0 +1,131 @@
+"""Method hyper-parameters declared by the method: flags, YAML keys, checks, a new method in a test."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import yaml
+from torch import Tensor
+
+from rsdml.cli.main import main
+from rsdml.config import TrainConfig, option
+from rsdml.errors import RsdmlError
+from rsdml.training.methods.margin_softmax import NSMMargin
+from rsdml.training.methods.registry import METHODS, check_method, create_method, param_classes
+
+TINY = ["--backbone", "resnet18", "--pretrained", "none", "--image-size", "32",
+        "--batch-size", "8", "--unlabeled-batch-size", "8", "--epochs", "1", "--device", "cpu",
+        "--quiet", "--eval-batch-size", "64", "--no-report"]
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+@dataclass(frozen=True)
+class ToyParams:
+    toy_scale: float = option(1.0, "toy: factor on the loss.", gt=0.0)
+
+
+class Toy(NSMMargin):
+    """A method that exists only in this test: nsm-margin times its own parameter."""
+
+    name: ClassVar[str] = "toy"
+    params_class: ClassVar[type | None] = ToyParams
+    seen: ClassVar[list[float]] = []
+
+    def forward(self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor,
+                emb_u: Tensor | None = None) -> dict[str, Tensor]:
+        Toy.seen.append(self.params.toy_scale)
+        nsm = self.params.toy_scale * self.nsm(emb_l, labels_l)
+        return {"total": nsm, "nsm": nsm}
+
+
+@pytest.fixture
+def toy(monkeypatch: pytest.MonkeyPatch) -> type[Toy]:
+    monkeypatch.setitem(METHODS, "toy", Toy)  # the one registry line, for this test only
+    Toy.seen.clear()
+    return Toy
+
+
+def test_a_method_registered_in_a_test_trains_through_the_cli_with_its_parameter(
+        toy, tiny_scenes, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["train", "--data", str(tiny_scenes), "--out", str(out),
+                              "--method", "toy", "--toy-scale", "2.5", *TINY], capsys)
+    assert code == 0, err
+    assert toy.seen and set(toy.seen) == {2.5}  # the flag reached the method's own dataclass
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == "toy" and saved["toy_scale"] == 2.5
+    assert "triplet_margin" not in saved and "method_params" not in saved
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x]
+    assert rows, "no training step was logged"
+
+
+def test_a_test_method_parameter_is_checked_and_reads_from_yaml(toy, tiny_scenes, tmp_path,
+                                                                 capsys):
+    code, _, err = _cli(["train", "--data", str(tiny_scenes), "--out", str(tmp_path / "r"),
+                         "--method", "toy", "--toy-scale", "0", *TINY], capsys)
+    assert code == 2 and "--toy-scale 0.0 must be > 0" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+    p = tmp_path / "c.yaml"
+    p.write_text("method: toy\ntoy-scale: 3e-1\n")
+    cfg = check_method(TrainConfig.from_yaml(p, params=param_classes()))
+    assert cfg.method_params == {"toy_scale": 0.3}
+
+
+def test_the_registry_fills_in_and_checks_the_method_parameters():
+    assert check_method(TrainConfig(method="snca")).method_params == {"snca_momentum": 0.5}
+    assert check_method(TrainConfig(method="hr-s2dml")).method_params == {}
+    with pytest.raises(RsdmlError, match=r"--snca-momentum 1.0 must be < 1.0"):
+        check_method(TrainConfig(method="snca", method_params={"snca_momentum": 1.0}))
+    with pytest.raises(RsdmlError, match=r"--triplet-margin -0.1 must be >= 0.0"):
+        check_method(TrainConfig(method="triplet", method_params={"triplet_margin": -0.1}))
+    m = create_method(check_method(TrainConfig(method="triplet",
+                                               method_params={"triplet_margin": 0.3})), 4,
+                      Tensor([0, 1, 2, 3]).long())
+    assert m.params.triplet_margin == 0.3 and m.loss.margin == 0.3
+
+
+def test_an_old_config_yaml_with_every_method_parameter_still_loads(tmp_path, caplog):
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump({**TrainConfig(method="snca").to_dict(),
+                                 "triplet_margin": 0.1, "snca_momentum": 0.25}))
+    cfg = check_method(TrainConfig.from_yaml(p, params=param_classes()))
+    assert cfg.method_params == {"snca_momentum": 0.25}
+    assert not caplog.records  # another method's default value: dropped silently
+
+
+def test_another_methods_parameter_warns_when_set(caplog):
+    cfg = TrainConfig(method="snca", method_params={"triplet_margin": 0.3})
+    assert check_method(cfg).method_params == {"snca_momentum": 0.5}
+    assert "--triplet-margin applies to --method triplet; ignored for snca" in caplog.text
+
+
+def test_flags_and_yaml_keys_of_the_builtin_parameters(tiny_scenes, tmp_path, capsys):
+    code, _, err = _cli(["train", "--data", str(tiny_scenes), "--out", str(tmp_path / "r"),
+                         "--method", "snca", "--snca-momentum", "1.5", *TINY], capsys)
+    assert code == 2 and "--snca-momentum 1.5 must be < 1.0" in err
+    p = tmp_path / "c.yaml"
+    p.write_text("triplet_margin: 5e-2\n")
+    assert TrainConfig.from_yaml(p, params=param_classes()).method_params == {
+        "triplet_margin": 0.05}
+    p.write_text("triplet_margn: 0.1\n")
+    with pytest.raises(RsdmlError, match="did you mean 'triplet_margin'"):
+        TrainConfig.from_yaml(p, params=param_classes())
+
+
+def test_config_imports_neither_torch_nor_the_registries():
+    code = ("import sys, rsdml.config; bad = [m for m in ('torch', 'rsdml.training.methods."
+            "registry', 'rsdml.models.registry') if m in sys.modules]; print(bad); "
+            "sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
