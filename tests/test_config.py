@@ -6,10 +6,20 @@ from dataclasses import fields
 
 import pytest
 
-from rsdml.config import PATH_FIELDS, TrainConfig, config_values, convert_value, option_name
+from rsdml.config import (
+    PATH_FIELDS,
+    TrainConfig,
+    config_values,
+    convert_value,
+    option_fields,
+    option_name,
+)
 from rsdml.errors import RsdmlError
+from rsdml.training.methods.registry import param_classes
 
-_HINTS = {f.name: f for f in fields(TrainConfig)}
+PARAMS = param_classes()
+_HINTS = {**{f.name: f for f in fields(TrainConfig)}, **option_fields(PARAMS)}
+OPTIONS = list(option_fields(PARAMS))  # TrainConfig's fields and the methods' parameters
 
 
 def _spellings(name: str) -> list[tuple[str, object]]:
@@ -34,7 +44,7 @@ def _spellings(name: str) -> list[tuple[str, object]]:
     return [("triplet", "triplet"), ("'efficientnet_lite0'", "efficientnet_lite0")]
 
 
-CASES = [(name, text, want) for name in TrainConfig.field_names() for text, want in _spellings(name)]
+CASES = [(name, text, want) for name in OPTIONS for text, want in _spellings(name)]
 
 
 @pytest.mark.parametrize("name, text, want", CASES)
@@ -43,19 +53,22 @@ def test_every_option_reads_back_from_yaml_in_every_spelling(name, text, want, d
     key = name.replace("_", "-") if dashes else name
     p = tmp_path / "c.yaml"
     p.write_text(f"{key}: {text}\n")
-    got = getattr(TrainConfig.from_yaml(p), name)
+    got = TrainConfig.from_yaml(p, params=PARAMS).value(name)
     assert got == (pytest.approx(want) if isinstance(want, float) else want)
     assert type(got) is type(want)  # 7 stays an int, 3 becomes the float 3.0
 
 
 def test_every_field_is_covered_and_a_full_config_round_trips(tmp_path):
-    assert {c[0] for c in CASES} == set(TrainConfig.field_names())
+    assert {c[0] for c in CASES} == set(OPTIONS) > set(TrainConfig.field_names())
     changed = {name: next(w for _, w in _spellings(name) if w != getattr(TrainConfig(), name))
                for name in TrainConfig.field_names()}
     cfg = TrainConfig(**changed)
     cfg.save_yaml(tmp_path / "config.yaml")
     back = TrainConfig.from_yaml(tmp_path / "config.yaml")
     assert back == cfg and back != TrainConfig()
+    with_params = cfg.replace(method_params={"triplet_margin": 0.25, "snca_momentum": 0.75})
+    with_params.save_yaml(tmp_path / "config.yaml")
+    assert TrainConfig.from_yaml(tmp_path / "config.yaml", params=PARAMS) == with_params
 
 
 @pytest.mark.parametrize(

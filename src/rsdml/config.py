@@ -127,7 +127,9 @@ class TrainConfig:
         "a pretrained trunk, train from random initialisation.", choices=BN_MODES
     )
     # --- images and pipeline
-    image_size: int = _opt(256, "Images are resized to SIZE x SIZE.")
+    image_size: int | None = _opt(
+        None, "Images are resized to SIZE x SIZE (default: 256 on a CUDA GPU, 128 on a CPU: "
+        "256 px at the default batch sizes needs over 10 GB of RAM).")
     extra_augment: bool = _opt(False, "Add RS augmentations: vertical flip, 90-degree rotations.")
     cache: str = _opt(
         "auto", "Decoded-image cache: memory, mmap (file), or auto by size.", choices=CACHE_MODES
@@ -256,9 +258,11 @@ class TrainConfig:
         )
         for name in positive_ints:
             v = getattr(self, name)
+            if name == "image_size" and v is None:  # the device's default, set by the runner
+                continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise RsdmlError(f"--{_flag(name)} {v!r} must be a positive whole number")
-        if self.image_size < 16:
+        if self.image_size is not None and self.image_size < 16:
             raise RsdmlError(f"--image-size {self.image_size} is too small; use at least 16")
         if not 0.0 <= self.margin < math.pi / 2:
             raise RsdmlError(f"--margin {self.margin} must be in [0, pi/2) radians, e.g. 0.5")

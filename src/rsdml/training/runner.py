@@ -30,7 +30,14 @@ from rsdml.data.split import (
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.inputs import FeatureInputs, ImageInputs, image_inputs, place_model
+from rsdml.training.inputs import (
+    FeatureInputs,
+    ImageInputs,
+    image_inputs,
+    place_model,
+    uses_channels_last,
+)
+from rsdml.training.memory import check_memory
 from rsdml.models.registry import check_backbone
 from rsdml.training.methods.registry import check_method, create_method, param_classes
 from rsdml.training.run_dir import (
@@ -67,11 +74,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+#: --image-size when not given, per device type: 256 px (the paper's) at the default batch
+#: sizes needs over 10 GB of RAM on a CPU, more than a 16 GB laptop has to spare.
+DEFAULT_IMAGE_SIZE = {"cuda": 256, "cpu": 128}
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """All a run's options must satisfy: the config's own checks, then the registries' (the
-    method and its parameters, filled in with their defaults; the backbone)."""
+    method and its parameters, filled in with their defaults; the backbone). Defaults that
+    depend on the device (``--image-size``) are filled in here, so config.yaml records them."""
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
+    if cfg.image_size is None:
+        cfg = cfg.replace(image_size=DEFAULT_IMAGE_SIZE[resolve_device(cfg.device).type])
     return cfg
 
 
@@ -243,6 +258,8 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool
             _write_new_run(cfg, run, split)
             session = build_session(cfg, run, split, train=True)
         trainer = _make_trainer(session)
+        check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
+                     uses_channels_last(session.device), trainer.method.uses_unlabeled)
     except Exception:
         if new is not None:
             new[0].release()

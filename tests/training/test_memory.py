@@ -1,0 +1,119 @@
+"""The memory check before the first step, and the per-device default image size."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import torch
+
+from rsdml.cli.main import main
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
+from rsdml.models.embedding import build_model
+from rsdml.training import memory
+from rsdml.training.runner import DEFAULT_IMAGE_SIZE, validate_config
+
+TINY = ["--backbone", "resnet18", "--pretrained", "none", "--batch-size", "8",
+        "--unlabeled-batch-size", "8", "--epochs", "1", "--device", "cpu", "--quiet",
+        "--eval-batch-size", "64", "--no-report"]
+CPU = torch.device("cpu")
+
+
+def _model(size: int = 64) -> torch.nn.Module:
+    return build_model(TrainConfig(backbone="resnet18", pretrained="none", image_size=size))
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    out, err = capsys.readouterr()
+    return int(exc.value.code or 0), out, err
+
+
+def test_a_step_too_large_stops_with_settings_that_fit(tiny_scenes, tmp_path, capsys,
+                                                       monkeypatch):
+    base = TrainConfig(backbone="resnet18", pretrained="none", image_size=64, batch_size=8,
+                       unlabeled_batch_size=8)
+    model = _model()
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters())
+    est = memory.estimate(base, model, CPU, None, True, True, trainable)
+    # A machine with room for the weights' state and half of the step's activations.
+    avail = int((est.fixed + 0.5 * est.need - 0.5 * est.fixed) / memory.USABLE)
+    monkeypatch.setattr(memory, "available_memory", lambda device: avail)
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    out = tmp_path / "run"
+    code, _, err = _cli(["train", "--data", str(tiny_scenes), "--out", str(out),
+                         "--image-size", "64", *TINY], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--image-size 64 with 16 images per step" in err and memory.SKIP_ENV in err
+    assert not out.exists()  # nothing left that blocks the retry
+    size = int(re.search(r"use --image-size (\d+)", err).group(1))
+    batch = int(re.search(r"--batch-size (\d+) --unlabeled-batch-size (\d+)", err).group(1))
+    assert size < 64 and batch < 8
+    for fix in ({"image_size": size}, {"batch_size": batch, "unlabeled_batch_size": batch}):
+        cfg = base.replace(**fix)
+        assert memory.check_memory(cfg, model, CPU, None, True, True) is not None  # it fits
+
+
+def test_the_check_is_skippable_and_skipped_in_fast_mode(monkeypatch):
+    monkeypatch.setattr(memory, "available_memory", lambda device: 1)
+    cfg = TrainConfig(backbone="resnet18", pretrained="none", image_size=64)
+    monkeypatch.delenv(memory.SKIP_ENV, raising=False)
+    with pytest.raises(RsdmlError, match="one training step needs about"):
+        memory.check_memory(cfg, _model(), CPU, None, True, True)
+    assert memory.check_memory(cfg.replace(freeze_backbone=True), _model(), CPU, None, True,
+                               True) is None
+    monkeypatch.setenv(memory.SKIP_ENV, "1")
+    assert memory.check_memory(cfg, _model(), CPU, None, True, True) is None
+
+
+def test_the_probe_is_cheap_scales_with_the_area_and_changes_nothing():
+    model = _model()
+    model.train()
+    model.trunk.eval()  # a mix of modes, as during the head warm-up
+    for p in model.trunk.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    t0 = time.perf_counter()
+    small = memory.activation_bytes(model, 32, CPU, None, True)
+    large = memory.activation_bytes(model, 64, CPU, None, True)
+    assert time.perf_counter() - t0 < 2.0
+    assert 3.0 < large / small < 5.0  # activations grow with the image area
+    assert large > 2 * 3 * 64 * 64 * 4  # at least the input images themselves
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in model.modules()] == modes
+    assert not any(p.requires_grad for p in model.trunk.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_the_estimate_covers_a_measured_step():
+    """The estimate is not below what one real forward+backward keeps for the backward."""
+    model = _model()
+    est = memory.estimate(TrainConfig(backbone="resnet18", image_size=64, batch_size=4,
+                                      unlabeled_batch_size=4), model, CPU, None, True, True, 0)
+    saved: dict[int, int] = {}
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    model.train()
+    x = torch.rand(8, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x).sum().backward()
+    assert est.per_image * 8 >= sum(saved.values())
+
+
+def test_the_default_image_size_depends_on_the_device():
+    assert TrainConfig().image_size is None
+    assert validate_config(TrainConfig(device="cpu")).image_size == DEFAULT_IMAGE_SIZE["cpu"] == 128
+    assert validate_config(TrainConfig(device="cpu", image_size=256)).image_size == 256
+    assert DEFAULT_IMAGE_SIZE["cuda"] == 256
