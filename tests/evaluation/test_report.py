@@ -149,3 +149,75 @@ def test_curves_show_collapse_diagnostics_when_recorded(tmp_path):
     assert list(cos_line.get_ydata()) == pytest.approx([r["emb_mean_cosine"] for r in rows])
     assert list(fig.axes[3].lines[0].get_ydata()) == pytest.approx(
         [r["emb_effective_rank"] for r in rows])
+
+
+def _retarget_names(run: Path, names: list[str]) -> None:
+    """Rename the fake run's classes (class_names.json and eval/metrics.json)."""
+    (run / "class_names.json").write_text(json.dumps(names))
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["class_names"] = names
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_transductive_counts_name_the_test_images_as_the_unlabelled_pool(fake_run):
+    import yaml
+
+    run = fake_run(spectrum=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "protocol": "transductive"}))
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["counts"] = {"labeled": 12, "unlabeled": 0, "val": 0, "test": 24}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    html = write_report(run).read_text()
+    assert "unlabeled 0" not in html
+    assert "unlabelled pool = the 24 test images (transductive protocol)" in html
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "protocol": "inductive"}))
+    assert "unlabeled 0" in write_report(run).read_text()  # a real count under inductive
+
+
+def test_long_class_names_do_not_overlap_in_the_retrieval_captions(fake_run):
+    from rsdml.evaluation.report import _fig_retrieval, _Inputs, shorten
+
+    run = fake_run(spectrum=False)
+    long = [f"{n} with a very long descriptive class name number {i}"
+            for i, n in enumerate(["airport", "beach", "forest", "river"])]
+    _retarget_names(run, long)
+    fig = _fig_retrieval(_Inputs(run), 0)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    rows: dict[float, list] = {}
+    for ax in fig.axes:
+        rows.setdefault(round(ax.get_position().y0, 3), []).append(ax)
+    assert len(rows) > 1
+    for axes in rows.values():
+        boxes = sorted((ax.title.get_window_extent(renderer) for ax in axes), key=lambda b: b.x0)
+        assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:])), "captions overlap"
+    assert shorten("abcdefghij", 5) == "abcd\u2026" and shorten("abc", 5) == "abc"
+
+
+def test_cjk_class_names_are_never_drawn_as_boxes(fake_run, caplog, monkeypatch):
+    from rsdml.evaluation import report
+
+    run = fake_run(spectrum=False)
+    cjk = ["\u98de\u673a\u573a", "\u6d77\u6ee9", "\u68ee\u6797", "\u6cb3\u6d41"]  # airport...
+    _retarget_names(run, cjk)
+    with caplog.at_level("WARNING"):
+        html = write_report(run).read_text()
+    assert "Glyph" not in caplog.text  # either a fallback font or no CJK text in the figures
+    labels = report._Inputs(run).labels
+    if labels.rc:  # a font with the glyphs is installed: the names are drawn with it
+        assert not labels.undrawable and "class numbers" not in html
+    else:
+        assert labels.undrawable == {0, 1, 2, 3}
+        assert "class 0 = \u98de\u673a\u573a" in html and "class numbers" in html
+    # Without any such font, the figures show class numbers and the caption says so.
+    monkeypatch.setattr(report, "_font_covering", lambda chars: None)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        html = write_report(run).read_text()
+    assert "Glyph" not in caplog.text
+    assert "class 1 = \u6d77\u6ee9" in html and "fonts-noto-cjk" in html
+    inputs = report._Inputs(run)
+    assert inputs.figure_name(1, 20) == "class 1"
+    assert inputs.figure_name(1, 20) != inputs.class_name(1) == "\u6d77\u6ee9"  # tables keep it

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import numpy as np
 import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -38,6 +39,9 @@ TSNE_MAX_POINTS = 2000
 RETRIEVAL_QUERIES = 6
 RETRIEVAL_TOP = 10
 THUMB_PX = 96
+#: Characters of a class name under a retrieval thumbnail (1.25 in at 6.5 pt); longer names
+#: are cut with an ellipsis so neighbouring captions never overlap.
+CAPTION_CHARS = 20
 
 def _retrieval_cell(values: dict[str, Any], key: str) -> str:
     """A retrieval table cell; a top-K metric with K above the gallery size is left empty
@@ -95,8 +99,11 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
           "and the end of training: the rank the method maximises."),
          lambda: _fig_spectrum(inputs)),
     ]
+    labels = inputs.labels
     for name, title, caption, make in figures:
-        sections.append(_figure_section(out_dir, name, title, caption, make))
+        if name in _NAMED_FIGURES and labels.note:
+            caption = f"{caption} {labels.note}"
+        sections.append(_figure_section(out_dir, name, title, caption, make, labels.rc))
     sections.append(_section_config(inputs))
     page = _page(run_dir, inputs, sections)
     path = out_dir / "report.html"
@@ -119,6 +126,7 @@ class _Inputs:
         self.class_names = self._read("class_names.json", lambda p: [str(c) for c in json.loads(p.read_text())])
         self.spectrum = self._read("spectrum.json", lambda p: json.loads(p.read_text()))
         self._emb: Any = None
+        self._labels: _Labels | None = None
 
     def _read(self, rel: str, parse: Callable[[Path], Any]) -> Any:
         path = self.run_dir / rel
@@ -142,6 +150,21 @@ class _Inputs:
         names = self.class_names or (self.metrics or {}).get("class_names") or []
         return names[label] if 0 <= label < len(names) else f"class {label}"
 
+    @property
+    def protocol(self) -> str | None:
+        return (self.config or {}).get("protocol") or (self.metrics or {}).get("protocol")
+
+    @property
+    def labels(self) -> _Labels:
+        """The class names as the figures draw them (built once)."""
+        if self._labels is None:
+            names = self.class_names or (self.metrics or {}).get("class_names") or []
+            self._labels = _Labels([str(n) for n in names])
+        return self._labels
+
+    def figure_name(self, label: int, width: int) -> str:
+        return self.labels.text(label, width, self.class_name(label))
+
     def data_root(self) -> Path | None:
         data = (self.config or {}).get("data")
         if not data:
@@ -151,6 +174,19 @@ class _Inputs:
             return root
         beside = self.run_dir / root
         return beside if beside.is_dir() else root
+
+
+def _counts_text(counts: dict[str, Any], protocol: str | None) -> str:
+    """Images per role; under the transductive protocol the unlabelled pool is the test images
+    themselves (no unlabelled role of its own), so "unlabeled 0" would mislead."""
+    parts = []
+    for k, v in counts.items():
+        if k == "unlabeled" and protocol == "transductive" and not v:
+            parts.append(f"unlabelled pool = the {counts.get('test', 0)} test images "
+                         "(transductive protocol)")
+        else:
+            parts.append(f"{k} {v}")
+    return ", ".join(parts)
 
 
 def _section_config(inputs: _Inputs) -> str:
@@ -174,8 +210,7 @@ def _section_metrics(inputs: _Inputs) -> str:
               "are the labelled images; the <i>archive</i> gallery is every other image.</p>")]
     counts = m.get("counts") or {}
     if counts:
-        parts.append("<p>Images per role: " + ", ".join(
-            f"{_e(k)} {v}" for k, v in counts.items()) + "</p>")
+        parts.append("<p>Images per role: " + _e(_counts_text(counts, inputs.protocol)) + "</p>")
     knn = m.get("knn") or {}
     rows = [f"<tr><th>K={k[1:]}</th><td>{_pct(v.get('accuracy'))}</td><td>{_pct(v.get('macro_f1'))}</td></tr>"
             for k, v in knn.items() if k.startswith("k") and isinstance(v, dict)]
@@ -221,11 +256,12 @@ def _section_metrics(inputs: _Inputs) -> str:
 
 
 def _figure_section(out_dir: Path, name: str, title: str, caption: str,
-                    make: Callable[[], Figure | str]) -> str:
+                    make: Callable[[], Figure | str], rc: dict[str, Any] | None = None) -> str:
     png = out_dir / name
     # matplotlib's own warnings (e.g. a glyph missing for CJK class names) become one
-    # rsdml warning line per figure instead of Python warning text on stderr.
-    with warnings.catch_warnings(record=True) as caught:
+    # rsdml warning line per figure instead of Python warning text on stderr. ``rc``: the
+    # fonts for the class names (a fallback font for their scripts).
+    with warnings.catch_warnings(record=True) as caught, matplotlib.rc_context(rc or {}):
         warnings.simplefilter("always")
         try:
             fig = make()
@@ -350,7 +386,7 @@ def _fig_confusion(inputs: _Inputs) -> Figure | str:
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    names = [inputs.class_name(i) for i in range(c)]
+    names = [inputs.figure_name(i, 24) for i in range(c)]
     ax.set_xticks(range(c), names, rotation=90, fontsize=7 if c > 15 else 9)
     ax.set_yticks(range(c), names, fontsize=7 if c > 15 else 9)
     ax.set_xlabel("predicted")
@@ -392,7 +428,7 @@ def _fig_tsne(inputs: _Inputs, seed: int) -> Figure | str:
     colours = _colours(len(classes))
     for colour, cls in zip(colours, classes):
         sel = labels == cls
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour, label=inputs.class_name(int(cls)))
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour, label=inputs.figure_name(int(cls), 32))
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(f"t-SNE of {len(test)} test embeddings")
@@ -422,11 +458,11 @@ def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
     fig = Figure(figsize=(1.25 * cols, 1.45 * len(queries)))
     axes = np.atleast_2d(fig.subplots(len(queries), cols))
     for row, q in enumerate(queries):
-        cells = [(q, "#1f5fbf", f"query\n{inputs.class_name(int(emb.labels[q]))}")]
+        cells = [(q, "#1f5fbf", f"query\n{inputs.figure_name(int(emb.labels[q]), CAPTION_CHARS)}")]
         for rank, j in enumerate(ref[nbr[row]], start=1):
             ok = emb.labels[j] == emb.labels[q]
             cells.append((int(j), "#1a9e3a" if ok else "#d62728",
-                          f"{rank}. {inputs.class_name(int(emb.labels[j]))}"))
+                          f"{rank}. {inputs.figure_name(int(emb.labels[j]), CAPTION_CHARS - 4)}"))
         for col, (idx, colour, text) in enumerate(cells):
             _thumb_cell(axes[row, col], _thumbnail(root, str(emb.paths[idx])), colour, text)
     fig.subplots_adjust(wspace=0.08, hspace=0.35)
@@ -460,6 +496,97 @@ def _fig_spectrum(inputs: _Inputs) -> Figure | str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+# ---------------------------------------------------------------------------- class names
+#: Figures that draw class names (their captions get the note on undrawable names).
+_NAMED_FIGURES = frozenset({"confusion.png", "tsne.png", "retrieval.png"})
+#: Families tried first for scripts DejaVu Sans lacks (CJK, Arabic, Devanagari, ...).
+_FALLBACK_HINTS = ("Noto Sans CJK", "Noto Sans", "Source Han Sans", "WenQuanYi", "Droid Sans",
+                   "AR PL", "Unifont", "Arial Unicode", "Microsoft YaHei", "SimHei",
+                   "Hiragino", "PingFang", "Apple SD Gothic", "Malgun")
+
+
+class _Labels:
+    """Class names as the figures draw them: cut to fit (an ellipsis) and drawable. A name
+    with characters the plotting font lacks (e.g. CJK in DejaVu Sans, which would render as
+    boxes) gets a fallback font that has them when one is installed; otherwise the figures
+    show it as ``class N`` and :attr:`note` (added to their captions) says which is which."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.rc: dict[str, Any] = {}
+        self.undrawable: set[int] = set()
+        missing = _missing_chars("".join(names))
+        if missing:
+            fallback = _font_covering(missing)
+            if fallback is not None:
+                base = matplotlib.rcParams["font.family"]
+                base = [base] if isinstance(base, str) else list(base)
+                families = matplotlib.rcParams["font.sans-serif"] if base == ["sans-serif"] else base
+                self.rc = {"font.family": [*families[:1], fallback]}
+            else:
+                self.undrawable = {i for i, n in enumerate(names) if set(n) & missing}
+
+    @property
+    def note(self) -> str:
+        if not self.undrawable:
+            return ""
+        pairs = ", ".join(f"class {i} = {self.names[i]}" for i in sorted(self.undrawable)[:8])
+        more = ", ..." if len(self.undrawable) > 8 else ""
+        return (f"Class names with characters no installed font can draw are shown as class "
+                f"numbers ({pairs}{more}); install a font that has them (e.g. Noto Sans CJK, "
+                "Debian package fonts-noto-cjk) to see the names.")
+
+    def text(self, label: int, width: int, name: str) -> str:
+        if label in self.undrawable:
+            return f"class {label}"
+        return shorten(name, width)
+
+
+def shorten(name: str, width: int) -> str:
+    """``name`` cut to ``width`` characters with an ellipsis (the end is usually the part a
+    long class name can lose: "industrial area (dense, with ..." )."""
+    name = " ".join(name.split())
+    return name if len(name) <= width else name[: max(1, width - 1)].rstrip() + "\u2026"
+
+
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except Exception:  # noqa: BLE001 - an unreadable font file covers nothing
+        return frozenset()
+
+
+def _missing_chars(text: str) -> set[str]:
+    """Characters of ``text`` the default plotting font has no glyph for."""
+    from matplotlib import font_manager
+
+    chars = {c for c in text if not c.isspace() and ord(c) > 127}
+    if not chars:
+        return set()
+    path = font_manager.findfont(font_manager.FontProperties(), fallback_to_default=True)
+    have = _charmap(path)
+    return {c for c in chars if ord(c) not in have}
+
+
+def _font_covering(chars: set[str]) -> str | None:
+    """The family of an installed font that has every one of ``chars`` (likely names first)."""
+    from matplotlib import font_manager
+
+    entries = sorted(font_manager.fontManager.ttflist,
+                     key=lambda f: not any(f.name.startswith(h) for h in _FALLBACK_HINTS))
+    need = {ord(c) for c in chars}
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.fname in seen:
+            continue
+        seen.add(entry.fname)
+        if need <= _charmap(entry.fname):
+            return str(entry.name)
+    return None
 
 
 # ---------------------------------------------------------------------------- helpers
