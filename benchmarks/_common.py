@@ -266,11 +266,14 @@ def bench_config(data: str | Path, size: int, device: torch.device, cache_dir: s
     published benchmark numbers), bf16 on CUDA, ResNet-18 from scratch; ``kw``: further
     TrainConfig fields (e.g. ``amp``, ``optimizer``)."""
     kw.setdefault("optimizer", "sgd")
-    return TrainConfig(
+    cfg = TrainConfig(
         data=str(data), backbone="resnet18", pretrained="none", method="hr-s2dml",
         image_size=size, batch_size=batch, unlabeled_batch_size=batch, device=device.type,
         cache="memory", cache_dir=str(cache_dir), workers=workers, seed=seed, quiet=True, **kw,
-    ).validate()
+    )
+    from rsdml.training.runner import validate_config
+
+    return validate_config(cfg)
 
 
 @contextlib.contextmanager
@@ -332,22 +335,35 @@ class _StatsOnly:
 
 
 # --------------------------------------------------------------------------- model steps
-def model_step(trainer: Any, x: torch.Tensor, y_l: torch.Tensor, index_l: torch.Tensor,
-               read_loss: bool) -> None:
-    """Trainer.train_step without its input pipeline: same autocast, forward of the joined
-    labelled + unlabelled batch, method, backward and optimiser step. ``read_loss`` copies the
-    loss terms to the host every step (a device sync on CUDA), as the per-sample pipeline's
-    reference loop does."""
-    n_l = y_l.shape[0]
-    trainer.model.train()
-    with trainer._autocast():
-        emb = trainer.forward_model(x).float()
-        terms = trainer.method(emb[:n_l], y_l, index_l, emb[n_l:])
+class _GivenInputs:
+    """Stands in for a trainer's ``inputs`` for one step: ``train`` returns the given batch
+    (already on the device, labelled rows first), everything else is the real inputs'."""
+
+    def __init__(self, x: torch.Tensor, real: Any) -> None:
+        self.x, self.real = x, real
+
+    def train(self, index: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return self.x
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def model_step(trainer: Any, x: torch.Tensor, n_l: int, read_loss: bool) -> None:
+    """The library's ``Trainer.train_step`` (its autocast, train modes, forward of the joined
+    labelled + unlabelled batch, method, backward and optimiser step) on the batch ``x``
+    instead of one from its input pipeline; the first ``n_l`` rows are the labelled images
+    (labels: the first ``n_l`` of the labelled set). ``read_loss`` copies the loss terms to
+    the host every step (a device sync on CUDA), as the per-sample pipeline's reference loop
+    does."""
+    real = trainer.inputs
+    trainer.inputs = _GivenInputs(x, real)
+    try:
+        terms = trainer.train_step(torch.arange(n_l))
+    finally:
+        trainer.inputs = real
     if read_loss:
-        {k: float(v.detach()) for k, v in terms.items()}
-    trainer.optimizer.zero_grad(set_to_none=True)
-    terms["total"].backward()
-    trainer.optimizer.step()
+        {k: float(v) for k, v in terms.items()}
 
 
 def to_device(x: torch.Tensor, trainer: Any) -> torch.Tensor:
@@ -392,7 +408,7 @@ def cached_session(cfg: TrainConfig, split: Split, run_root: Path):
 
     Returns (session, trainer, cache report)."""
     from rsdml.training.run_dir import RunDir
-    from rsdml.training.runner import _make_trainer, build_session, load_cache
+    from rsdml.training.runner import build_session, load_cache, make_trainer
 
     log(f"{cfg.image_size}px: building the image cache of {len(split.paths)} images (cold)")
     t = time.perf_counter()
@@ -405,7 +421,7 @@ def cached_session(cfg: TrainConfig, split: Split, run_root: Path):
     warm_s = time.perf_counter() - t
     report = cache_report(build_s, stub, warm_s, session.inputs.cache)
     report["warm_load_seconds_note"] = "build_session(): warm cache load + model build"
-    return session, _make_trainer(session), report
+    return session, make_trainer(session), report
 
 
 # --------------------------------------------------------------------------- reference pipeline

@@ -109,7 +109,9 @@ def bench_size(args, device, size, data: Path, paths: list[str], cache_dir: Path
     class InMemory:
         """The model alone: the same loop, the input a normalised tensor already on the device."""
         device = inputs.device
-        x = inputs._layout(torch.randn(args.batch, 3, size, size).to(device))
+        x = torch.randn(args.batch, 3, size, size).to(device)
+        if inputs.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
 
         def eval(self, chunk: torch.Tensor) -> torch.Tensor:
             return self.x[: len(chunk)]

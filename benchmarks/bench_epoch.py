@@ -100,10 +100,9 @@ def warm_model(trainer: Any, size: int, batch: int, eval_batch: int, n_cls: int,
                device: torch.device) -> None:
     """One untimed train step and one eval batch on random tensors (lazy init, allocator)."""
     x = C.to_device(torch.randn(2 * batch, 3, size, size), trainer)
-    y = torch.randint(0, n_cls, (batch,)).to(device)
-    C.model_step(trainer, x, y, torch.arange(batch, device=device), read_loss=True)
+    C.model_step(trainer, x, batch, read_loss=True)
     trainer.model.eval()
-    with torch.inference_mode(), trainer._autocast():
+    with torch.inference_mode(), trainer.autocast():
         x = C.to_device(torch.randn(eval_batch, 3, size, size), trainer)
         trainer.forward_model(x).float().cpu()
     C.sync(device)
@@ -148,7 +147,7 @@ def epoch_result(per_step: list[float], total_steps: int, eval_batches: list[flo
 
 
 def rsdml_epoch(args, device, trainer, split, max_steps, eval_index) -> dict[str, Any]:
-    batches = trainer._labeled_batches(0)
+    batches = trainer.labeled_batches(0)
     total_steps = len(batches)
     last = min(max_steps, total_steps) - 1
 
@@ -201,10 +200,8 @@ def reference_epoch(args, device, trainer, split, size, total_steps, max_steps,
     it = iter(loader)  # starts the workers; they deliver inside the first (timed) step
 
     def step(_: Any) -> None:
-        xb, yb = next(it)
-        n_l = xb.shape[0] - args.batch
-        y = yb[:n_l].to(device, non_blocking=True)
-        C.model_step(trainer, C.to_device(xb, trainer), y, torch.arange(n_l, device=device),
+        xb, _yb = next(it)
+        C.model_step(trainer, C.to_device(xb, trainer), xb.shape[0] - args.batch,
                      read_loss=True)
 
     k = min(max_steps or total_steps, total_steps)
@@ -220,7 +217,7 @@ def reference_epoch(args, device, trainer, split, size, total_steps, max_steps,
         for i in range(len(eloader)):
             t = time.perf_counter()
             xb, _y = next(eit)
-            with trainer._autocast():
+            with trainer.autocast():
                 out.append(trainer.forward_model(C.to_device(xb, trainer)).float().cpu())
             per_batch.append(time.perf_counter() - t)
             if i % 10 == 0:

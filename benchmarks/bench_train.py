@@ -72,7 +72,7 @@ def rsdml_batches(trainer: Any, batch: int):
     """Full labelled batches in the trainer's own epoch order (epoch after epoch)."""
     epoch = 0
     while True:
-        for b in trainer._labeled_batches(epoch):
+        for b in trainer.labeled_batches(epoch):
             if len(b) == batch:
                 yield epoch, b
         epoch += 1
@@ -83,9 +83,7 @@ def part_a(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
     B = args.batch
     gen = torch.Generator().manual_seed(args.seed)
     x = C.to_device(torch.randn(2 * B, 3, size, size, generator=gen), trainer)
-    y = torch.randint(0, split.num_classes, (B,), generator=gen).to(device)
-    idx = torch.arange(B, device=device)
-    return C.time_steps(lambda i: C.model_step(trainer, x, y, idx, read_loss=False),
+    return C.time_steps(lambda i: C.model_step(trainer, x, B, read_loss=False),
                         warmup, steps, device, 2 * B, f"{size}px (a)")
 
 
@@ -112,12 +110,10 @@ def part_c(args, device, trainer, split, size, steps, warmup) -> dict[str, Any]:
     loader = C.reference_train_loader(args.data, split, size, B, c_warm + c_steps, args.workers,
                                       device, args.seed, full_batches=True)
     it = iter(loader)
-    idx = torch.arange(B, device=device)
 
     def step(i: int) -> None:
-        xb, yb = next(it)
-        y = yb[:B].to(device, non_blocking=True)
-        C.model_step(trainer, C.to_device(xb, trainer), y, idx, read_loss=True)
+        xb, _yb = next(it)
+        C.model_step(trainer, C.to_device(xb, trainer), B, read_loss=True)
 
     res = C.time_steps(step, c_warm, c_steps, device, 2 * B, f"{size}px (c)")
     res["dataloader_workers"] = args.workers

@@ -257,7 +257,7 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool
             split = _split_without(split, set(e.paths), cfg)
             _write_new_run(cfg, run, split)
             session = build_session(cfg, run, split, train=True)
-        trainer = _make_trainer(session)
+        trainer = make_trainer(session)
         check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
                      uses_channels_last(session.device), trainer.method.uses_unlabeled)
     except Exception:
@@ -366,7 +366,9 @@ def _open_run_split(run: RunDir, cfg: TrainConfig, what: str) -> tuple[Split, Tr
     return split, cfg
 
 
-def _make_trainer(s: Session) -> Trainer:
+def make_trainer(s: Session) -> Trainer:
+    """The Trainer of a session: its method, labelled/unlabelled sets and evaluation sets (used
+    by ``train`` and by the benchmarks)."""
     split, device = s.split, s.device
     lab = split.index("labeled")
     labeled = LabeledSet(_tensor(lab), _tensor(split.labels[lab]))
@@ -388,7 +390,7 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
     from rsdml.evaluation.suite import headline_metrics, write_evaluation
 
     if trainer is None:
-        trainer = _make_trainer(s)
+        trainer = make_trainer(s)
     path = s.run.checkpoint(checkpoint)
     state = load_checkpoint(path, map_location=s.device)
     s.model.load_state_dict(state["model"])

@@ -171,7 +171,7 @@ class Trainer:
             write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
 
     # ------------------------------------------------------------------ sampling
-    def _labeled_batches(self, epoch: int) -> list[Tensor]:
+    def labeled_batches(self, epoch: int) -> list[Tensor]:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, epoch))
         batches = self.method.labeled_batches(self.labeled.labels.cpu(), self.cfg.batch_size, gen)
         if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one image
@@ -199,7 +199,7 @@ class Trainer:
         return self.unlabeled.index[torch.cat(parts)]
 
     # ------------------------------------------------------------------ one step
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
@@ -241,7 +241,7 @@ class Trainer:
         x = self.inputs.train(images, gen)
         y_l = to_device(self.labeled.labels[index_l], self.device)
         self._train_mode()
-        with self._autocast():
+        with self.autocast():
             emb = self.inputs.embed(self.forward_model, x).float()
             terms = self.method(emb[:n_l], y_l, to_device(index_l, self.device),
                                 emb[n_l:] if self.method.uses_unlabeled else None)
@@ -380,7 +380,7 @@ class Trainer:
 
     def _run_epoch(self, writer: Any) -> None:
         cfg, epoch = self.cfg, self.epoch
-        batches = self._labeled_batches(epoch)
+        batches = self.labeled_batches(epoch)
         t0 = time.monotonic()
         todo = range(self.batch_in_epoch, len(batches))
         for b in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs}",
