@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+
 from rsdml.config import TrainConfig  # noqa: E402
 
 
@@ -197,16 +198,19 @@ def reference_epoch(args, device, trainer, split, size, total_steps, max_steps,
                     eval_index) -> dict[str, Any]:
     loader = C.reference_train_loader(args.data, split, size, args.batch, total_steps,
                                       args.workers, device, args.seed)
-    it = iter(loader)  # starts the workers; they deliver inside the first (timed) step
+    # The iterator starts the workers; they deliver inside the first (timed) step. Held in a
+    # dict so that dropping it afterwards (to stop the workers) leaves `step` well defined.
+    live = {"it": iter(loader)}
 
     def step(_: Any) -> None:
-        xb, _yb = next(it)
+        xb, _yb = next(live["it"])
         C.model_step(trainer, C.to_device(xb, trainer), xb.shape[0] - args.batch,
                      read_loss=True)
 
     k = min(max_steps or total_steps, total_steps)
     per = timed_train(step, list(range(k)), device, "reference")
-    del it, loader
+    live.clear()
+    del loader
     paths = [split.paths[i] for i in eval_index]
     eloader = C.reference_eval_loader(args.data, paths, split.labels[eval_index], size,
                                       args.eval_batch, args.workers, device)

@@ -7,6 +7,7 @@ beside it, fsync, rename, fsync of the folder. A kill leaves the old or the new 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -107,7 +108,5 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def touch(path: str | Path) -> None:
     """Set ``path``'s modification time to now (best effort: a read-only folder keeps the old
     time). The caches use it to record when they were last used."""
-    try:
+    with contextlib.suppress(OSError):
         os.utime(path)
-    except OSError:
-        pass

@@ -30,11 +30,9 @@ def progress(
             total = None
     start = last = time.monotonic()
     step = max(1, (total or 0) // 10)
-    done = 0
     printed = False
-    for item in items:
+    for done, item in enumerate(items, start=1):
         yield item
-        done += 1
         now = time.monotonic()
         at_mark = bool(total) and (done % step == 0 or done == total)
         if (at_mark and (now - last >= 5 or (printed and done == total))) or now - last >= 30:

@@ -200,7 +200,7 @@ def test_sigkill_during_a_step_and_during_a_checkpoint_write_then_resume(scenes,
     p = Proc(["train", "--resume", str(run)], tmp_path, pause_write=1)
     p.wait_marker()
     temps = list((run / "checkpoints").glob(".last.pt.*.tmp"))
-    assert len(temps) == 1 and 0 < temps[0].stat().st_size
+    assert len(temps) == 1 and temps[0].stat().st_size > 0
     p.p.send_signal(signal.SIGKILL)
     assert p.finish()[0] == -signal.SIGKILL
     assert position(run) == (1, 0, STEPS_PER_EPOCH)  # the previous checkpoint, intact

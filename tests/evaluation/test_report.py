@@ -120,7 +120,7 @@ def test_plotting_warnings_become_one_rsdml_warning(tmp_path, caplog):
     def make():
         fig = Figure(figsize=(2, 2))
         fig.add_subplot().set_title("\u6e2f\u53e3")  # CJK: the default font lacks the glyphs
-        warnings.warn("Glyph 28207 missing from font(s) DejaVu Sans.", UserWarning)
+        warnings.warn("Glyph 28207 missing from font(s) DejaVu Sans.", UserWarning, stacklevel=2)
         return fig
 
     with warnings.catch_warnings(record=True) as escaped, caplog.at_level("WARNING"):

@@ -177,7 +177,7 @@ def test_methods_of_a_seed_and_fraction_share_one_split(scenes, tmp_path, fake):
     assert all(len(s) == 1 for s in by_key.values())  # one split per (fraction, seed) ...
     splits = {next(iter(s)) for s in by_key.values()}
     assert len(splits) == 4  # ... and a different one for each
-    for (frac, seed), (path,) in by_key.items():
+    for (frac, _seed), (path,) in by_key.items():
         assert Path(path).parent == (tmp_path / "exp" / "splits").absolute()
         split = read_split_csv(path, scenes)
         assert split.counts()["labeled"] == 4 * round(12 * frac)

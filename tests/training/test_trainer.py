@@ -249,7 +249,7 @@ def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked(monkeypa
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     for native in (False, True):  # float32 by default even where the CPU has bf16 units
-        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda native=native: native)
         assert autocast_dtype("auto", cpu) is None and autocast_dtype("off", cpu) is None
     assert autocast_dtype("bf16", cpu) is torch.bfloat16
     assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from rsdml.config import CACHE_MODES
-from rsdml.fsutil import fsync_dir, touch
 from rsdml.data import imageio
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import fsync_dir, touch
 from rsdml.progress import progress as _progress
 
 try:
@@ -323,7 +323,7 @@ def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str) -> I
     start = time.perf_counter()
     nbytes = int(np.prod(shape))
     try:
-        f = open(file, "rb")
+        f = open(file, "rb")  # noqa: SIM115 - closed by the `with f:` below (open errors apart)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -452,7 +452,7 @@ class _Build:
         exceeds the memory budget (and one can be made)."""
         if want == "mmap":
             try:
-                tmp = tempfile.TemporaryFile()
+                tmp = tempfile.TemporaryFile()  # noqa: SIM115 - `with tmp:` below
             except OSError:
                 log.warning("no temporary folder is writable; holding the image cache in RAM")
             else:

@@ -28,9 +28,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from threadpoolctl import threadpool_limits
 
-from rsdml.fsutil import atomic_write_bytes, atomic_write_text, read_jsonl
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.suite import headline_metrics, load_embeddings
+from rsdml.fsutil import atomic_write_bytes, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 

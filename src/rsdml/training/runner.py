@@ -29,6 +29,7 @@ from rsdml.data.split import (
 )
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
+from rsdml.models.registry import check_backbone
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
     FeatureInputs,
@@ -38,7 +39,6 @@ from rsdml.training.inputs import (
     uses_channels_last,
 )
 from rsdml.training.memory import check_memory
-from rsdml.models.registry import check_backbone
 from rsdml.training.methods.registry import check_method, create_method, param_classes
 from rsdml.training.run_dir import (
     RunDir,

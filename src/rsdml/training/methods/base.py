@@ -8,7 +8,6 @@ and, for semi-supervised methods, embeddings of one unlabelled batch - never the
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any, ClassVar
 
 import torch
