@@ -110,3 +110,59 @@ def touch(path: str | Path) -> None:
     time). The caches use it to record when they were last used."""
     with contextlib.suppress(OSError):
         os.utime(path)
+
+
+def replace_dir(tmp: Path, dest: Path) -> None:
+    """Put the finished folder ``tmp`` (a sibling of ``dest``) at ``dest``, replacing any old one.
+
+    POSIX cannot rename a folder over a non-empty one, so the old folder is renamed aside to
+    ``.NAME.PID.old``, the new one renamed in, then the old one deleted. Until the new one is in
+    place the old one is intact; a kill between the two renames (microseconds) leaves it aside,
+    where :func:`recover_dir` puts it back.
+    """
+    import shutil
+
+    fsync_dir(tmp)
+    aside = dest.with_name(f".{dest.name}.{os.getpid()}.old")
+    had_old = dest.exists()
+    if had_old:
+        os.replace(dest, aside)
+    try:
+        os.replace(tmp, dest)
+    except BaseException:
+        if had_old:
+            os.replace(aside, dest)
+        raise
+    fsync_dir(dest.parent)
+    if had_old:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def temp_dir_beside(dest: Path) -> Path:
+    """A fresh ``.NAME.PID.tmp`` folder next to ``dest`` (same file system, so renames are
+    atomic), after deleting those that dead writers left."""
+    import shutil
+
+    recover_dir(dest)
+    for old in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+        pid = old.name[len(dest.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            shutil.rmtree(old, ignore_errors=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    tmp.mkdir()
+    return tmp
+
+
+def recover_dir(dest: Path) -> None:
+    """Undo a :func:`replace_dir` killed between its renames: put the old folder back; delete
+    set-aside folders that are no longer needed."""
+    import shutil
+
+    for old in sorted(dest.parent.glob(f".{glob.escape(dest.name)}.*.old")):
+        pid = old.name[len(dest.name) + 2 : -len(".old")]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+            continue
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, dest)

@@ -192,11 +192,14 @@ def list_registries() -> None:
 def _register() -> None:
     from rsdml.cli.cache import cache
     from rsdml.cli.experiment import experiment
+    from rsdml.cli.search import index, search
     from rsdml.cli.tune import tune
 
     cli.add_command(experiment)
     cli.add_command(tune)
     cli.add_command(cache)
+    cli.add_command(index)
+    cli.add_command(search)
 
 
 _register()

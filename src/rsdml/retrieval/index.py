@@ -113,8 +113,22 @@ class ExactIndex:
         return out
 
 
+#: The approximate kinds :class:`ApproximateIndex` builds.
+APPROXIMATE_KINDS = ("ivf", "hnsw", "ivfpq")
+
+
+def pq_shape(d: int, n: int) -> tuple[int, int]:
+    """(sub-quantizers, bits) for IVF-PQ: 2-4 dimensions per sub-quantizer (at most 64 of them,
+    dividing ``d``), 8 bits, fewer when there are fewer than 256 training points (faiss needs at
+    least one point per centroid)."""
+    m = next((m for m in (64, 32, 16, 8, 4, 2) if d % m == 0 and d // m >= 2), 1)
+    nbits = int(max(1, min(8, np.floor(np.log2(max(2, n))))))
+    return m, nbits
+
+
 class ApproximateIndex:
-    """Approximate cosine search: IVF-Flat (default, fast to build) or HNSW.
+    """Approximate cosine search: IVF-Flat (default, fast to build), HNSW or IVF-PQ (compressed
+    codes, for galleries that do not fit in memory as float32).
 
     ``nprobe`` (IVF) / ``ef_search`` (HNSW) trade speed for recall; see benchmarks/bench_retrieval.py.
     """
@@ -149,21 +163,52 @@ class ApproximateIndex:
             self.index.train(sample)
             self.index.add(x)
             self.index.nprobe = min(nprobe, nlist)
+        elif kind == "ivfpq":
+            nlist = int(nlist or max(1, min(4096, round(np.sqrt(n)))))
+            m, nbits = pq_shape(d, n)
+            train_size = int(train_size or max(64 * nlist, 256 * 39))
+            quantizer = faiss.IndexFlatIP(d)
+            self.index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits,
+                                          faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.seed = seed
+            self.index.cp.spherical = True
+            rng = np.random.default_rng(seed)
+            sample = x if n <= train_size else x[np.sort(rng.choice(n, train_size, replace=False))]
+            self.index.train(sample)
+            self.index.add(x)
+            self.index.nprobe = min(nprobe, nlist)
         elif kind == "hnsw":
             self.index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = ef_construction
             self.index.add(x)
             self.index.hnsw.efSearch = ef_search
         else:
-            raise RsdmlError(f"approximate index kind {kind!r} is unknown; use 'ivf' or 'hnsw'")
+            raise RsdmlError(f"approximate index kind {kind!r} is unknown; use one of "
+                             f"{', '.join(APPROXIMATE_KINDS)}")
+
+    @classmethod
+    def wrap(cls, index: faiss.Index, kind: str) -> ApproximateIndex:
+        """An ApproximateIndex around a built (e.g. read from disk) faiss index of ``kind``."""
+        if kind not in APPROXIMATE_KINDS:
+            raise RsdmlError(f"approximate index kind {kind!r} is unknown; use one of "
+                             f"{', '.join(APPROXIMATE_KINDS)}")
+        self = cls.__new__(cls)
+        self.kind = kind
+        self.index = index
+        return self
 
     @property
     def ntotal(self) -> int:
         return int(self.index.ntotal)
 
+    def add(self, vectors: np.ndarray, *, normalized: bool = False) -> None:
+        """Append vectors (ids continue from ``ntotal``); IVF keeps its trained centroids."""
+        x = vectors if normalized else l2_normalize(vectors)
+        self.index.add(np.ascontiguousarray(x, dtype=np.float32))
+
     def tune(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
         """Change the search effort without rebuilding (IVF lists probed / HNSW beam width)."""
-        if nprobe is not None and self.kind == "ivf":
+        if nprobe is not None and self.kind in ("ivf", "ivfpq"):
             self.index.nprobe = int(min(nprobe, self.index.nlist))
         if ef_search is not None and self.kind == "hnsw":
             self.index.hnsw.efSearch = int(ef_search)

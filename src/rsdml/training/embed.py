@@ -1,19 +1,24 @@
 """``rsdml embed``: a folder of images to an ``.npz`` of embeddings, through the training pipeline
-(same decoded-image cache, same resize and normalisation as evaluation)."""
+(same decoded-image cache, same resize and normalisation as evaluation). ``rsdml index``
+reuses the loading and embedding steps (:func:`load_run_model`, :func:`embed_paths`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from rsdml.config import TrainConfig
 from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
+from rsdml.retrieval.identity import ModelIdentity
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
@@ -36,37 +41,48 @@ def list_images(root: Path) -> tuple[list[str], list[str]]:
     return good, bad
 
 
-def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
-                 checkpoint: str = "auto", device: str | None = None,
-                 batch_size: int | None = None, quiet: bool = False, force: bool = False) -> int:
-    """Embed every image below ``data``; ``force`` replaces an existing ``out_file``."""
-    root = Path(data)
-    if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
-    out_path = Path(out_file)
-    if not out_path.parent.is_dir():
-        raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
-    if out_path.is_dir():
-        raise RsdmlError(f"--out {out_path} is a folder; give a file name such as emb.npz")
-    if out_path.exists() and not force:
-        raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
-                         "choose another file")
+@dataclass
+class LoadedModel:
+    """A run's model in evaluation mode on its device, with the config that embeds for it."""
+
+    model: Any
+    cfg: TrainConfig
+    device: torch.device
+    checkpoint: Path
+
+
+def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str | None = None,
+                   batch_size: int | None = None, quiet: bool = False,
+                   data: str | Path | None = None) -> LoadedModel:
+    """Load a run's checkpoint once, as evaluation does (placed for its input layout)."""
     run = RunDir(Path(run_dir))
+    if not run.config.is_file():
+        raise RsdmlError(f"--run {run.root} is not a run folder (no config.yaml); give the "
+                         "folder `rsdml train` wrote")
     cfg = load_run_config(run)
-    cfg = cfg.replace(quiet=quiet, data=str(root), **({"device": device} if device else {}),
+    cfg = cfg.replace(quiet=quiet, **({"data": str(data)} if data is not None else {}),
+                      **({"device": device} if device else {}),
                       **({"eval_batch_size": batch_size} if batch_size else {}))
-    paths, bad = list_images(root)
-    if bad:
-        log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
-    if not paths:
-        raise DatasetNotFoundError(
-            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
-        )
+    ckpt = run.checkpoint(checkpoint)
+    if not ckpt.is_file():
+        raise RsdmlError(f"checkpoint {ckpt} does not exist; train the run first or choose "
+                         "another --checkpoint")
     dev = resolve_device(cfg.device)
     model = build_model(cfg.replace(pretrained="none", weights=None)).to(dev)
-    state = load_checkpoint(run.checkpoint(checkpoint), map_location=dev)
+    state = load_checkpoint(ckpt, map_location=dev)
     model.load_state_dict(state["model"])
+    model = place_model(model, dev)
+    model.eval()
+    return LoadedModel(model, cfg, dev, ckpt)
+
+
+def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
+                quiet: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of ``root/paths`` through the decoded-image cache, as evaluation embeds;
+    images that turn out undecodable are skipped with a warning: (embeddings, kept paths)."""
     from rsdml.data.cache import UndecodableImagesError, load_image_cache
+
+    cfg, dev = loaded.cfg, loaded.device
 
     def cache_of(paths: list[str]) -> Any:
         return load_image_cache(root, paths, cfg.image_size, mode=cfg.cache,
@@ -84,15 +100,45 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
             raise DatasetNotFoundError(f"no decodable images under {root}; check the folder") from None
         cache = cache_of(paths)
     # As evaluation embeds: the same precision, memory layout and batch loop.
-    model = place_model(model, dev)
     inputs = image_inputs(cache, dev, cfg.device_cache)
-    model.eval()
-    emb = embed_batches(model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
+    emb = embed_batches(loaded.model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
                         autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)
+    return emb, paths
+
+
+def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
+                 checkpoint: str = "auto", device: str | None = None,
+                 batch_size: int | None = None, quiet: bool = False, force: bool = False) -> int:
+    """Embed every image below ``data``; ``force`` replaces an existing ``out_file``."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
+    out_path = Path(out_file)
+    if not out_path.parent.is_dir():
+        raise RsdmlError(f"--out folder {out_path.parent} does not exist; create it first")
+    if out_path.is_dir():
+        raise RsdmlError(f"--out {out_path} is a folder; give a file name such as emb.npz")
+    if out_path.exists() and not force:
+        raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
+                         "choose another file")
+    loaded = load_run_model(run_dir, checkpoint=checkpoint, device=device,
+                            batch_size=batch_size, quiet=quiet, data=root)
+    paths, bad = list_images(root)
+    if bad:
+        log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
+    if not paths:
+        raise DatasetNotFoundError(
+            f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
+        )
+    emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
     import io
 
     buf = io.BytesIO()
-    np.savez(buf, embeddings=emb, paths=np.asarray(paths))
+    # The model's identity and the image folder travel with the vectors, so `rsdml index` can
+    # refuse them for another model's index and find the images' files.
+    identity = ModelIdentity.of_run(run_dir, loaded.checkpoint, loaded.cfg)
+    np.savez(buf, embeddings=emb, paths=np.asarray(paths),
+             model=np.asarray(json.dumps(identity.to_dict())), root=np.asarray(str(root.resolve())))
     try:
         atomic_write_bytes(out_path, buf.getvalue())
     except OSError as e:

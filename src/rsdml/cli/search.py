@@ -1,0 +1,86 @@
+"""``rsdml index`` and ``rsdml search``: parse arguments and call rsdml.retrieval."""
+
+from __future__ import annotations
+
+import click
+
+from rsdml.errors import RsdmlError
+
+_KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
+
+
+@click.command(name="index")
+@click.argument("data", type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder whose model embeds the images (required for a new index from a "
+                   "folder; with --add, defaults to the run the index records).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Index folder to write (index.faiss, vectors.npy, meta.json, model.json).")
+@click.option("--add", "add_to", type=click.Path(file_okay=False), default=None,
+              help="Extend this index with DATA instead of writing a new one; images it holds "
+                   "unchanged are skipped.")
+@click.option("--kind", type=click.Choice(_KINDS), default="auto", show_default=True,
+              help="faiss index: exact flat, or approximate hnsw/ivf/ivfpq; auto: flat below "
+                   "100000 vectors.")
+@click.option("--checkpoint", default="auto", show_default=True,
+              help="last, best, auto or a path (a new index only).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--force", is_flag=True, help="Replace --out if it is an index already.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, kind: str,
+          checkpoint: str, device: str | None, batch_size: int | None, force: bool,
+          quiet: bool) -> None:
+    """Build a searchable index of DATA, or extend one with --add.
+
+    DATA is an image folder (class sub-folders, if any, give each image its class) or an .npz
+    from `rsdml embed`. New index: `rsdml index DATA --run RUN --out INDEX`; extend:
+    `rsdml index --add INDEX NEW_DATA`. Embeddings of another model than the index's are
+    refused. See docs/retrieval.md.
+    """
+    from rsdml.retrieval.indexing import add_to_index, build_index
+
+    if add_to is not None:
+        if out is not None or kind != "auto" or force:
+            raise RsdmlError("--add extends an existing index; drop --out/--kind/--force (the "
+                             "index keeps its kind)")
+        idx, added, skipped = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
+                                           device=device, batch_size=batch_size, quiet=quiet)
+        click.echo(f"added {added} images, skipped {skipped} already indexed -> {add_to} "
+                   f"({len(idx)} images, {idx.kind})")
+        return
+    if out is None:
+        raise RsdmlError("--out is required: the index folder to write (or use --add INDEX to "
+                         "extend one)")
+    idx = build_index(data, out, run_dir=run_dir, kind=kind, checkpoint=checkpoint,
+                      device=device, batch_size=batch_size, quiet=quiet, force=force)
+    click.echo(f"indexed {len(idx)} images ({idx.kind}) -> {out}")
+
+
+@click.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
+@click.option("--image", type=click.Path(dir_okay=False), default=None,
+              help="Query with this image file (embedded by the index's model).")
+@click.option("--id", "image_id", default=None,
+              help="Query with an indexed image, by its relative path; it is left out of the "
+                   "results.")
+@click.option("--k", type=int, default=10, show_default=True, help="Number of results.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the index's run folder is now, if it moved (--image only).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt: str,
+           run_dir: str | None, device: str | None) -> None:
+    """Find the indexed images most similar to --image FILE or --id PATH (cosine similarity)."""
+    from rsdml.retrieval.archive import ArchiveIndex
+    from rsdml.retrieval.query import format_hits, search_id, search_image
+
+    if (image is None) == (image_id is None):
+        raise RsdmlError("give exactly one query: --image FILE or --id PATH")
+    idx = ArchiveIndex.open(index_dir)
+    if image is not None:
+        hits = search_image(index_dir, image, k, run_dir=run_dir, device=device, index=idx)
+    else:
+        hits = search_id(index_dir, image_id or "", k, index=idx)
+    click.echo(format_hits(hits, fmt, query=image or image_id or ""))
