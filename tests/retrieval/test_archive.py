@@ -162,9 +162,18 @@ def test_npz_input_and_foreign_models_refused(built, run, foreign_run, tiny_scen
     assert "\n" not in str(e.value)
     with pytest.raises(RsdmlError, match="another model"):
         add_to_index(built, tiny_scenes, run_dir=foreign_run, quiet=True)
+    idx, added, skipped = add_to_index(tmp_path / "from-npz", mine, quiet=True)
+    assert (len(idx), added, skipped) == (64, 0, 64)
     legacy = tmp_path / "legacy.npz"
     with np.load(mine) as z:
         np.savez(legacy, embeddings=z["embeddings"], paths=z["paths"])
+    # without its image folder, an .npz image counts as held when its vector is the same
+    lost = tmp_path / "lost.npz"
+    with np.load(mine) as z:
+        np.savez(lost, embeddings=z["embeddings"], paths=z["paths"], model=z["model"],
+                 root=np.asarray(str(tmp_path / "gone")))
+    idx, added, skipped = add_to_index(tmp_path / "from-npz", lost, quiet=True)
+    assert (len(idx), added, skipped) == (64, 0, 64)
     with pytest.raises(RsdmlError, match="does not record which model"):
         build_index(legacy, tmp_path / "legacy-idx", quiet=True)
 
@@ -229,6 +238,7 @@ def test_cli_end_to_end(run, foreign_run, tiny_scenes, tmp_path, capsys):
     code, stdout, _ = _cli(["search", str(out), "--image", str(tiny_scenes / path),
                             "--format", "csv"], capsys)
     assert code == 0 and stdout.splitlines()[1].split(",")[3] == path
+    (tmp_path / "notes.png").write_text("not an image")
     code, stdout, _ = _cli(["index", "--add", str(out), str(tiny_scenes), "--quiet"], capsys)
     assert code == 0 and "added 0 images, skipped 64" in stdout
     for args, message in [
@@ -238,7 +248,24 @@ def test_cli_end_to_end(run, foreign_run, tiny_scenes, tmp_path, capsys):
         (["index", "--add", str(out), str(tiny_scenes), "--run", str(foreign_run)],
          "another model"),
         (["search", str(tmp_path), "--id", path], "not an rsdml index"),
+        (["search", str(out), "--image", str(tmp_path / "notes.png")], "cannot read image"),
+        (["index", str(tiny_scenes), "--run", str(run), "--out", str(tmp_path), "--force"],
+         "not an rsdml index"),
     ]:
         code, _, err = _cli(args, capsys)
         assert code == 2 and err.startswith("rsdml: error: ") and message in err, args
         assert err.count("\n") == 1
+
+
+def test_the_model_is_loaded_once_per_process(built, tiny_scenes, monkeypatch):
+    import rsdml.training.embed as embed
+    from rsdml.retrieval.query import model_for
+
+    model_for.cache_clear()
+    calls = []
+    real = embed.load_run_model
+    monkeypatch.setattr(embed, "load_run_model", lambda *a, **k: calls.append(1) or real(*a, **k))
+    paths = [e["path"] for e in ArchiveIndex.open(built).entries[:3]]
+    for p in paths:
+        assert search_image(built, tiny_scenes / p, k=1)[0].path == p
+    assert len(calls) == 1

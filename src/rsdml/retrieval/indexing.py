@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 
 from rsdml.errors import DatasetNotFoundError, RsdmlError
-from rsdml.retrieval.archive import ArchiveIndex, choose_kind
+from rsdml.retrieval.archive import ArchiveIndex, choose_kind, is_index
 from rsdml.retrieval.identity import ModelIdentity
+from rsdml.retrieval.index import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,8 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
                          "height": None, "bytes": None, "mtime_ns": None} for p in paths]
         seen = len(entries)
         if index is not None:
-            fresh = [i for i, e in enumerate(entries) if not _held(index, e)]
+            unit = l2_normalize(emb)
+            fresh = [i for i, e in enumerate(entries) if not _held(index, e, unit[i])]
             entries, emb = [entries[i] for i in fresh], emb[fresh]
         return ident, root_str, entries, emb.astype(np.float32), seen
     if not data.is_dir():
@@ -167,10 +169,15 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
     return ident, str(root), [entries[p] for p in paths], emb, seen
 
 
-def _held(index: ArchiveIndex, entry: dict[str, Any]) -> bool:
-    """Whether ``index`` holds this image unchanged (same relative path, size and mtime)."""
+def _held(index: ArchiveIndex, entry: dict[str, Any], vector: np.ndarray | None = None) -> bool:
+    """Whether ``index`` holds this image unchanged: same relative path, and the same file
+    size and mtime, or (an .npz whose image files cannot be found) the same vector."""
     i = index.by_path.get(entry["path"])
-    return i is not None and entry.get("bytes") is not None and _same_file(index.entries[i], entry)
+    if i is None:
+        return False
+    if entry.get("bytes") is not None:
+        return _same_file(index.entries[i], entry)
+    return vector is not None and bool(np.allclose(index.vectors[i], vector, atol=1e-6))
 
 
 def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None = None,
@@ -182,6 +189,9 @@ def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None
     if out.exists() and not force:
         raise RsdmlError(f"--out {out} already exists; add --force to replace it, or extend it "
                          "with `rsdml index --add`")
+    if out.exists() and not is_index(out):  # checked before embedding, and again when saving
+        raise RsdmlError(f"--out {out} exists and is not an rsdml index; choose a new folder "
+                         "name")
     ident, root, entries, vectors, _ = _gather(Path(data), None, run_dir, checkpoint=checkpoint,
                                             device=device, batch_size=batch_size, quiet=quiet)
     if not entries:
