@@ -192,7 +192,7 @@ def list_registries() -> None:
 def _register() -> None:
     from rsdml.cli.cache import cache
     from rsdml.cli.experiment import experiment
-    from rsdml.cli.search import index, search
+    from rsdml.cli.search import index, search, serve
     from rsdml.cli.tune import tune
 
     cli.add_command(experiment)
@@ -200,6 +200,7 @@ def _register() -> None:
     cli.add_command(cache)
     cli.add_command(index)
     cli.add_command(search)
+    cli.add_command(serve)
 
 
 _register()

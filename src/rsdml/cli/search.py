@@ -84,3 +84,40 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
     else:
         hits = search_id(index_dir, image_id or "", k, index=idx)
     click.echo(format_hits(hits, fmt, query=image or image_id or ""))
+
+
+@click.command()
+@click.argument("index_dir", metavar="INDEX", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default answers this machine only (the service "
+                   "has no authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port; 0 picks a free one (printed at start).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Where the index's run folder is now, if it moved.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Requests computed at once.")
+@click.option("--queue", type=int, default=16, show_default=True,
+              help="Requests that may wait for a worker; more are answered 503.")
+@click.option("--max-upload-mb", type=float, default=20.0, show_default=True,
+              help="Largest accepted upload (413 above).")
+@click.option("--max-pixels", type=int, default=50_000_000, show_default=True,
+              help="Largest image (width x height) decoded; a decompression-bomb guard.")
+def serve(index_dir: str, host: str, port: int, run_dir: str | None, device: str | None,
+          workers: int, queue: int, max_upload_mb: float, max_pixels: int) -> None:
+    """Serve INDEX over HTTP: a search page at / and a JSON API under /api.
+
+    Search by uploading an image or by clicking a result, mark results relevant or not and
+    re-rank (Rocchio), filter by class, export the marked images as CSV. Build INDEX with
+    `rsdml index`. See docs/retrieval.md for the endpoints and limits.
+    """
+    from rsdml.retrieval.server import Limits
+    from rsdml.retrieval.server import serve as run_server
+
+    if max_upload_mb <= 0:
+        raise RsdmlError(f"--max-upload-mb {max_upload_mb} must be above 0")
+    limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
+                    workers=workers, queue=queue)
+    run_server(index_dir, host=host, port=port, limits=limits, run_dir=run_dir, device=device,
+               log=lambda line: click.echo(line, err=True))

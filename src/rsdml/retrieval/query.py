@@ -44,14 +44,20 @@ def embed_image(loaded: Any, path: str | Path) -> np.ndarray:
     """One image file's embedding, decoded, resized and normalised exactly as evaluation does
     (imageio.read_resized, augment.normalize, the same layout and precision)."""
     from rsdml.data.imageio import read_resized
-    from rsdml.training.inputs import ImageInputs, embed_batches, uses_channels_last
-    from rsdml.training.trainer import autocast_dtype
 
     path = Path(path)
     if not path.is_file():
         raise RsdmlError(f"--image {path} does not exist; check the path")
+    return embed_pixels(loaded, read_resized(path, int(loaded.cfg.image_size)))
+
+
+def embed_pixels(loaded: Any, img: np.ndarray) -> np.ndarray:
+    """The embedding of one image already decoded and resized by ``read_resized`` (S x S x 3
+    uint8); ``rsdml serve`` decodes uploads itself, with its own pixel limit."""
+    from rsdml.training.inputs import ImageInputs, embed_batches, uses_channels_last
+    from rsdml.training.trainer import autocast_dtype
+
     cfg, dev = loaded.cfg, loaded.device
-    img = read_resized(path, int(cfg.image_size))
     images = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     inputs = ImageInputs(_Stack(images), dev, channels_last=uses_channels_last(dev))  # type: ignore[arg-type]
     return embed_batches(loaded.model, inputs, torch.arange(1), 1, autocast_dtype(cfg.amp, dev),

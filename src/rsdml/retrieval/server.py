@@ -1,0 +1,451 @@
+"""``rsdml serve``: an index behind HTTP (FastAPI on uvicorn) and a one-page search UI.
+
+Endpoints (docs/retrieval.md has the details)::
+
+    GET  /                      the search page (static files shipped in this package)
+    POST /api/search?k=10       multipart upload ``file``: the k nearest indexed images
+    GET  /api/search?id=I&k=10  the k nearest to indexed image I (itself left out)
+    POST /api/rerank            Rocchio relevance feedback (rsdml.retrieval.feedback)
+    GET  /api/images/{id}       a JPEG thumbnail of indexed image ``id``
+    GET  /api/info, /healthz    what is served / liveness
+    GET  /openapi.json, /docs   the OpenAPI schema and FastAPI's Swagger page
+
+Safety: requests name images by index id only, never by a path; an upload is refused above
+``max_upload_bytes`` (413, counted while the body streams in), above ``max_pixels`` (413,
+before decoding) and when it is not an image (415); at most ``workers`` requests compute at a
+time and ``queue`` more wait, any further one is answered 503 at once.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from rsdml.errors import RsdmlError
+from rsdml.retrieval.archive import ArchiveIndex, Hit
+from rsdml.retrieval.feedback import ALPHA, BETA, GAMMA, rocchio
+
+STATIC = Path(__file__).with_name("static")
+#: The page may load nothing from elsewhere (it must work offline, and a CDN sees every user).
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
+            "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
+_MULTIPART_SLACK = 64 * 1024  # boundary lines and part headers around the uploaded file
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost; ``rsdml serve`` options set them."""
+
+    max_upload_bytes: int = 20 * 1024 * 1024
+    #: width x height; a 20 MB PNG can decode to gigabytes (a decompression bomb)
+    max_pixels: int = 50_000_000
+    workers: int = 2
+    queue: int = 16
+    max_k: int = 100
+    thumbnail_px: int = 192
+    max_feedback: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("max_upload_bytes", "max_pixels", "workers", "max_k", "thumbnail_px"):
+            if getattr(self, name) < 1:
+                raise RsdmlError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.queue < 0:
+            raise RsdmlError("--queue must be 0 or more")
+        if self.workers + self.queue > 32:
+            raise RsdmlError("--workers + --queue must be at most 32 (each waits in a thread)")
+
+
+class Busy(Exception):
+    """Every worker busy and the queue full."""
+
+
+class Admission:
+    """A bounded queue in front of the workers: ``workers`` compute, ``queue`` more wait, the
+    rest are turned away at once (503) instead of piling up threads and memory."""
+
+    def __init__(self, workers: int, queue: int) -> None:
+        self.capacity = workers + queue
+        self.active = 0
+        self._lock = threading.Lock()
+        self._workers = threading.Semaphore(workers)
+
+    def try_enter(self) -> bool:
+        with self._lock:
+            if self.active >= self.capacity:
+                return False
+            self.active += 1
+            return True
+
+    def leave(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Wait for a worker (in a pool thread), then compute."""
+        with self._workers:
+            return fn(*args)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body above ``limit`` bytes is answered 413 -- by its
+    Content-Length before anything is read, or while it streams in (chunked uploads)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        seen = 0
+        over = False
+        started = False
+
+        async def counted() -> Message:
+            nonlocal seen, over
+            if over:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    return {"type": "http.disconnect"}  # the app stops reading
+            return message
+
+        async def guarded(message: Message) -> None:
+            nonlocal started
+            if over and message["type"].startswith("http.response"):
+                if not started:
+                    started = True
+                    await _too_large(self.limit)(scope, receive, send)
+                return  # whatever the app answered to the cut-off body is replaced
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, guarded)
+        if over and not started:
+            await _too_large(self.limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"request body larger than {limit:,} bytes; send a smaller "
+                                   "image"}, status_code=413)
+
+
+class Embedder:
+    """The index's model, loaded once per process (query.model_for caches it), with a lock:
+    one forward pass at a time keeps memory flat and torch's threads for that pass."""
+
+    def __init__(self, index: ArchiveIndex, run_dir: str | None, device: str | None) -> None:
+        self.index, self.run_dir, self.device = index, run_dir, device
+        self._lock = threading.Lock()
+
+    def load(self) -> Any:
+        from rsdml.retrieval.query import model_for
+
+        return model_for(self.index.identity, self.run_dir, self.device)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.index.identity.image_size)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        from rsdml.retrieval.query import embed_pixels
+
+        loaded = self.load()
+        with self._lock:
+            return embed_pixels(loaded, pixels)
+
+
+class Thumbnails:
+    """JPEG thumbnails of indexed images, kept in a bounded LRU (a page shows the same ones
+    again after every re-rank)."""
+
+    def __init__(self, index: ArchiveIndex, px: int, max_pixels: int, keep: int = 4096) -> None:
+        self.index, self.px, self.max_pixels, self.keep = index, px, max_pixels, keep
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def file_of(self, i: int) -> Path:
+        """The image file of entry ``i``, from the index's own records; only a file inside its
+        indexed folder is ever opened."""
+        e = self.index.entries[i]
+        roots = self.index.roots
+        r = e.get("root", 0)
+        if not isinstance(r, int) or not 0 <= r < len(roots):
+            raise HTTPException(404, f"image {i} has no image folder on this machine")
+        root = Path(roots[r]).resolve()
+        path = (root / e["path"]).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise HTTPException(404, f"the file of image {i} is not on this machine")
+        return path
+
+    def get(self, i: int) -> bytes:
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+        data = self._render(self.file_of(i))
+        with self._lock:
+            self._cache[i] = data
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return data
+
+    def _render(self, path: Path) -> bytes:
+        from PIL import Image
+
+        from rsdml.data.imageio import ImageReadError, read_rgb
+
+        try:
+            rgb = read_rgb(path, max_pixels=self.max_pixels)
+        except ImageReadError as e:
+            raise HTTPException(404, f"this image cannot be shown ({e.detail})") from None
+        im = Image.fromarray(rgb)
+        im.thumbnail((self.px, self.px), Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
+
+
+class RerankRequest(BaseModel):
+    """Rocchio feedback: the original query (an index id or the vector /api/search returned
+    for an upload) and the ids marked relevant / not relevant."""
+
+    id: int | None = Field(None, ge=0, description="query by indexed image (left out of results)")
+    vector: list[float] | None = Field(None, max_length=4096,
+                                       description="query vector from POST /api/search")
+    relevant: list[int] = Field(default_factory=list, max_length=1000)
+    non_relevant: list[int] = Field(default_factory=list, max_length=1000)
+    k: int = Field(10, ge=1)
+    alpha: float = Field(ALPHA, ge=0, le=100, description="weight of the original query")
+    beta: float = Field(BETA, ge=0, le=100, description="weight of the relevant mean")
+    gamma: float = Field(GAMMA, ge=0, le=100, description="weight of the non-relevant mean")
+
+
+def _hits_json(hits: list[Hit]) -> list[dict[str, Any]]:
+    return [{"rank": r, "id": h.id, "score": round(h.score, 6), "path": h.path, "class": h.cls}
+            for r, h in enumerate(hits, 1)]
+
+
+def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: str | None = None,
+               device: str | None = None,
+               embedder: Callable[[np.ndarray], np.ndarray] | None = None) -> FastAPI:
+    """The service over one open index. ``embedder`` (pixels -> vector) defaults to the index's
+    model; tests pass their own to hold a worker busy."""
+    limits = limits or Limits()
+    embed = embedder if embedder is not None else Embedder(index, run_dir, device)
+    image_size = int(index.identity.image_size)
+    admission = Admission(limits.workers, limits.queue)
+    thumbs = Thumbnails(index, limits.thumbnail_px, limits.max_pixels)
+    classes = sorted({e.get("class") for e in index.entries if e.get("class") is not None})
+
+    app = FastAPI(title="rsdml serve", version="1",
+                  description="Search an rsdml index by image upload or by indexed image.")
+    app.state.index, app.state.limits, app.state.admission = index, limits, admission
+    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + _MULTIPART_SLACK)
+
+    @app.exception_handler(RsdmlError)
+    async def _user_error(request: Request, e: RsdmlError) -> JSONResponse:
+        return JSONResponse({"detail": str(e)}, status_code=400)
+
+    async def compute(fn: Callable[..., Any], *args: Any) -> Any:
+        if not admission.try_enter():
+            raise HTTPException(503, f"busy: {limits.workers} searches running and "
+                                     f"{limits.queue} waiting; retry shortly",
+                                headers={"Retry-After": "1"})
+        try:
+            return await run_in_threadpool(admission.run, fn, *args)
+        finally:
+            admission.leave()
+
+    def check_k(k: int) -> int:
+        if k > limits.max_k:
+            raise HTTPException(422, f"k={k} is above this server's limit of {limits.max_k}")
+        return k
+
+    def check_id(i: int) -> int:
+        if not 0 <= i < len(index):
+            raise HTTPException(404, f"no image with id {i} (ids run from 0 to {len(index) - 1})")
+        return i
+
+    def decode(data: bytes) -> np.ndarray:
+        from rsdml.data.imageio import ImageReadError, read_resized
+
+        with tempfile.TemporaryDirectory(prefix="rsdml-upload-") as tmp:
+            path = Path(tmp) / "upload"
+            path.write_bytes(data)
+            try:
+                return read_resized(path, image_size, max_pixels=limits.max_pixels)
+            except ImageReadError as e:
+                detail = e.detail.replace(str(path), "upload")
+                if e.kind == "too_large":
+                    raise HTTPException(413, f"image too large: {detail}") from None
+                raise HTTPException(415, f"not an image rsdml can read ({detail}); send a "
+                                         "PNG, JPEG or TIFF") from None
+
+    def by_upload(data: bytes, k: int) -> dict[str, Any]:
+        vec = np.asarray(embed(decode(data)), dtype=np.float32)
+        hits = index.search(vec, k)
+        q = vec / max(float(np.linalg.norm(vec)), 1e-12)
+        return {"query": {"id": None}, "vector": [round(float(x), 7) for x in q],
+                "results": _hits_json(hits)}
+
+    def by_id(i: int, k: int) -> dict[str, Any]:
+        hits = index.search(index.vectors[i], k, exclude=i)
+        e = index.entries[i]
+        return {"query": {"id": i, "path": e["path"], "class": e.get("class")},
+                "results": _hits_json(hits)}
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness: the index is loaded."""
+        return {"status": "ok", "images": len(index)}
+
+    @app.get("/api/info", tags=["service"])
+    def info() -> dict[str, Any]:
+        """What is served: size, kind, classes, model and limits (the page reads this)."""
+        ident = index.identity
+        return {"images": len(index), "kind": index.kind, "classes": classes,
+                "model": {"backbone": ident.backbone, "image_size": ident.image_size,
+                          "embedding_dim": ident.embedding_dim},
+                "limits": asdict(limits),
+                "rocchio": {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA}}
+
+    @app.post("/api/search", tags=["search"])
+    async def search_upload(file: Annotated[UploadFile, File(description="PNG, JPEG or TIFF")],
+                            k: int = Query(10, ge=1)) -> dict[str, Any]:
+        """The k indexed images nearest to an uploaded image, and its unit query vector."""
+        check_k(k)
+        data = await file.read(limits.max_upload_bytes + 1)
+        if len(data) > limits.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {limits.max_upload_bytes:,} bytes")
+        if not data:
+            raise HTTPException(400, "the uploaded file is empty")
+        return await compute(by_upload, data, k)
+
+    @app.get("/api/search", tags=["search"])
+    async def search_id(id: int = Query(..., ge=0, description="index id of the query image"),
+                        k: int = Query(10, ge=1)) -> dict[str, Any]:
+        """The k indexed images nearest to indexed image ``id``, itself left out."""
+        return await compute(by_id, check_id(id), check_k(k))
+
+    @app.post("/api/rerank", tags=["search"])
+    async def rerank(req: RerankRequest) -> dict[str, Any]:
+        """Rocchio: q' = alpha q + beta mean(relevant) - gamma mean(non_relevant), normalised,
+        searched again (the query image itself left out)."""
+        check_k(req.k)
+        if (req.id is None) == (req.vector is None):
+            raise HTTPException(422, "give exactly one query: id or vector")
+        for i in (*req.relevant, *req.non_relevant):
+            check_id(i)
+        if req.id is not None:
+            q = index.vectors[check_id(req.id)]
+        else:
+            q = np.asarray(req.vector, dtype=np.float32)
+            if q.shape[0] != index.vectors.shape[1] or not np.all(np.isfinite(q)):
+                raise HTTPException(422, f"vector must hold {index.vectors.shape[1]} finite "
+                                         "numbers (as POST /api/search returned it)")
+
+        def run() -> dict[str, Any]:
+            new = rocchio(q, index.vectors[req.relevant], index.vectors[req.non_relevant],
+                          alpha=req.alpha, beta=req.beta, gamma=req.gamma)
+            hits = index.search(new, req.k, exclude=req.id)
+            return {"query": {"id": req.id}, "vector": [round(float(x), 7) for x in new],
+                    "results": _hits_json(hits)}
+
+        return await compute(run)
+
+    @app.get("/api/images/{image_id}", tags=["images"],
+             responses={200: {"content": {"image/jpeg": {}}}}, response_class=Response)
+    async def image(image_id: int = PathParam(..., ge=0)) -> Response:
+        """A JPEG thumbnail of indexed image ``image_id`` (by id only; no paths accepted)."""
+        data = await compute(thumbs.get, check_id(image_id))
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+@contextmanager
+def _quiet_signals() -> Iterator[None]:
+    """uvicorn re-raises the signal that stopped it after restoring the handlers it found;
+    a no-op there makes Ctrl+C / SIGTERM a clean exit instead of rsdml's training message."""
+    import signal
+
+    saved = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            saved[sig] = signal.signal(sig, lambda *_: None)
+    except ValueError:  # not the main thread
+        pass
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
+          limits: Limits | None = None, run_dir: str | None = None, device: str | None = None,
+          log: Callable[[str], None] = print) -> None:
+    """Open the index, load its model, bind the port (errors are one line before anything
+    runs), then serve until interrupted."""
+    import socket
+
+    import uvicorn
+
+    limits = limits or Limits()
+    index = ArchiveIndex.open(index_dir)
+    app = create_app(index, limits=limits, run_dir=run_dir, device=device)
+    Embedder(index, run_dir, device).load()  # a missing run fails now, not on the first upload
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError as e:
+        raise RsdmlError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another "
+                         "--port or --host") from None
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    if not sock.getsockname()[0].startswith(("127.", "::1")):
+        log(f"rsdml: warning: listening on {bound_host}, reachable from other machines; the "
+            "service has no authentication")
+    log(f"rsdml: serving {index_dir} ({len(index)} images, {index.kind}) on "
+        f"http://{shown}:{bound_port}/ (Ctrl+C stops)")
+    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
+                            limit_concurrency=limits.workers + limits.queue + 64)
+    with _quiet_signals():
+        uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,288 @@
+"""rsdml serve: every endpoint, bad uploads, path traversal, the bounded queue, Rocchio."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from rsdml.cli.main import main
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
+from rsdml.retrieval.archive import ArchiveIndex
+from rsdml.retrieval.feedback import rocchio
+from rsdml.retrieval.indexing import build_index
+from rsdml.retrieval.server import STATIC, Limits, create_app
+from rsdml.training.runner import train
+
+
+@pytest.fixture(scope="module")
+def built(tiny_scenes, tmp_path_factory) -> Path:
+    """A tiny trained run (1 epoch) and its index, for the whole module."""
+    base = tmp_path_factory.mktemp("serve")
+    train(TrainConfig(data=str(tiny_scenes), out=str(base / "run"), backbone="resnet18",
+                      pretrained="none", image_size=32, epochs=1, batch_size=8,
+                      unlabeled_batch_size=8, lr=0.003, head_warmup_epochs=0.5, device="cpu",
+                      quiet=True, seed=0, eval_batch_size=64, report=False))
+    build_index(tiny_scenes, base / "idx", run_dir=base / "run", quiet=True)
+    return base / "idx"
+
+
+@pytest.fixture(scope="module")
+def index(built) -> ArchiveIndex:
+    return ArchiveIndex.open(built)
+
+
+@pytest.fixture(scope="module")
+def client(index):
+    with TestClient(create_app(index, limits=Limits(max_upload_bytes=200_000,
+                                                    max_pixels=1_000_000))) as c:
+        yield c
+
+
+def _png(path: Path) -> bytes:
+    return path.read_bytes()
+
+
+def _upload(client: TestClient, data: bytes, k: int = 5, name: str = "q.png",
+            ctype: str = "image/png"):
+    return client.post(f"/api/search?k={k}", files={"file": (name, data, ctype)})
+
+
+# --- endpoints -----------------------------------------------------------------------------
+def test_healthz_info_page_and_openapi(client, index):
+    assert client.get("/healthz").json() == {"status": "ok", "images": len(index)}
+    info = client.get("/api/info").json()
+    assert info["images"] == 64 and info["kind"] == "flat" and len(info["classes"]) == 4
+    assert info["limits"]["max_upload_bytes"] == 200_000
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'src="/static/app.js"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/app.css").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/api/search", "/api/rerank", "/api/images/{image_id}", "/healthz"} <= set(paths)
+    assert set(paths["/api/search"]) == {"get", "post"}
+    assert client.get("/docs").status_code == 200
+
+
+def test_page_loads_nothing_from_elsewhere():
+    for f in STATIC.iterdir():
+        text = f.read_text()
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name
+
+
+def test_search_by_id(client, index):
+    r = client.get("/api/search", params={"id": 5, "k": 7})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["query"]["path"] == index.entries[5]["path"]
+    ids = [h["id"] for h in body["results"]]
+    assert len(ids) == 7 and 5 not in ids
+    scores = [h["score"] for h in body["results"]]
+    assert scores == sorted(scores, reverse=True) and [h["rank"] for h in body["results"]] == list(range(1, 8))
+    want = [h.id for h in index.search(index.vectors[5], 7, exclude=5)]
+    assert ids == want
+    assert body["results"][0]["class"] == index.entries[ids[0]]["class"]
+
+
+@pytest.mark.parametrize("query, status", [("id=64", 404), ("id=-1", 422), ("", 422),
+                                           ("id=abc", 422), ("id=../../etc/passwd", 422),
+                                           ("id=0&k=0", 422), ("id=0&k=101", 422)])
+def test_search_by_id_refusals(client, query, status):
+    r = client.get(f"/api/search?{query}")
+    assert r.status_code == status and "detail" in r.json()
+
+
+def test_search_by_upload_finds_the_image_itself(client, index, tiny_scenes):
+    path = index.entries[9]["path"]
+    r = _upload(client, _png(tiny_scenes / path), k=3)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["path"] == path and body["results"][0]["score"] > 0.999
+    v = np.array(body["vector"])
+    assert v.shape == (index.vectors.shape[1],) and abs(np.linalg.norm(v) - 1) < 1e-4
+    assert len(body["results"]) == 3
+
+
+def test_bad_uploads(client, index, tiny_scenes):
+    good = _png(tiny_scenes / index.entries[0]["path"])
+    cases = {
+        "empty": (b"", 400),
+        "text": (b"hello, not an image\n" * 10, 415),
+        "truncated png": (good[: len(good) // 2], 415),
+        "too many bytes": (b"\x89PNG" + bytes(200_001), 413),
+    }
+    for name, (data, status) in cases.items():
+        r = _upload(client, data)
+        assert r.status_code == status, (name, r.text)
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and "rsdml-upload" not in detail, name  # no server paths
+    assert client.post("/api/search").status_code == 422  # no file field
+    assert _upload(client, good, k=500).status_code == 422
+
+
+def test_decompression_bomb_refused_before_decoding(client):
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(buf, "PNG")  # 4 MP, a few kB compressed
+    assert len(buf.getvalue()) < 200_000
+    r = _upload(client, buf.getvalue())
+    assert r.status_code == 413 and "1,000,000" in r.json()["detail"]
+
+
+def test_body_limit_on_content_length_and_on_a_chunked_stream(client):
+    big = b"x" * 400_000
+    r = client.post("/api/search", content=big, headers={"content-type": "application/octet-stream"})
+    assert r.status_code == 413 and "bytes" in r.json()["detail"]
+
+    def chunks():
+        for _ in range(40):
+            yield b"y" * 10_000
+
+    r = client.post("/api/search", content=chunks(),
+                    headers={"content-type": "multipart/form-data; boundary=zz"})
+    assert r.status_code == 413
+
+
+def test_thumbnails_by_id_only(client, index):
+    r = client.get("/api/images/3")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    im = Image.open(io.BytesIO(r.content))
+    assert im.format == "JPEG" and max(im.size) <= 192 and im.size == (32, 32)
+    for url, ok in [("/api/images/64", {404}), ("/api/images/-1", {422}),
+                    ("/api/images/..%2F..%2Fetc%2Fpasswd", {404, 422}),
+                    ("/api/images/%2Fetc%2Fpasswd", {404, 422}),
+                    ("/api/images/../../etc/passwd", {404}),
+                    ("/static/..%2Fserver.py", {404}), ("/static/../server.py", {404}),
+                    ("/static/%2E%2E/server.py", {404})]:
+        r = client.get(url)
+        assert r.status_code in ok, (url, r.status_code)
+        assert b"import" not in r.content and b"root:" not in r.content
+
+
+def test_thumbnail_never_leaves_the_indexed_folder(index, tmp_path):
+    """An index whose metadata points outside its image folder (edited or crafted) still
+    serves nothing from outside it."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "ok.png")
+    entries = [{"path": "ok.png", "class": None, "root": 0},
+               {"path": "../secret.png", "class": None, "root": 0},
+               {"path": "x.png", "class": None, "root": 5}]
+    crafted = ArchiveIndex(index.identity, "flat", [str(tmp_path / "images")], entries,
+                           index.vectors[:3].copy())
+    with TestClient(create_app(crafted)) as c:
+        assert c.get("/api/images/0").status_code == 200
+        assert c.get("/api/images/1").status_code == 404
+        assert c.get("/api/images/2").status_code == 404
+
+
+# --- relevance feedback --------------------------------------------------------------------
+def test_rocchio_matches_a_hand_computation():
+    q = np.array([1.0, 0.0, 0.0])
+    rel = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    non = np.array([[1.0, 0.0, 0.0]])
+    # 1*[1,0,0] + 0.75*[0,.5,.5] - 0.15*[1,0,0] = [0.85, 0.375, 0.375]; |.| = sqrt(1.00375)
+    got = rocchio(q, rel, non, alpha=1.0, beta=0.75, gamma=0.15)
+    np.testing.assert_allclose(got, [0.848411, 0.374299, 0.374299], atol=1e-6)
+    # no feedback: the query itself; only negatives with alpha 0 cancel out
+    np.testing.assert_allclose(rocchio(q, np.zeros((0, 3)), np.zeros((0, 3))), q)
+    with pytest.raises(RsdmlError, match="zero vector"):
+        rocchio(q, np.zeros((0, 3)), non, alpha=1.0, gamma=1.0)
+
+
+def test_rerank_moves_a_relevant_image_up(client, index):
+    before = client.get("/api/search", params={"id": 0, "k": 64}).json()["results"]
+    last = before[-1]["id"]  # the least similar image
+    r = client.post("/api/rerank", json={"id": 0, "relevant": [last], "k": 10, "beta": 20})
+    assert r.status_code == 200, r.text
+    after = r.json()["results"]
+    assert after[0]["id"] == last and 0 not in [h["id"] for h in after]
+    want = rocchio(index.vectors[0], index.vectors[[last]], index.vectors[[]], beta=20)
+    assert [h["id"] for h in after] == [h.id for h in index.search(want, 10, exclude=0)]
+    # by the vector an upload returned: the same update
+    r2 = client.post("/api/rerank", json={"vector": index.vectors[0].tolist(),
+                                          "relevant": [last], "k": 10, "beta": 20})
+    assert r2.json()["results"][0]["id"] in (0, last)
+
+
+@pytest.mark.parametrize("body, status", [
+    ({"relevant": [1]}, 422),                                  # no query
+    ({"id": 0, "vector": [0.0] * 4, "relevant": [1]}, 422),    # two queries
+    ({"vector": [1.0, 2.0]}, 422),                             # wrong dimension
+    ({"id": 0, "relevant": [64]}, 404),                        # unknown id
+    ({"id": 99}, 404),
+    ({"id": 0, "k": 1000}, 422),
+    ({"id": 0, "non_relevant": [0], "alpha": 1, "gamma": 1}, 400),  # cancels out
+])
+def test_rerank_refusals(client, body, status):
+    r = client.post("/api/rerank", json=body)
+    assert r.status_code == status, r.text
+    assert "detail" in r.json()
+
+
+# --- overload --------------------------------------------------------------------------------
+def test_full_queue_answers_503_and_recovers(index):
+    release = threading.Event()
+
+    def slow_embed(pixels: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return index.vectors[0]
+
+    app = create_app(index, limits=Limits(workers=1, queue=0), embedder=slow_embed)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "PNG")
+    results: list[int] = []
+    with TestClient(app) as c:
+        t = threading.Thread(target=lambda: results.append(_upload(c, buf.getvalue()).status_code))
+        t.start()
+        deadline = time.monotonic() + 10
+        while app.state.admission.active < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert app.state.admission.active == 1
+        busy = c.get("/api/search", params={"id": 1})
+        assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+        assert "busy" in busy.json()["detail"]
+        assert c.get("/healthz").status_code == 200  # liveness is not queued
+        release.set()
+        t.join(10)
+        assert results == [200]
+        assert c.get("/api/search", params={"id": 1}).status_code == 200
+        assert app.state.admission.active == 0
+
+
+def test_limits_are_checked():
+    with pytest.raises(RsdmlError, match="--workers"):
+        Limits(workers=0)
+    with pytest.raises(RsdmlError, match="at most 32"):
+        Limits(workers=2, queue=40)
+
+
+# --- the command ---------------------------------------------------------------------------
+def test_serve_errors_are_one_line(built, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rsdml: error:") and "not an rsdml index" in err and "\n" not in err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as e:
+            main(["serve", str(built), "--port", str(port)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("rsdml: error: cannot listen on 127.0.0.1:") and "--port" in err
+    with pytest.raises(SystemExit) as e:
+        main(["serve", str(built), "--workers", "0"])
+    assert e.value.code == 2
+
