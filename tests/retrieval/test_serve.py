@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import threading
 import time
@@ -286,3 +287,107 @@ def test_serve_errors_are_one_line(built, tmp_path, capsys):
         main(["serve", str(built), "--workers", "0"])
     assert e.value.code == 2
 
+
+
+# --- a real browser ------------------------------------------------------------------------
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture
+def served(built):
+    """`rsdml serve` in a subprocess on 127.0.0.1 and a free port; yields its URL."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "from rsdml.cli.main import main; main()",
+                             "serve", str(built), "--host", "127.0.0.1", "--port", "0"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        url, seen = None, []
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if m := re.search(r"on (http://127\.0\.0\.1:\d+/)", line):
+                url = m.group(1)
+        assert url is not None, f"rsdml serve did not start: {''.join(seen)}"
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, "rsdml serve did not stop cleanly on SIGTERM"
+
+
+def test_browser_upload_mark_rerank_export(served, index, tiny_scenes, tmp_path):
+    if not CHROMIUM.is_file():
+        pytest.skip(f"no chromium at {CHROMIUM} (CI installs Debian's; `apt-get install chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip package playwright missing")
+    from urllib.parse import urlparse
+
+    outside: list[str] = []
+
+    def loopback_only(route) -> None:
+        host = urlparse(route.request.url).hostname
+        if route.request.url.startswith(("blob:", "data:")) or host == "127.0.0.1":
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                     args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(accept_downloads=True)
+            page.route("**/*", loopback_only)
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(served)
+            page.wait_for_function("() => document.querySelector('#info').textContent.includes('64 images')",
+                                   timeout=15_000)
+            # upload an image: the grid shows 20 results, the image itself first
+            query = index.entries[9]["path"]
+            page.set_input_files("#file", str(tiny_scenes / query))
+            page.wait_for_function("() => document.querySelectorAll('.result').length === 20",
+                                   timeout=15_000)
+            order = page.eval_on_selector_all(".result", "els => els.map(e => +e.dataset.id)")
+            assert order[0] == 9
+            assert page.text_content(".result .path") == query
+            page.wait_for_function("() => [...document.querySelectorAll('.result img')]"
+                                   ".slice(0, 4).every(i => i.complete && i.naturalWidth > 0)",
+                                   timeout=15_000)
+            # mark the last result relevant and re-rank: it moves up
+            marked = order[-1]
+            page.click(f".result[data-id='{marked}'] .mark-relevant")
+            assert "relevant" in page.get_attribute(f".result[data-id='{marked}']", "class")
+            page.click("#rerank")
+            page.wait_for_function("() => document.querySelector('#status').textContent"
+                                   ".startsWith('re-ranked')", timeout=15_000)
+            after = page.eval_on_selector_all(".result", "els => els.map(e => +e.dataset.id)")
+            assert after != order and after.index(marked) < order.index(marked)
+            # the marked set as CSV
+            with page.expect_download() as dl:
+                page.click("#export")
+            csv_text = Path(dl.value.path()).read_text()
+            assert csv_text.splitlines()[0] == "id,path,class,score,mark"
+            assert csv_text.splitlines()[1].startswith(f"{marked},{index.entries[marked]['path']},")
+            assert csv_text.strip().endswith(",relevant")
+            # filter by class, then click a result to search by it
+            cls = index.entries[after[0]]["class"]
+            page.select_option("#class-filter", cls)
+            shown = page.eval_on_selector_all(".result .class", "els => els.map(e => e.textContent)")
+            assert shown and set(shown) == {cls}
+            clicked = page.eval_on_selector(".result", "e => +e.dataset.id")
+            page.click(".result img")
+            page.wait_for_function(f"() => document.querySelector('#query-caption').textContent"
+                                   f".startsWith({json.dumps(index.entries[clicked]['path'])})",
+                                   timeout=15_000)
+            ids = page.eval_on_selector_all(".result", "els => els.map(e => +e.dataset.id)")
+            assert clicked not in ids and len(ids) > 0
+            assert errors == [] and outside == []
+        finally:
+            browser.close()
