@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--upload-px", type=int, default=256)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--queue", type=int, default=16)
+    ap.add_argument("--modes", nargs="+", choices=("by_id", "by_upload"),
+                    default=["by_id", "by_upload"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if not 1 <= args.clients <= 64 or not 0 < args.duration <= 120:
@@ -206,11 +208,12 @@ def main() -> None:
             "server": {"workers": args.workers, "queue": args.queue},
             "load_average_before": load0,
         }
-        log("in-process: by id")
-        load(args.clients, 1.0, local_id)  # warm-up
-        result["in_process"] = {"by_id": load(args.clients, args.duration, local_id)}
-        log("in-process: by upload")
-        result["in_process"]["by_upload"] = load(args.clients, args.duration, local_upload)
+        local = {"by_id": local_id, "by_upload": local_upload}
+        result["in_process"] = {}
+        for mode in args.modes:
+            log(f"in-process: {mode}")
+            load(args.clients, 1.0, local[mode])  # warm-up
+            result["in_process"][mode] = load(args.clients, args.duration, local[mode])
 
         # --- served: rsdml serve in a subprocess, keep-alive clients on loopback ----------
         proc, port = start_server(idx_dir, args.workers, args.queue)
@@ -240,12 +243,13 @@ def main() -> None:
             return request(c, "POST", f"/api/search?k={args.k}", body,
                            {"Content-Type": ctype, "Content-Length": str(len(body))})
 
+        served = {"by_id": served_id, "by_upload": served_upload}
+        result["served"] = {}
         try:
-            log(f"served on port {port}: by id")
-            load(args.clients, 1.0, served_id)
-            result["served"] = {"by_id": load(args.clients, args.duration, served_id)}
-            log("served: by upload")
-            result["served"]["by_upload"] = load(args.clients, args.duration, served_upload)
+            for mode in args.modes:
+                log(f"served on port {port}: {mode}")
+                load(args.clients, 1.0, served[mode])  # warm-up (and the first connections)
+                result["served"][mode] = load(args.clients, args.duration, served[mode])
         finally:
             for conn in conns.values():
                 conn.close()
@@ -253,7 +257,7 @@ def main() -> None:
             proc.wait(30)
         result["served_over_in_process_qps"] = {
             m: round(result["served"][m]["qps"] / max(result["in_process"][m]["qps"], 1e-9), 3)
-            for m in ("by_id", "by_upload")}
+            for m in args.modes}
         result["load_average_after"] = load_average()
         print(json.dumps(result, indent=1))
 

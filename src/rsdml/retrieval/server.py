@@ -340,7 +340,7 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
 
     @app.post("/api/search", tags=["search"])
     async def search_upload(file: Annotated[UploadFile, File(description="PNG, JPEG or TIFF")],
-                            k: int = Query(10, ge=1)) -> dict[str, Any]:
+                            k: int = Query(10, ge=1)) -> JSONResponse:
         """The k indexed images nearest to an uploaded image, and its unit query vector."""
         check_k(k)
         data = await file.read(limits.max_upload_bytes + 1)
@@ -348,16 +348,18 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
             raise HTTPException(413, f"upload larger than {limits.max_upload_bytes:,} bytes")
         if not data:
             raise HTTPException(400, "the uploaded file is empty")
-        return await compute(by_upload, data, k)
+        return JSONResponse(await compute(by_upload, data, k))
 
     @app.get("/api/search", tags=["search"])
     async def search_id(id: int = Query(..., ge=0, description="index id of the query image"),
-                        k: int = Query(10, ge=1)) -> dict[str, Any]:
+                        k: int = Query(10, ge=1)) -> JSONResponse:
         """The k indexed images nearest to indexed image ``id``, itself left out."""
-        return await compute(by_id, check_id(id), check_k(k))
+        # JSONResponse directly: FastAPI's encoder would walk every value again (0.14 ms here,
+        # half a search by id)
+        return JSONResponse(await compute(by_id, check_id(id), check_k(k)))
 
     @app.post("/api/rerank", tags=["search"])
-    async def rerank(req: RerankRequest) -> dict[str, Any]:
+    async def rerank(req: RerankRequest) -> JSONResponse:
         """Rocchio: q' = alpha q + beta mean(relevant) - gamma mean(non_relevant), normalised,
         searched again (the query image itself left out)."""
         check_k(req.k)
@@ -380,7 +382,7 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
             return {"query": {"id": req.id}, "vector": [round(float(x), 7) for x in new],
                     "results": _hits_json(hits)}
 
-        return await compute(run)
+        return JSONResponse(await compute(run))
 
     @app.get("/api/images/{image_id}", tags=["images"],
              responses={200: {"content": {"image/jpeg": {}}}}, response_class=Response)
