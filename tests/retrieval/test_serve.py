@@ -7,6 +7,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -312,6 +313,9 @@ def served(built):
             if m := re.search(r"on (http://127\.0\.0\.1:\d+/)", line):
                 url = m.group(1)
         assert url is not None, f"rsdml serve did not start: {''.join(seen)}"
+        # it listens as soon as it says so (no connection refused before uvicorn's loop runs)
+        with urllib.request.urlopen(url + "healthz", timeout=10) as r:
+            assert json.loads(r.read())["status"] == "ok"
         yield url
     finally:
         proc.terminate()

@@ -437,6 +437,7 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
+        sock.listen(2048)  # connections wait in the backlog from now on, before uvicorn runs
     except OSError as e:
         raise RsdmlError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another "
                          "--port or --host") from None
