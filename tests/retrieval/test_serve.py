@@ -64,6 +64,8 @@ def test_healthz_info_page_and_openapi(client, index):
     info = client.get("/api/info").json()
     assert info["images"] == 64 and info["kind"] == "flat" and len(info["classes"]) == 4
     assert info["limits"]["max_upload_bytes"] == 200_000
+    assert len(info["revision"]) == 12  # thumbnail cache key: a new process, new URLs
+    assert client.get(f"/api/images/0?v={info['revision']}").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "default-src 'self'" in page.headers["content-security-policy"]
@@ -360,6 +362,8 @@ def test_browser_upload_mark_rerank_export(served, index, tiny_scenes, tmp_path)
                                    timeout=15_000)
             order = page.eval_on_selector_all(".result", "els => els.map(e => +e.dataset.id)")
             assert order[0] == 9
+            revision = json.loads(urllib.request.urlopen(served + "api/info").read())["revision"]
+            assert page.get_attribute(".result img", "src") == f"/api/images/9?v={revision}"
             assert page.text_content(".result .path") == query
             page.wait_for_function("() => [...document.querySelectorAll('.result img')]"
                                    ".slice(0, 4).every(i => i.complete && i.naturalWidth > 0)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import tempfile
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -265,6 +266,9 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
     admission = Admission(limits.workers, limits.queue)
     thumbs = Thumbnails(index, limits.thumbnail_px, limits.max_pixels)
     classes = sorted({e.get("class") for e in index.entries if e.get("class") is not None})
+    # Thumbnails are cached by URL for an hour; a rebuilt index can give an id to another
+    # image, so the page adds this per-process revision to their URLs.
+    revision = uuid.uuid4().hex[:12]
 
     app = FastAPI(title="rsdml serve", version="1",
                   description="Search an rsdml index by image upload or by indexed image.")
@@ -336,7 +340,8 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
                 "model": {"backbone": ident.backbone, "image_size": ident.image_size,
                           "embedding_dim": ident.embedding_dim},
                 "limits": asdict(limits),
-                "rocchio": {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA}}
+                "rocchio": {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA},
+                "revision": revision}
 
     @app.post("/api/search", tags=["search"])
     async def search_upload(file: Annotated[UploadFile, File(description="PNG, JPEG or TIFF")],
@@ -386,7 +391,10 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
 
     @app.get("/api/images/{image_id}", tags=["images"],
              responses={200: {"content": {"image/jpeg": {}}}}, response_class=Response)
-    async def image(image_id: int = PathParam(..., ge=0)) -> Response:
+    async def image(image_id: int = PathParam(..., ge=0),
+                    v: str | None = Query(None, max_length=64,
+                                          description="cache key (/api/info's revision)")
+                    ) -> Response:
         """A JPEG thumbnail of indexed image ``image_id`` (by id only; no paths accepted)."""
         data = await compute(thumbs.get, check_id(image_id))
         return Response(data, media_type="image/jpeg",

@@ -8,7 +8,10 @@ const state = {
   results: [],        // [{rank, id, score, path, class}]
   marks: new Map(),   // id -> {mark: "relevant" | "not relevant", path, class, score}
   maxK: 100,
+  revision: "",   // /api/info's; part of thumbnail URLs so a new index never shows cached ones
 };
+
+const thumb = (id) => `/api/images/${id}?v=${state.revision}`;
 
 function status(text, isError = false) {
   const el = $("#status");
@@ -64,7 +67,7 @@ async function searchId(id) {
   status(`searching with image ${id}…`);
   try {
     const data = await api(`/api/search?id=${encodeURIComponent(id)}&k=${k()}`);
-    showQuery(`/api/images/${id}`, `${data.query.path} (${data.query.class || "no class"})`);
+    showQuery(thumb(id), `${data.query.path} (${data.query.class || "no class"})`);
     newQuery({ id });
     render(data.results, `${data.results.length} results for ${data.query.path}`);
   } catch (e) {
@@ -126,7 +129,7 @@ function drawGrid() {
     const m = state.marks.get(hit.id);
     if (m) card.classList.add(m.mark === "relevant" ? "relevant" : "not-relevant");
     const img = document.createElement("img");
-    img.src = `/api/images/${hit.id}`;
+    img.src = thumb(hit.id);
     img.alt = hit.path;
     img.loading = "lazy";
     img.title = "search with this image";
@@ -199,6 +202,7 @@ async function init() {
   try {
     const info = await api("/api/info");
     state.maxK = info.limits.max_k;
+    state.revision = info.revision;
     $("#k").max = info.limits.max_k;
     $("#alpha").textContent = info.rocchio.alpha;
     $("#beta").textContent = info.rocchio.beta;
