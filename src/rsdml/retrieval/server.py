@@ -72,10 +72,6 @@ class Limits:
             raise RsdmlError("--workers + --queue must be at most 32 (each waits in a thread)")
 
 
-class Busy(Exception):
-    """Every worker busy and the queue full."""
-
-
 class Admission:
     """A bounded queue in front of the workers: ``workers`` compute, ``queue`` more wait, the
     rest are turned away at once (503) instead of piling up threads and memory."""
@@ -101,10 +97,6 @@ class Admission:
         """Wait for a worker (in a pool thread), then compute."""
         with self._workers:
             return fn(*args)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class BodyLimit:
