@@ -131,12 +131,10 @@ def test_plotting_warnings_become_one_rsdml_warning(tmp_path, caplog):
     assert len(caplog.records) == 1 and "x.png" in caplog.text and "Glyph 28207" in caplog.text
 
 
-def test_curves_show_collapse_diagnostics_when_recorded(tmp_path):
-    from tests.evaluation.conftest import make_fake_run
-
+def test_curves_show_collapse_diagnostics_when_recorded(fake_run):
     from rsdml.evaluation.report import _fig_curves, _Inputs
 
-    run = make_fake_run(tmp_path / "run")
+    run = fake_run()
     without = _fig_curves(_Inputs(run))
     assert len(without.axes) == 2
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()[:-1]]
