@@ -14,8 +14,8 @@ from torch import Tensor
 
 #: Mean pairwise cosine above which the embeddings count as collapsed: all within ~11 degrees.
 COLLAPSE_COSINE = 0.98
-#: Effective rank below which they count as collapsed (a line or a point).
-COLLAPSE_ERANK = 2.0
+#: Effective rank below which they count as collapsed (a handful of directions for 128-D).
+COLLAPSE_ERANK = 5.0
 
 
 def effective_rank(singular_values: np.ndarray | Tensor) -> float:
