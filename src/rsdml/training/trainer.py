@@ -117,7 +117,6 @@ class Trainer:
         self._unl_perm_cache: tuple[int, Tensor] | None = None
         self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
         self._trunk_trains: bool | None = None
-        self._diagnostics: dict[str, float] | None = None
         if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
             raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
 
@@ -226,11 +225,12 @@ class Trainer:
 
     def train_step(self, batch: Tensor, t: float | None = None) -> dict[str, Tensor]:
         """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch) at epoch
-        position ``t`` (default: the end of training, i.e. full rates after the warm-ups).
+        position ``t`` (default: the end of the warm-ups, where every group trains at its peak
+        rate; the end of training would be rate 0 under the cosine schedule).
         Returns the loss terms as detached device tensors: reading them is left to
         ``run_step`` / ``flush_losses``, so a GPU never idles while the host waits for a loss
         value."""
-        self.set_position(float(self.cfg.epochs) if t is None else t)
+        self.set_position(self.cfg.head_warmup_epochs + self.cfg.warmup_epochs if t is None else t)
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
         gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
         index_l = batch
