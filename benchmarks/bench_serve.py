@@ -5,13 +5,15 @@ p50/p99 latency and errors with ``--clients`` concurrent keep-alive clients for 
 seconds each, beside the same queries run in-process (as many threads, no HTTP), and the
 served/in-process throughput ratio.
 
-The index is synthetic: ``--n`` random unit vectors (default 100,000, so ``auto`` picks IVF)
-with fake metadata, saved with the identity of a model that can embed uploads: ``--run RUN``,
-or by default a tiny run trained for one epoch on synthetic scenes (about 20 s). No real data
-is read. Uploads are ``--upload-px`` px JPEGs of synthetic scenes; the model resizes them to
-its own image size.
+The index is either one that ``rsdml index`` built (``--index DIR``, e.g. over AID; its own
+model embeds the uploads) or synthetic: ``--n`` random unit vectors (default 100,000, so
+``auto`` picks IVF) with fake metadata, saved with the identity of a model that can embed
+uploads: ``--run RUN``, or by default a tiny run trained for one epoch on synthetic scenes
+(about 20 s). Uploads are ``--upload-px`` px JPEGs of synthetic scenes; the model resizes them
+to its own image size.
 
-    python benchmarks/bench_serve.py [--n 100000] [--clients 8] [--duration 10]
+    python benchmarks/bench_serve.py --index runs/aid-index [--clients 8] [--duration 10]
+    python benchmarks/bench_serve.py [--n 1000000] [--clients 8] [--duration 10]
 """
 
 from __future__ import annotations
@@ -148,6 +150,7 @@ def start_server(index: Path, workers: int, queue: int) -> tuple[subprocess.Pope
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--index", default=None, help="an index built by rsdml index (else synthetic)")
     ap.add_argument("--n", type=int, default=100_000, help="vectors in the synthetic index")
     ap.add_argument("--kind", default="auto")
     ap.add_argument("--clients", type=int, default=8)
@@ -168,12 +171,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         base = Path(tmp)
         load0 = load_average()
-        if args.run:
-            run = Path(args.run)
+        if args.index:
+            idx_dir = Path(args.index)
         else:
-            log(f"training a tiny {args.image_size} px run on synthetic scenes")
-            run = tiny_run(base, args.image_size)
-        idx_dir = synthetic_index(base, run, args.n, args.kind, args.seed)
+            if args.run:
+                run = Path(args.run)
+            else:
+                log(f"training a tiny {args.image_size} px run on synthetic scenes")
+                run = tiny_run(base, args.image_size)
+            idx_dir = synthetic_index(base, run, args.n, args.kind, args.seed)
         index = ArchiveIndex.open(idx_dir)
         raw = uploads(args.upload_px)
         images = [multipart(b) for b in raw]
@@ -201,7 +207,7 @@ def main() -> None:
 
         result: dict[str, Any] = {
             "index": {"vectors": len(index), "dim": int(index.vectors.shape[1]),
-                      "kind": index.kind},
+                      "kind": index.kind, "source": str(idx_dir) if args.index else "synthetic"},
             "clients": args.clients, "duration_s": args.duration, "k": args.k,
             "upload": {"px": args.upload_px, "model_image_size": size,
                        "bytes_mean": int(np.mean([len(b) for b in raw]))},
