@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from rsdml.config import PATH_FIELDS, TrainConfig, config_values
-from rsdml.data.augment import TrainAugment
 from rsdml.data.cache import ImageCache, UndecodableImagesError, load_image_cache
 from rsdml.data.split import (
     Split,
@@ -30,6 +29,7 @@ from rsdml.data.split import (
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
+from rsdml.training.bands import run_input_spec
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
     FeatureInputs,
@@ -169,12 +169,16 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(**changes)
 
 
-def load_cache(cfg: TrainConfig, split: Split) -> ImageCache:
+def load_cache(cfg: TrainConfig, split: Split, run: RunDir | None = None) -> ImageCache:
+    from rsdml.data.bands import InputSpec
+    from rsdml.training.bands import band_selection
+
     assert cfg.data is not None
+    spec = InputSpec.load(run.bands) if run is not None and run.bands.is_file() else None
     return load_image_cache(
         cfg.data, split.paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
         max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30), workers=cfg.workers,
-        progress=not cfg.quiet,
+        progress=not cfg.quiet, bands=band_selection(cfg, spec),
     )
 
 
@@ -195,20 +199,24 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -> Session:
+    from rsdml.training.bands import train_augment
+
     device = resolve_device(cfg.device)
+    cache = load_cache(cfg, split, run)
+    spec = run_input_spec(cfg, run, split, cache, create=train)  # None for --bands rgb
+    normalizer = spec.normalizer() if spec is not None else None
     torch.manual_seed(cfg.seed)
-    model = place_model(build_model(cfg).to(device), device)
-    cache = load_cache(cfg, split)
+    model = place_model(build_model(cfg, spec).to(device), device)
     if cfg.freeze_backbone:
         from rsdml.training.frozen import frozen_features
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        feats = frozen_features(cfg, split, model, cache, device)
+        feats = frozen_features(cfg, split, model, cache, device, normalizer)
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
-        augment = TrainAugment(extra=cfg.extra_augment) if train else None
-        inputs = image_inputs(cache, device, cfg.device_cache, augment)
+        augment = train_augment(cfg, spec) if train else None
+        inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer)
     return Session(cfg, run, split, device, model, inputs)
 
 
