@@ -167,3 +167,17 @@ def test_adapt_input_channels_resnet():
     scratch = resnet18(False)
     adapt_input_channels(scratch, 5, None, pretrained=False)
     assert scratch.eval()(torch.randn(1, 5, 32, 32)).shape == (1, 512)
+
+
+def test_thumbnail_uses_the_rgb_bands(tmp_path):
+    from rsdml.evaluation.report import _thumbnail
+
+    arr = np.zeros((16, 16, 13), np.uint16)
+    arr[:, :8, 3] = 3000  # red (band 4) left half, blue (band 2) right half
+    arr[:, 8:, 1] = 3000
+    tifffile.imwrite(tmp_path / "a.tif", arr, photometric="minisblack", planarconfig="contig")
+    rgb = imageio.read_rgb_bands(tmp_path / "a.tif", (4, 3, 2))
+    assert rgb.dtype == np.uint8 and rgb[0, 0, 0] == 255 and rgb[0, 0, 2] == 0
+    assert rgb[0, 15, 2] == 255 and rgb[0, 15, 0] == 0
+    thumb = _thumbnail(tmp_path, "a.tif", (4, 3, 2))
+    assert thumb is not None and thumb.shape[2] == 3 and thumb[0, 0, 0] == 255

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -565,6 +565,16 @@ def read_bands(path: str | Path, bands: Bands, *, max_pixels: int = MAX_PIXELS) 
             path, "unsupported", f"pixel type {arr.dtype} is not kept by --bands (8- or 16-bit "
             "unsigned integers only); convert the files, or use --bands rgb (8-bit stretch)")
     return np.ascontiguousarray(arr[:, :, bands.indices(arr.shape[2], path)])
+
+
+def read_rgb_bands(path: str | Path, rgb: Sequence[int], *,
+                   max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """H x W x 3 uint8 of the bands ``rgb`` (1-based: red, green, blue), each stretched by
+    the documented percentile rule: a multispectral scene as people look at it."""
+    arr = read_bands(path, Bands(tuple(rgb)), max_pixels=max_pixels)
+    if arr.dtype == np.uint8:
+        return arr
+    return np.stack([_stretch(arr[:, :, i]) for i in range(arr.shape[2])], axis=2)
 
 
 def read_resized_bands(path: str | Path, size: int, bands: Bands, *,
