@@ -50,7 +50,8 @@ class TrainConfig:
     """Everything a training run depends on; saved as ``RUN_DIR/config.yaml``."""
 
     # --- data and split
-    data: str | None = _opt(None, "Image folder with one sub-folder per class.")
+    data: str | None = _opt(None, "Image folder with one sub-folder per class, or the name "
+                            "of a downloaded data set (`rsdml datasets list`).")
     out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).")
     protocol: str = _opt(
         "transductive",

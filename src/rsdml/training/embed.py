@@ -115,8 +115,11 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
 def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
                  checkpoint: str = "auto", device: str | None = None,
                  batch_size: int | None = None, quiet: bool = False, force: bool = False) -> int:
-    """Embed every image below ``data``; ``force`` replaces an existing ``out_file``."""
-    root = Path(data)
+    """Embed every image below ``data`` (a folder, or a downloaded data set's name); ``force``
+    replaces an existing ``out_file``."""
+    from rsdml.data.datasets import resolve_data
+
+    root = Path(resolve_data(str(data)) or data)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
     out_path = Path(out_file)

@@ -235,7 +235,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         with RunLock(run.root):
             split, cfg = _open_run_split(run, cfg, "--resume")
             return _train(cfg, run, split, None, t_start)
-    cfg = validate_config(_absolute_paths(cfg))
+    from rsdml.data.datasets import resolve_data
+
+    cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
     split = build_split(cfg)
@@ -420,8 +422,11 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
                  quiet: bool = False, data: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a saved run again; ``data`` points at its data set when that moved."""
+    from rsdml.data.datasets import resolve_data
+
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
+    data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
     with RunLock(run.root):
