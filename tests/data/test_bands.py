@@ -181,3 +181,22 @@ def test_thumbnail_uses_the_rgb_bands(tmp_path):
     assert rgb[0, 15, 2] == 255 and rgb[0, 15, 0] == 0
     thumb = _thumbnail(tmp_path, "a.tif", (4, 3, 2))
     assert thumb is not None and thumb.shape[2] == 3 and thumb[0, 0, 0] == 255
+
+
+@pytest.mark.parametrize("name", sorted(__import__("rsdml.models.registry",
+                                                   fromlist=["BACKBONES"]).BACKBONES))
+def test_every_backbone_adapts_to_13_bands(name):
+    from rsdml.models.registry import create_backbone, first_conv
+
+    try:
+        trunk = create_backbone(name, pretrained="none")
+    except RsdmlError as e:  # an optional backbone whose package is not installed
+        pytest.skip(str(e))
+    rgb = first_conv(trunk).weight.detach().clone()
+    adapt_input_channels(trunk, 13, (3, 2, 1), pretrained=True)
+    conv = first_conv(trunk)
+    assert conv.in_channels == 13 and torch.allclose(conv.weight[:, 3], rgb[:, 0] * 3 / 13)
+    for buf in ("_in_scale", "_in_shift"):  # EfficientNet-Lite's input map follows the bands
+        if hasattr(trunk, buf):
+            assert getattr(trunk, buf).shape[1] == 13
+    assert trunk.eval()(torch.randn(1, 13, 64, 64)).shape == (1, trunk.num_features)

@@ -90,6 +90,16 @@ def test_all_bands_from_scratch_train_evaluate_embed(eurosat_ms, tmp_path, capsy
     order = {p: i for i, p in enumerate(ev["paths"].tolist())}
     same = [order[p] for p in emb["paths"].tolist()]
     assert np.allclose(emb["embeddings"], ev["embeddings"][same], atol=1e-5)
+    # rsdml index and search take the same bands from the run
+    code, _, err = run_cli(["index", str(eurosat_ms), "--run", str(run), "--out",
+                            str(tmp_path / "idx"), "--quiet"], capsys)
+    assert code == 0, err
+    query = eurosat_ms / "class1" / "3.tif"
+    code, out, err = run_cli(["search", str(tmp_path / "idx"), "--image", str(query), "--k",
+                              "1", "--format", "json"], capsys)
+    assert code == 0, err
+    hit = json.loads(out)["results"][0]
+    assert hit["path"].endswith("class1/3.tif") and hit["score"] == pytest.approx(1, abs=1e-4)
 
 
 def test_all_bands_from_an_imagenet_trunk(eurosat_ms, tmp_path, capsys):
@@ -113,6 +123,11 @@ def test_all_bands_from_an_imagenet_trunk(eurosat_ms, tmp_path, capsys):
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["bands"] == "all"
     assert json.loads((run / "final_metrics.json").read_text())["knn_acc"] >= 0
+    # fast mode: the adapted trunk's features of the normalised bands, cached once
+    code, _, err = run_cli(["train", "--data", str(eurosat_ms), "--out", str(tmp_path / "fz"),
+                            "--bands", "all", "--rgb-bands", "4,3,2", "--weights", str(weights),
+                            "--freeze-backbone", *TINY], capsys)
+    assert code == 0, err
 
 
 def test_band_list_on_8bit_data_equals_the_rgb_path(tmp_path, capsys):

@@ -65,8 +65,12 @@ def embed_pixels(loaded: Any, img: np.ndarray) -> np.ndarray:
     from rsdml.training.trainer import autocast_dtype
 
     cfg, dev = loaded.cfg, loaded.device
-    images = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     spec = getattr(loaded, "spec", None)
+    channels = spec.channels if spec is not None else 3
+    if img.ndim != 3 or img.shape[2] != channels:
+        raise RsdmlError(f"the image has {img.shape[2] if img.ndim == 3 else 1} band(s), but "
+                         f"this model takes {channels} (the bands it was trained on)")
+    images = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     inputs = ImageInputs(_Stack(images), dev, channels_last=uses_channels_last(dev),  # type: ignore[arg-type]
                          normalizer=spec.normalizer() if spec is not None else None)
     return embed_batches(loaded.model, inputs, torch.arange(1), 1, autocast_dtype(cfg.amp, dev),
