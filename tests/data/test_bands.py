@@ -200,3 +200,14 @@ def test_every_backbone_adapts_to_13_bands(name):
         if hasattr(trunk, buf):
             assert getattr(trunk, buf).shape[1] == 13
     assert trunk.eval()(torch.randn(1, 13, 64, 64)).shape == (1, trunk.num_features)
+
+
+def test_uint16_above_int16_range_is_read_as_unsigned():
+    from rsdml.data.bands import gather, to_float
+
+    x = torch.tensor([0, 1, 40000, 65535], dtype=torch.int32).to(torch.uint16).view(4, 1, 1, 1)
+    assert to_float(x).flatten().tolist() == [0.0, 1.0, 40000.0, 65535.0]
+    picked = gather(x, torch.tensor([3, 2]))
+    assert picked.dtype == torch.uint16 and to_float(picked).flatten().tolist() == [65535, 40000]
+    mean, _ = band_statistics(x.reshape(1, 1, 2, 2))
+    assert mean == pytest.approx([(1 + 40000 + 65535) / 4])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rsdml.data.bands import BandNormalize
+from rsdml.data.bands import BandNormalize, to_float
 
 _HFLIP, _VFLIP, _ROT, _FIRST_FACTOR = 0, 1, 2, 3
 
@@ -58,7 +58,7 @@ class BandAugment(torch.nn.Module):
             raise ValueError(f"90-degree rotations need square images, got {images.shape}")
         b, c = images.shape[:2]
         u = self.draw(b, c, generator).to(images.device)
-        x = images.to(torch.float32)
+        x = to_float(images)
         if self.hflip:
             x = torch.where(_per_sample(u[:, _HFLIP] < 0.5), x.flip(-1), x)
         if self.extra:

@@ -123,7 +123,7 @@ def band_statistics(images: Tensor, index: Tensor | np.ndarray | None = None) ->
     total_sq = torch.zeros(c, dtype=torch.float64)
     count = 0
     for chunk in idx.split(_STATS_CHUNK):
-        x = images.index_select(0, chunk).to(torch.float64)
+        x = to_float(gather(images, chunk)).to(torch.float64)
         total += x.sum(dim=(0, 2, 3))
         total_sq += (x * x).sum(dim=(0, 2, 3))
         count += x.shape[0] * x.shape[2] * x.shape[3]
@@ -192,6 +192,21 @@ class InputSpec:
         return None if self.normalization == "imagenet" else BandNormalize(self.mean, self.std)
 
 
+def to_float(images: Tensor) -> Tensor:
+    """uint8/uint16 pixels as float32 values. uint16 goes through an int16 view: PyTorch's
+    unsigned 16-bit type has only basic operators on every device, int16 has them all."""
+    if images.dtype == torch.uint16:
+        return images.view(torch.int16).to(torch.int32).bitwise_and_(0xFFFF).to(torch.float32)
+    return images.to(torch.float32)
+
+
+def gather(images: Tensor, index: Tensor) -> Tensor:
+    """``images.index_select(0, index)``, for uint16 through an int16 view (see to_float)."""
+    if images.dtype == torch.uint16:
+        return images.view(torch.int16).index_select(0, index).view(torch.uint16)
+    return images.index_select(0, index)
+
+
 class BandNormalize:
     """uint8/uint16 (..., C, H, W) -> float32 ``(x - mean) / std`` per band (raw units)."""
 
@@ -209,4 +224,5 @@ class BandNormalize:
         if images.shape[-3] != len(self.mean):
             raise ValueError(f"expected {len(self.mean)} bands, got {tuple(images.shape)}")
         mean, std = self.stats(images.device)
-        return images.to(torch.float32).sub_(mean).div_(std)
+        x = to_float(images) if images.dtype != torch.float32 else images
+        return x.sub_(mean).div_(std)

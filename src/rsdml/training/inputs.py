@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rsdml.data.augment import TrainAugment, normalize
+from rsdml.data.bands import gather
 from rsdml.data.cache import ImageCache
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
@@ -43,7 +44,7 @@ class ImageInputs:
 
     def _load(self, index: Tensor) -> Tensor:
         if self.images is not None:
-            return self.images.index_select(0, to_device(index, self.device))
+            return gather(self.images, to_device(index, self.device))
         batch = self.cache.batch(index)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
