@@ -227,16 +227,18 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     The run folder is locked while this runs. A new run whose start fails (no pretrained
     weights, a bad weights file, ...) is removed again, so the same command can be retried.
     """
+    from rsdml.data.datasets import resolve_data
+
     t_start = time.monotonic()
     if resume is not None:
         run = RunDir(Path(resume))
+        if overrides and overrides.get("data"):  # a data set name: its downloaded copy
+            overrides = {**overrides, "data": resolve_data(str(overrides["data"]))}
         cfg = validate_config(resume_config(run, overrides or {}))
         check_writable(run.root)
         with RunLock(run.root):
             split, cfg = _open_run_split(run, cfg, "--resume")
             return _train(cfg, run, split, None, t_start)
-    from rsdml.data.datasets import resolve_data
-
     cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
