@@ -50,7 +50,8 @@ class TrainConfig:
     """Everything a training run depends on; saved as ``RUN_DIR/config.yaml``."""
 
     # --- data and split
-    data: str | None = _opt(None, "Image folder with one sub-folder per class.")
+    data: str | None = _opt(None, "Image folder with one sub-folder per class, or the name "
+                            "of a downloaded data set (`rsdml datasets list`).")
     out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).")
     protocol: str = _opt(
         "transductive",
@@ -130,6 +131,14 @@ class TrainConfig:
     image_size: int | None = _opt(
         None, "Images are resized to SIZE x SIZE (default: 256 on a CUDA GPU, 128 on a CPU: "
         "256 px at the default batch sizes needs over 10 GB of RAM).")
+    bands: str = _opt(
+        "rgb", "Bands the network sees: rgb (3 bands at 8 bit: the first three, 16-bit data "
+        "stretched), all (every band at the data's bit depth, uint8 or uint16) or band numbers "
+        "counted from 1, e.g. 4,3,2,8 (docs/data.md).")
+    rgb_bands: str | None = _opt(
+        None, "With --bands all or a list: the band numbers of red, green and blue (e.g. 4,3,2 "
+        "for Sentinel-2), mapped to the pretrained first convolution and used for thumbnails "
+        "(default: the first three bands).")
     extra_augment: bool = _opt(False, "Add RS augmentations: vertical flip, 90-degree rotations.")
     cache: str = _opt(
         "auto", "Decoded-image cache: memory, mmap (file), or auto by size.", choices=CACHE_MODES
@@ -287,6 +296,9 @@ class TrainConfig:
             raise RsdmlError(f"--lr-gamma {self.lr_gamma} must be in (0, 1]")
         if self.workers < 0:
             raise RsdmlError(f"--workers {self.workers} must be >= 0")
+        from rsdml.data.bands import Bands  # lazily: it imports torch
+
+        Bands.parse(self.bands, self.rgb_bands)
         if self.cache_max_memory_gb < 0:
             raise RsdmlError("--cache-max-memory-gb must be >= 0")
         return self
@@ -300,6 +312,7 @@ def _flag(name: str) -> str:
 #: Fields that hold a file or folder path: text in YAML (a path given as a Path object is
 #: accepted too), an empty value means "none" where the field is optional.
 PATH_FIELDS = frozenset({"data", "out", "split", "weights", "cache_dir"})
+_BAND_FIELDS = frozenset({"bands", "rgb_bands"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
 _NONE = frozenset({"", "none", "null", "~"})
@@ -433,6 +446,11 @@ def convert_value(name: str, value: Any, where: str, params: Sequence[type] = ()
         spelled = [c for c in choices if c in (_TRUE if value else _FALSE)]
         if spelled:
             return spelled[0]
+    if name in _BAND_FIELDS and not isinstance(value, (str, bool)):
+        # YAML reads `bands: 4` as a number and `bands: [4, 3, 2]` as a list
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            value = ",".join(str(v) for v in items)
     if not isinstance(value, str):
         raise RsdmlError(f"{where} = {value!r} must be text")
     if choices and value not in choices:

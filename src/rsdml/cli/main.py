@@ -134,7 +134,8 @@ def _print_summary(result: dict[str, Any]) -> None:
               help="last, best, auto (best where the protocol has a validation split) or a path.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--data", type=click.Path(file_okay=False), default=None,
-              help="Where the run's data set is now, if it moved (recorded in config.yaml).")
+              help="Where the run's data set is now, if it moved (recorded in config.yaml); "
+                   "a folder or a downloaded data set's name.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None,
              quiet: bool) -> None:
@@ -191,6 +192,7 @@ def list_registries() -> None:
 
 def _register() -> None:
     from rsdml.cli.cache import cache
+    from rsdml.cli.datasets import datasets, split
     from rsdml.cli.experiment import experiment
     from rsdml.cli.search import index, search, serve
     from rsdml.cli.tune import tune
@@ -198,6 +200,8 @@ def _register() -> None:
     cli.add_command(experiment)
     cli.add_command(tune)
     cli.add_command(cache)
+    cli.add_command(datasets)
+    cli.add_command(split)
     cli.add_command(index)
     cli.add_command(search)
     cli.add_command(serve)

@@ -9,7 +9,8 @@ relative paths, every file's size and mtime (ns), the resolution, the format ver
 decoder's source, so any change makes a new cache.
 
 File layout: a 4096-byte header (magic, then JSON: key, shape, dtype, CRC-32 of the data),
-then the (N, 3, S, S) uint8 array. A builder holds an exclusive ``flock`` on
+then the (N, 3, S, S) uint8 array; with ``--bands all|LIST`` (``bands=``) the (N, C, S, S)
+array of the selected bands in the data's own bit depth (uint8 or uint16). A builder holds an exclusive ``flock`` on
 ``<file>.lock``, writes a temporary file, fsyncs it and ``os.replace``-s it into place, so a
 reader sees either no file or a complete one; a second process building the same cache waits
 on the lock and then reuses the first one's file. A file whose header, size or checksum is
@@ -39,6 +40,7 @@ import torch
 
 from rsdml.config import CACHE_MODES
 from rsdml.data import imageio
+from rsdml.data.bands import Bands
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import fsync_dir, touch
 from rsdml.progress import progress as _progress
@@ -55,6 +57,7 @@ _MAGIC = b"RSDMLIMG"
 _HEADER_BYTES = 4096
 _IO_CHUNK = 16 * 2**20
 _SUFFIX = ".rsdml-images"
+_UINT8 = np.dtype(np.uint8)
 #: The image cache files of a cache folder (named in ``load_image_cache``).
 IMAGE_CACHE_GLOB = f"images-*{_SUFFIX}"
 
@@ -95,7 +98,8 @@ class CacheStats:
 
 
 class ImageCache:
-    """N decoded images as one (N, 3, S, S) uint8 CPU tensor (in RAM or memory-mapped)."""
+    """N decoded images as one (N, C, S, S) CPU tensor (in RAM or memory-mapped): C = 3 and
+    uint8 by the RGB rules, else the selected bands in uint8 or uint16."""
 
     def __init__(self, images: torch.Tensor, size: int, path: Path | None, stats: CacheStats):
         self.images = images
@@ -105,7 +109,11 @@ class ImageCache:
 
     @property
     def nbytes(self) -> int:
-        return self.images.numel()
+        return self.images.numel() * self.images.element_size()
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
 
     @property
     def mode(self) -> str:
@@ -160,13 +168,16 @@ def load_image_cache(
     max_memory_bytes: int = 4 * 2**30,
     workers: int = 0,
     progress: bool = True,
+    bands: Bands | None = None,
 ) -> ImageCache:
     """The images ``root/paths[i]`` decoded by ``imageio.read_resized(..., size)``, built once
     and reused while the files, their sizes and mtimes and ``size`` stay the same.
 
     ``mode``: ``memory`` (whole array in RAM), ``mmap`` (read-only file mapping), ``auto``
     (memory when N*3*S*S <= ``max_memory_bytes``, else mmap). ``workers`` decoding threads
-    (0 = one per CPU).
+    (0 = one per CPU). ``bands``: keep these bands at the data's bit depth
+    (``imageio.read_resized_bands``) instead of the 8-bit RGB rules; the first image fixes the
+    number of bands and the dtype, and every other image must match it.
     """
     if mode not in CACHE_MODES:
         raise RsdmlError(f"cache mode {mode!r} is unknown; use one of {', '.join(CACHE_MODES)}")
@@ -176,20 +187,21 @@ def load_image_cache(
         raise RsdmlError(f"workers={workers} must be >= 0 (0 = one per CPU)")
     root = Path(root).expanduser().resolve()
     paths = [str(p) for p in paths]
-    shape = (len(paths), 3, int(size), int(size))
-    nbytes = int(np.prod(shape))
+    channels, dtype = _probe(root, paths, int(size), bands)
+    shape = (len(paths), channels, int(size), int(size))
+    nbytes = int(np.prod(shape)) * dtype.itemsize
     want = mode if mode != "auto" else ("memory" if nbytes <= max_memory_bytes else "mmap")
     if not paths:
-        empty = torch.empty(shape, dtype=torch.uint8)
+        empty = torch.from_numpy(np.empty(shape, dtype=dtype))
         return ImageCache(empty, shape[-1], None, _stats(want, 0, False, False, 0.0, 0.0))
 
-    key = _cache_key(root, paths, shape[-1])
+    key = _cache_key(root, paths, shape[-1], bands)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     file = cache_dir / f"images-{shape[-1]}px-{len(paths)}-{key[:24]}{_SUFFIX}"
-    build = _Build(root, paths, shape, key, workers, progress)
+    build = _Build(root, paths, shape, key, workers, progress, bands, dtype)
 
     seen = _identity(file)
-    found = _open_existing(file, key, shape, want)
+    found = _open_existing(file, key, shape, want, dtype)
     if found is not None:
         return found
     try:
@@ -208,7 +220,7 @@ def load_image_cache(
         # is still the one found invalid above is not read twice).
         now = _identity(file)
         if now is not None and now != seen:
-            found = _open_existing(file, key, shape, want)
+            found = _open_existing(file, key, shape, want, dtype)
             if found is not None:
                 return found
         try:
@@ -218,6 +230,21 @@ def load_image_cache(
     # Outside the lock, so that other processes do not wait for this private build.
     log.warning("could not write the image cache %s (%s); building it unsaved", file, failure)
     return build.unpersisted(want)
+
+
+def _probe(root: Path, paths: list[str], size: int,
+           bands: Bands | None) -> tuple[int, np.dtype]:
+    """(bands per image, dtype) of the cache: 3 and uint8 by the RGB rules, else those of the
+    first image that decodes with ``bands`` (the build checks every other image against it)."""
+    if bands is None or not paths:
+        return 3, np.dtype(np.uint8)
+    for rel in paths:
+        try:
+            img = imageio.read_resized_bands(root / rel, 1, bands)
+        except imageio.ImageReadError:
+            continue  # reported with the others by the build
+        return int(img.shape[2]), img.dtype
+    return 3, np.dtype(np.uint8)
 
 
 def _identity(file: Path) -> tuple[int, int, int] | None:
@@ -252,9 +279,11 @@ def _decoder_fingerprint() -> str:
         return "unknown"
 
 
-def _cache_key(root: Path, paths: Sequence[str], size: int) -> str:
+def _cache_key(root: Path, paths: Sequence[str], size: int, bands: Bands | None = None) -> str:
     h = hashlib.blake2b(digest_size=20)
-    head = {"format": FORMAT_VERSION, "size": size, "root": str(root)}
+    head: dict[str, object] = {"format": FORMAT_VERSION, "size": size, "root": str(root)}
+    if bands is not None:  # absent for the RGB rules, so their keys are as before
+        head["bands"] = [list(bands.select) if bands.select else "all"]
     head["decoder"] = _decoder_fingerprint()
     h.update(json.dumps(head, sort_keys=True).encode())
     for rel in paths:
@@ -280,8 +309,8 @@ def _locked(fd: int) -> Iterator[None]:
         os.close(fd)
 
 
-def _header(key: str, shape: tuple[int, ...], crc: int) -> bytes:
-    meta = {"version": FORMAT_VERSION, "key": key, "shape": list(shape), "dtype": "uint8"}
+def _header(key: str, shape: tuple[int, ...], crc: int, dtype: np.dtype) -> bytes:
+    meta = {"version": FORMAT_VERSION, "key": key, "shape": list(shape), "dtype": dtype.name}
     meta.update({"data_offset": _HEADER_BYTES, "checksum": f"crc32:{crc:08x}"})
     body = json.dumps(meta, sort_keys=True).encode()
     head = _MAGIC + len(body).to_bytes(4, "little") + body
@@ -290,7 +319,7 @@ def _header(key: str, shape: tuple[int, ...], crc: int) -> bytes:
     return head.ljust(_HEADER_BYTES, b"\0")
 
 
-def _read_header(f: BinaryIO, key: str, shape: tuple[int, ...]) -> int:
+def _read_header(f: BinaryIO, key: str, shape: tuple[int, ...], dtype: np.dtype) -> int:
     """Check the header against what this call expects; returns the stored CRC-32."""
     head = f.read(_HEADER_BYTES)
     if len(head) < _HEADER_BYTES or not head.startswith(_MAGIC):
@@ -306,22 +335,23 @@ def _read_header(f: BinaryIO, key: str, shape: tuple[int, ...]) -> int:
         raise _Corrupt(f"bad header ({e})") from e
     if algo != "crc32" or offset != _HEADER_BYTES:
         raise _Corrupt("bad header (unknown checksum or offset)")
-    if fields != (FORMAT_VERSION, key, tuple(shape), "uint8"):
+    if fields != (FORMAT_VERSION, key, tuple(shape), dtype.name):
         raise _Corrupt("header does not match the data set")
     actual = os.fstat(f.fileno()).st_size
-    if actual != _HEADER_BYTES + int(np.prod(shape)):
+    if actual != _HEADER_BYTES + int(np.prod(shape)) * dtype.itemsize:
         raise _Corrupt(f"wrong size ({actual} bytes)")
     return crc
 
 
-def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str) -> ImageCache | None:
+def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str,
+                   dtype: np.dtype) -> ImageCache | None:
     """The cache in ``file`` if it is complete and its checksum matches, else None.
 
     The CRC-32 of the whole data is checked on every open: in memory mode in the same pass
     that reads the file, in mmap mode by one sequential read (which also warms the page cache).
     """
     start = time.perf_counter()
-    nbytes = int(np.prod(shape))
+    nbytes = int(np.prod(shape)) * dtype.itemsize
     try:
         f = open(file, "rb")  # noqa: SIM115 - closed by the `with f:` below (open errors apart)
     except FileNotFoundError:
@@ -331,10 +361,10 @@ def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str) -> I
         return None
     try:
         with f:
-            expected = _read_header(f, key, shape)
+            expected = _read_header(f, key, shape, dtype)
             if want == "memory":
-                array = np.empty(shape, dtype=np.uint8)
-                crc = _read_into(f, memoryview(array.reshape(-1)))
+                array = np.empty(shape, dtype=dtype)
+                crc = _read_into(f, memoryview(array.reshape(-1).view(np.uint8)))
             else:
                 crc = _read_into(f, memoryview(bytearray(min(_IO_CHUNK, nbytes))), nbytes)
             if crc != expected:
@@ -342,7 +372,7 @@ def _open_existing(file: Path, key: str, shape: tuple[int, ...], want: str) -> I
         if want == "mmap":
             # Copy-on-write: the file is never written through this mapping, and the tensor is
             # writable (torch warns on read-only arrays); nothing is copied unless written.
-            array = np.memmap(file, dtype=np.uint8, mode="c", offset=_HEADER_BYTES, shape=shape)
+            array = np.memmap(file, dtype=dtype, mode="c", offset=_HEADER_BYTES, shape=shape)
     except _Corrupt as e:
         log.warning("the image cache %s is corrupt (%s); rebuilding it", file, e)
         return None
@@ -381,11 +411,14 @@ class _Build:
         key: str,
         workers: int,
         show: bool,
+        bands: Bands | None = None,
+        dtype: np.dtype = _UINT8,
     ) -> None:
         self.root, self.paths, self.shape, self.key = root, paths, shape, key
         self.workers = workers or os.cpu_count() or 1
         self.show = show
-        self.nbytes = int(np.prod(shape))
+        self.bands, self.dtype = bands, dtype
+        self.nbytes = int(np.prod(shape)) * dtype.itemsize
         self.per_image = self.nbytes // shape[0]
 
     def _decode_all(self, sink: Callable[[int, np.ndarray], None]) -> float:
@@ -398,14 +431,23 @@ class _Build:
         def work(i: int) -> None:
             path = self.root / self.paths[i]
             try:
-                img = imageio.read_resized(path, size)
+                if self.bands is None:
+                    img = imageio.read_resized(path, size)
+                else:
+                    img = imageio.read_resized_bands(path, size, self.bands)
             except imageio.ImageReadError as e:  # found all in one pass, reported together
                 failed[self.paths[i]] = e
                 return
-            if img.shape != (size, size, 3) or img.dtype != np.uint8:
+            channels = self.shape[1]
+            if self.bands is not None and (img.shape[2] != channels or img.dtype != self.dtype):
+                raise RsdmlError(
+                    f"{path} has {img.shape[2]} band(s) of {img.dtype}, but the other images "
+                    f"have {channels} of {self.dtype}; every image must have the same bands "
+                    "(remove it, or choose --bands that all images have)")
+            if img.shape != (size, size, channels) or img.dtype != self.dtype:
                 raise RuntimeError(
-                    f"read_resized({path}, {size}) returned {img.dtype} {img.shape}, "
-                    f"expected uint8 {(size, size, 3)}"
+                    f"decoding {path} at {size}px returned {img.dtype} {img.shape}, "
+                    f"expected {self.dtype} {(size, size, channels)}"
                 )
             sink(i, np.ascontiguousarray(img.transpose(2, 0, 1)))
 
@@ -432,7 +474,7 @@ class _Build:
         return time.perf_counter() - start
 
     def _into_array(self) -> tuple[np.ndarray, float]:
-        array = np.empty(self.shape, dtype=np.uint8)
+        array = np.empty(self.shape, dtype=self.dtype)
 
         def sink(i: int, img: np.ndarray) -> None:
             array[i] = img
@@ -443,7 +485,8 @@ class _Build:
         """Decode straight into the file with positional writes: nothing is held in RAM."""
 
         def sink(i: int, img: np.ndarray) -> None:
-            _pwrite_all(fd, memoryview(img.reshape(-1)), _HEADER_BYTES + i * self.per_image)
+            _pwrite_all(fd, memoryview(img.reshape(-1).view(np.uint8)),
+                        _HEADER_BYTES + i * self.per_image)
 
         return self._decode_all(sink)
 
@@ -463,7 +506,7 @@ class _Build:
                     except _WriteFailed as e:
                         log.warning("temporary image cache failed (%s); holding it in RAM", e)
                     else:
-                        array = np.memmap(tmp, np.uint8, "c", _HEADER_BYTES, self.shape)
+                        array = np.memmap(tmp, self.dtype, "c", _HEADER_BYTES, self.shape)
                         stats = _stats("mmap", self.nbytes, True, False, seconds, 0.0)
                         return ImageCache(torch.from_numpy(array), self.shape[-1], None, stats)
         array, seconds = self._into_array()
@@ -493,7 +536,7 @@ class _Build:
                 with os.fdopen(os.dup(fd), "rb") as f:
                     f.seek(_HEADER_BYTES)
                     crc = _read_into(f, memoryview(bytearray(_IO_CHUNK)), self.nbytes)
-            _pwrite_all(fd, memoryview(_header(self.key, self.shape, crc)), 0)
+            _pwrite_all(fd, memoryview(_header(self.key, self.shape, crc, self.dtype)), 0)
             try:
                 os.fsync(fd)
                 os.replace(tmp, file)
@@ -506,12 +549,12 @@ class _Build:
             os.close(fd)
         fsync_dir(file.parent)
         if array is None:
-            array = np.memmap(file, np.uint8, "c", _HEADER_BYTES, self.shape)
+            array = np.memmap(file, self.dtype, "c", _HEADER_BYTES, self.shape)
         stats = _stats(want, self.nbytes, True, True, seconds, 0.0)
         return ImageCache(torch.from_numpy(array), self.shape[-1], file, stats)
 
     def _write_array(self, fd: int, array: np.ndarray) -> int:
-        flat = memoryview(array.reshape(-1))
+        flat = memoryview(array.reshape(-1).view(np.uint8))
         crc = 0
         for at in range(0, self.nbytes, _IO_CHUNK):
             chunk = flat[at : at + _IO_CHUNK]

@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
+from rsdml.data.bands import BAND_DTYPES, Bands
 from rsdml.errors import RsdmlError
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ _RULES = {
     "2-98 percentile linear stretch",
     "two_band": "2-band images become RGB = (band 1, band 2, mean of both)",
     "many_bands": "images with more than 3 bands keep only the first three bands as RGB "
-    "(multispectral input is not supported yet)",
+    "(--bands all or --bands 4,3,2,8 keeps the others; docs/data.md)",
     "multi_frame": "multi-frame / multi-page images use the first frame only",
 }
 
@@ -304,7 +305,9 @@ def _no_codec(path: Path, page: Any, pil_error: ImageReadError) -> ImageReadErro
     )
 
 
-def _read_tiff(path: Path, size: int, max_pixels: int) -> np.ndarray:
+def _read_tiff(path: Path, size: int, max_pixels: int, raw: bool = False) -> np.ndarray:
+    """The TIFF as H x W x 3 uint8 by the RGB rules, or (``raw``) as H x W x bands in its own
+    dtype (for the multispectral path; a TIFF only Pillow decodes comes back as RGB)."""
     _check_tiff(path, size, max_pixels, codec_check=False)
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
@@ -334,7 +337,8 @@ def _read_tiff(path: Path, size: int, max_pixels: int) -> np.ndarray:
     # singleton axes go last: they do not change the H x W x bands layout
     order = order + [i for i in range(arr.ndim) if i not in order]
     arr = np.transpose(arr, order).reshape(h, w, -1)
-
+    if raw:
+        return arr
     if photometric == "PALETTE" and colormap is not None and arr.shape[2] == 1:
         _warn_rule("palette", path)
         cmap = np.asarray(colormap)
@@ -537,6 +541,65 @@ def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         raise ImageReadError(path, "too_large", "not enough memory to decode it") from None
     except Exception as e:
         raise ImageReadError(path, "corrupt", f"cannot decode ({_short(e)})") from None
+
+
+def read_bands(path: str | Path, bands: Bands, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode ``path`` to H x W x C keeping the selected bands at the file's bit depth
+    (uint8 or uint16): the multispectral input (``--bands all|LIST``). A file that is not a
+    TIFF is read as RGB (3 bands, uint8) by the RGB rules."""
+    path = Path(path)
+    head, size, _ = _sniff(path)
+    try:
+        arr = _read_tiff(path, size, max_pixels, raw=True) if head.startswith(_TIFF_MAGIC) \
+            else _read_pil(path, max_pixels)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(path, "too_large", "not enough memory to decode it") from None
+    except Exception as e:
+        raise ImageReadError(path, "corrupt", f"cannot decode ({_short(e)})") from None
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    if arr.dtype.name not in BAND_DTYPES:
+        raise ImageReadError(
+            path, "unsupported", f"pixel type {arr.dtype} is not kept by --bands (8- or 16-bit "
+            "unsigned integers only); convert the files, or use --bands rgb (8-bit stretch)")
+    return np.ascontiguousarray(arr[:, :, bands.indices(arr.shape[2], path)])
+
+
+def read_rgb_bands(path: str | Path, rgb: Sequence[int], *,
+                   max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """H x W x 3 uint8 of the bands ``rgb`` (1-based: red, green, blue), each stretched by
+    the documented percentile rule: a multispectral scene as people look at it."""
+    arr = read_bands(path, Bands(tuple(rgb)), max_pixels=max_pixels)
+    if arr.dtype == np.uint8:
+        return arr
+    return np.stack([_stretch(arr[:, :, i]) for i in range(arr.shape[2])], axis=2)
+
+
+def read_resized_bands(path: str | Path, size: int, bands: Bands, *,
+                       max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`read_bands` resized to ``size`` x ``size`` band by band, in the same dtype.
+
+    8-bit bands are resized in Pillow's mode L, which gives exactly the pixels of the RGB
+    path's resize (``--bands 4,3,2`` on 8-bit data equals RGB files of those bands); 16-bit
+    bands in mode F (bilinear, antialiased), rounded back to uint16.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    arr = read_bands(path, bands, max_pixels=max_pixels)
+    if arr.shape[:2] == (size, size):
+        return arr
+    out = np.empty((int(size), int(size), arr.shape[2]), dtype=arr.dtype)
+    for i in range(arr.shape[2]):
+        if arr.dtype == np.uint8:
+            im = Image.fromarray(arr[:, :, i], "L")
+            out[:, :, i] = np.asarray(im.resize((int(size), int(size)), Image.BILINEAR))
+        else:
+            im = Image.fromarray(arr[:, :, i].astype(np.float32), "F")
+            band = np.asarray(im.resize((int(size), int(size)), Image.BILINEAR))
+            out[:, :, i] = np.clip(np.rint(band), 0, np.iinfo(arr.dtype).max)
+    return out
 
 
 def read_resized(path: str | Path, size: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

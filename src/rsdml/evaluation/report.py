@@ -165,6 +165,19 @@ class _Inputs:
     def figure_name(self, label: int, width: int) -> str:
         return self.labels.text(label, width, self.class_name(label))
 
+    def rgb_bands(self) -> tuple[int, ...] | None:
+        """The file band numbers of red, green, blue of a multispectral run (its bands.json,
+        per --rgb-bands), for the thumbnails; None for an RGB run."""
+        if str((self.config or {}).get("bands", "rgb")).lower() == "rgb":
+            return None
+        try:
+            from rsdml.data.bands import InputSpec
+
+            spec = InputSpec.load(self.run_dir / "bands.json")
+        except Exception:  # noqa: BLE001 - thumbnails fall back to the RGB rules
+            return None
+        return tuple(spec.bands[i] for i in spec.rgb) if spec.rgb else None
+
     def data_root(self) -> Path | None:
         data = (self.config or {}).get("data")
         if not data:
@@ -454,6 +467,7 @@ def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
     top = min(RETRIEVAL_TOP, len(ref))
     _, nbr = ExactIndex(emb.embeddings[ref]).search(emb.embeddings[queries], top)
     root = inputs.data_root()
+    rgb = inputs.rgb_bands()
     cols = top + 1
     fig = Figure(figsize=(1.25 * cols, 1.45 * len(queries)))
     axes = np.atleast_2d(fig.subplots(len(queries), cols))
@@ -464,7 +478,7 @@ def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
             cells.append((int(j), "#1a9e3a" if ok else "#d62728",
                           f"{rank}. {inputs.figure_name(int(emb.labels[j]), CAPTION_CHARS - 4)}"))
         for col, (idx, colour, text) in enumerate(cells):
-            _thumb_cell(axes[row, col], _thumbnail(root, str(emb.paths[idx])), colour, text)
+            _thumb_cell(axes[row, col], _thumbnail(root, str(emb.paths[idx]), rgb), colour, text)
     fig.subplots_adjust(wspace=0.08, hspace=0.35)
     return fig
 
@@ -590,15 +604,19 @@ def _font_covering(chars: set[str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _thumbnail(root: Path | None, rel: str) -> np.ndarray | None:
+def _thumbnail(root: Path | None, rel: str,
+               rgb: tuple[int, ...] | None = None) -> np.ndarray | None:
+    """A thumbnail of ``root/rel``: by the RGB rules, or from the bands ``rgb`` (file band
+    numbers of red, green, blue) of a multispectral image, each stretched to 8 bit."""
     if root is None:
         return None
     try:
         from PIL import Image
 
-        from rsdml.data.imageio import read_rgb
+        from rsdml.data.imageio import read_rgb, read_rgb_bands
 
-        im = Image.fromarray(read_rgb(root / rel))
+        im = Image.fromarray(read_rgb(root / rel) if rgb is None
+                             else read_rgb_bands(root / rel, rgb))
         im.thumbnail((THUMB_PX, THUMB_PX))
         return np.asarray(im)
     except Exception:  # noqa: BLE001 - unreadable or missing image: the cell shows its label

@@ -51,6 +51,17 @@ class EfficientNetLiteTrunk(nn.Module):
         self.register_buffer("_in_scale", std / _TF_LITE_STD, persistent=False)
         self.register_buffer("_in_shift", (mean - _TF_LITE_MEAN) / _TF_LITE_STD, persistent=False)
 
+    def adapt_input(self, in_chans: int, rgb: tuple[int, int, int] | None) -> None:
+        """N-band input (see ``registry.adapt_input_channels``): the R, G, B channels keep
+        their input map, every other channel gets the mean of the three."""
+        for name in ("_in_scale", "_in_shift"):
+            old = getattr(self, name)
+            new = old.mean(dim=1, keepdim=True).repeat(1, in_chans, 1, 1)
+            if rgb is not None:
+                for k, pos in enumerate(rgb):
+                    new[:, pos] = old[:, k]
+            setattr(self, name, new)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x * self._in_scale + self._in_shift
         x = self._swish(self._bn0(self._conv_stem(x)))

@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rsdml.models.registry import create_backbone
+from rsdml.models.registry import adapt_input_channels, create_backbone
 
 if TYPE_CHECKING:
     from rsdml.config import TrainConfig
+    from rsdml.data.bands import InputSpec
 
 
 class EmbeddingNet(nn.Module):
@@ -55,7 +56,10 @@ class EmbeddingNet(nn.Module):
         return self.embed_features(self.forward_features(x))
 
 
-def build_model(cfg: TrainConfig) -> EmbeddingNet:
-    """The network a config describes (backbone, initial weights, head)."""
+def build_model(cfg: TrainConfig, spec: InputSpec | None = None) -> EmbeddingNet:
+    """The network a config describes (backbone, initial weights, head); ``spec``: the run's
+    N-band input (``RUN_DIR/bands.json``), for which the first convolution is adapted."""
     trunk = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
+    if spec is not None and (spec.channels != 3 or spec.rgb != (0, 1, 2)):
+        adapt_input_channels(trunk, spec.channels, spec.rgb, pretrained=cfg.trunk_pretrained)
     return EmbeddingNet(trunk, embedding_dim=cfg.embedding_dim, mlp_head=cfg.mlp_head)

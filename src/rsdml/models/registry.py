@@ -1,7 +1,9 @@
 """Backbone registry: a backbone is a name plus a factory ``factory(pretrained) -> trunk``.
 
 A trunk maps ImageNet-normalised images ``(B, 3, H, W)`` to globally pooled features
-``(B, num_features)`` and has an int attribute ``num_features``. Adding a backbone is one
+``(B, num_features)`` and has an int attribute ``num_features``. For N-band input,
+:func:`adapt_input_channels` changes its first convolution (and, where a trunk declares
+``adapt_input``, its own per-channel input buffers). Adding a backbone is one
 module with a factory plus one line in :data:`BACKBONES` (the tests pick it up by themselves).
 """
 
@@ -61,6 +63,52 @@ def create_backbone(
         load_trunk_weights(trunk, weights, name)
         return trunk
     return factory(pretrained == "imagenet")
+
+
+def adapt_conv_weight(weight: torch.Tensor, in_chans: int,
+                      rgb: tuple[int, int, int] | None) -> torch.Tensor:
+    """A pretrained RGB first-convolution weight ``(O, 3, kh, kw)`` for ``in_chans`` bands.
+
+    As timm's ``adapt_input_conv``, but band-aware: the channels at positions ``rgb`` get the
+    red, green and blue filters, every other channel the mean of the three, and the whole is
+    scaled by 3 / in_chans so that the first layer's activations keep their magnitude. With
+    3 channels in RGB order the weight is returned unchanged.
+    """
+    mean = weight.mean(dim=1, keepdim=True)
+    new = mean.repeat(1, in_chans, 1, 1)
+    if rgb is not None:
+        for k, pos in enumerate(rgb):
+            new[:, pos] = weight[:, k]
+    return new * (3.0 / in_chans)
+
+
+def first_conv(trunk: nn.Module) -> nn.Conv2d:
+    """The trunk's first convolution (the one that sees the image's channels)."""
+    for m in trunk.modules():
+        if isinstance(m, nn.Conv2d):
+            return m
+    raise TypeError(f"{type(trunk).__name__} has no Conv2d layer")
+
+
+def adapt_input_channels(trunk: nn.Module, in_chans: int, rgb: tuple[int, int, int] | None,
+                         pretrained: bool) -> None:
+    """Give ``trunk`` ``in_chans`` input channels: from its (pretrained) RGB filters by
+    :func:`adapt_conv_weight`, or freshly initialised (He, fan-out, as torchvision's ResNet)
+    for a trunk trained from scratch. A trunk with an ``adapt_input(in_chans, rgb)`` method
+    adapts its own per-channel input buffers there."""
+    conv = first_conv(trunk)
+    if conv.in_channels != 3:
+        raise ValueError(f"the first convolution has {conv.in_channels} input channels, not 3")
+    if pretrained:
+        weight = adapt_conv_weight(conv.weight.detach(), in_chans, rgb)
+    else:
+        weight = torch.empty(conv.out_channels, in_chans // conv.groups, *conv.kernel_size)
+        nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+    conv.weight = nn.Parameter(weight.contiguous())
+    conv.in_channels = in_chans
+    adapt = getattr(trunk, "adapt_input", None)
+    if callable(adapt):
+        adapt(in_chans, rgb)
 
 
 def load_trunk_weights(trunk: nn.Module, path: str | Path, name: str = "backbone") -> None:

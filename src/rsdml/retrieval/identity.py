@@ -20,6 +20,14 @@ from rsdml.errors import RsdmlError
 PREPROCESSING = "rgb8 -> bilinear resize to SxS (aspect not kept) -> ImageNet mean/std"
 
 
+def preprocessing(bands: str) -> str:
+    """The preprocessing string of a run with ``--bands bands``."""
+    if str(bands).lower() == "rgb":
+        return PREPROCESSING
+    return (f"bands {bands} at the data's bit depth -> bilinear resize to SxS (aspect not "
+            "kept) -> the run's bands.json")
+
+
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
@@ -45,7 +53,8 @@ class ModelIdentity:
         return cls(run=str(Path(run_dir).resolve()), checkpoint=str(Path(checkpoint).resolve()),
                    checkpoint_sha256=file_sha256(Path(checkpoint)),
                    image_size=int(cfg.image_size), backbone=str(cfg.backbone),
-                   embedding_dim=int(cfg.embedding_dim))
+                   embedding_dim=int(cfg.embedding_dim),
+                   preprocessing=preprocessing(getattr(cfg, "bands", "rgb")))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str) -> ModelIdentity:

@@ -180,6 +180,13 @@ def _held(index: ArchiveIndex, entry: dict[str, Any], vector: np.ndarray | None 
     return vector is not None and bool(np.allclose(index.vectors[i], vector, atol=1e-6))
 
 
+def _data_path(data: str | Path) -> Path:
+    """DATA as a path: a folder or .npz as given, or a downloaded data set's name resolved."""
+    from rsdml.data.datasets import resolve_data
+
+    return Path(resolve_data(str(data)) or data)
+
+
 def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None = None,
                 kind: str = "auto", checkpoint: str = "auto", device: str | None = None,
                 batch_size: int | None = None, quiet: bool = False,
@@ -192,7 +199,8 @@ def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None
     if out.exists() and not is_index(out):  # checked before embedding, and again when saving
         raise RsdmlError(f"--out {out} exists and is not an rsdml index; choose a new folder "
                          "name")
-    ident, root, entries, vectors, _ = _gather(Path(data), None, run_dir, checkpoint=checkpoint,
+    ident, root, entries, vectors, _ = _gather(_data_path(data), None, run_dir,
+                                            checkpoint=checkpoint,
                                             device=device, batch_size=batch_size, quiet=quiet)
     if not entries:
         raise DatasetNotFoundError(f"nothing to index in {data}; check the path")
@@ -212,7 +220,8 @@ def add_to_index(index_dir: str | Path, data: str | Path, *, run_dir: str | Path
     """
     index = ArchiveIndex.open(index_dir)
     n_before = len(index)
-    _, _, entries, vectors, seen = _gather(Path(data), index, run_dir, checkpoint=checkpoint,
+    _, _, entries, vectors, seen = _gather(_data_path(data), index, run_dir,
+                                           checkpoint=checkpoint,
                                            device=device, batch_size=batch_size, quiet=quiet)
     replace = {index.by_path[e["path"]]: r for r, e in enumerate(entries)
                if e["path"] in index.by_path}

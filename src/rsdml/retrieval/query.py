@@ -48,6 +48,13 @@ def embed_image(loaded: Any, path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise RsdmlError(f"--image {path} does not exist; check the path")
+    spec = getattr(loaded, "spec", None)
+    if spec is not None:  # a multispectral run: the bands it was trained on
+        from rsdml.data.bands import Bands
+        from rsdml.data.imageio import read_resized_bands
+
+        return embed_pixels(loaded, read_resized_bands(path, int(loaded.cfg.image_size),
+                                                       Bands(spec.bands)))
     return embed_pixels(loaded, read_resized(path, int(loaded.cfg.image_size)))
 
 
@@ -58,8 +65,14 @@ def embed_pixels(loaded: Any, img: np.ndarray) -> np.ndarray:
     from rsdml.training.trainer import autocast_dtype
 
     cfg, dev = loaded.cfg, loaded.device
+    spec = getattr(loaded, "spec", None)
+    channels = spec.channels if spec is not None else 3
+    if img.ndim != 3 or img.shape[2] != channels:
+        raise RsdmlError(f"the image has {img.shape[2] if img.ndim == 3 else 1} band(s), but "
+                         f"this model takes {channels} (the bands it was trained on)")
     images = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
-    inputs = ImageInputs(_Stack(images), dev, channels_last=uses_channels_last(dev))  # type: ignore[arg-type]
+    inputs = ImageInputs(_Stack(images), dev, channels_last=uses_channels_last(dev),  # type: ignore[arg-type]
+                         normalizer=spec.normalizer() if spec is not None else None)
     return embed_batches(loaded.model, inputs, torch.arange(1), 1, autocast_dtype(cfg.amp, dev),
                          False, cfg.embedding_dim)[0]
 

@@ -14,11 +14,13 @@ import numpy as np
 import torch
 
 from rsdml.config import TrainConfig
+from rsdml.data.bands import Bands, InputSpec
 from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
+from rsdml.training.bands import run_input_spec
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
@@ -49,6 +51,7 @@ class LoadedModel:
     cfg: TrainConfig
     device: torch.device
     checkpoint: Path
+    spec: InputSpec | None = None  # the run's N-band input (RUN_DIR/bands.json); None = RGB
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str | None = None,
@@ -68,12 +71,13 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str
         raise RsdmlError(f"checkpoint {ckpt} does not exist; train the run first or choose "
                          "another --checkpoint")
     dev = resolve_device(cfg.device)
-    model = build_model(cfg.replace(pretrained="none", weights=None)).to(dev)
+    spec = run_input_spec(cfg, run, None, None, create=False)
+    model = build_model(cfg.replace(pretrained="none", weights=None), spec).to(dev)
     state = load_checkpoint(ckpt, map_location=dev)
     model.load_state_dict(state["model"])
     model = place_model(model, dev)
     model.eval()
-    return LoadedModel(model, cfg, dev, ckpt)
+    return LoadedModel(model, cfg, dev, ckpt, spec)
 
 
 def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
@@ -88,7 +92,8 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
         return load_image_cache(root, paths, cfg.image_size, mode=cfg.cache,
                                 cache_dir=cfg.cache_dir,
                                 max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
-                                workers=cfg.workers, progress=not quiet)
+                                workers=cfg.workers, progress=not quiet,
+                                bands=Bands(loaded.spec.bands) if loaded.spec else None)
 
     try:
         cache = cache_of(paths)
@@ -100,7 +105,8 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
             raise DatasetNotFoundError(f"no decodable images under {root}; check the folder") from None
         cache = cache_of(paths)
     # As evaluation embeds: the same precision, memory layout and batch loop.
-    inputs = image_inputs(cache, dev, cfg.device_cache)
+    inputs = image_inputs(cache, dev, cfg.device_cache,
+                          normalizer=loaded.spec.normalizer() if loaded.spec else None)
     emb = embed_batches(loaded.model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
                         autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)
     return emb, paths
@@ -109,8 +115,11 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
 def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
                  checkpoint: str = "auto", device: str | None = None,
                  batch_size: int | None = None, quiet: bool = False, force: bool = False) -> int:
-    """Embed every image below ``data``; ``force`` replaces an existing ``out_file``."""
-    root = Path(data)
+    """Embed every image below ``data`` (a folder, or a downloaded data set's name); ``force``
+    replaces an existing ``out_file``."""
+    from rsdml.data.datasets import resolve_data
+
+    root = Path(resolve_data(str(data)) or data)
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
     out_path = Path(out_file)

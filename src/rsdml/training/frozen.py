@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,24 +45,29 @@ def feature_key(cfg: TrainConfig, split: Split) -> str:
         "seed": cfg.seed if cfg.pretrained == "none" and not cfg.weights else None,
         "image_size": cfg.image_size,
     }
+    if cfg.bands != "rgb":  # absent for RGB, so the keys of earlier caches stay valid
+        ident["bands"] = [cfg.bands, cfg.rgb_bands]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
 @torch.inference_mode()
 def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.device,
-                     batch_size: int, show_progress: bool = True) -> Tensor:
+                     batch_size: int, show_progress: bool = True,
+                     normalizer: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     model.eval()
     chunks = torch.arange(len(cache)).split(batch_size)
     # The input in the layout build_session gives the model.
     layout = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
+    norm = normalizer or normalize
     out = [model.forward_features(
-               normalize(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
+               norm(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
            for c in progress(chunks, total=len(chunks), desc="trunk features", enabled=show_progress)]
     return torch.cat(out)
 
 
 def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
-                    device: torch.device) -> Tensor:
+                    device: torch.device,
+                    normalizer: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     path = folder / f"features-{feature_key(cfg, split)}.pt"
     if path.is_file():
@@ -73,7 +79,7 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
         except Exception:
             pass
         log.warning("feature cache %s is damaged; computing the features again", path)
-    feats = compute_features(model, cache, device, cfg.eval_batch_size, not cfg.quiet)
+    feats = compute_features(model, cache, device, cfg.eval_batch_size, not cfg.quiet, normalizer)
     try:
         import io
 

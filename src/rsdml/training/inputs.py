@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rsdml.data.augment import TrainAugment, normalize
+from rsdml.data.bands import gather
 from rsdml.data.cache import ImageCache
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
@@ -25,11 +27,14 @@ class ImageInputs:
     those cost more than the augmentation).
     """
 
-    def __init__(self, cache: ImageCache, device: torch.device, augment: TrainAugment | None = None,
-                 channels_last: bool = False, on_device: bool = False) -> None:
+    def __init__(self, cache: ImageCache, device: torch.device, augment: Any = None,
+                 channels_last: bool = False, on_device: bool = False,
+                 normalizer: Callable[[Tensor], Tensor] | None = None) -> None:
         self.cache = cache
         self.device = device
-        self.augment = augment
+        self.augment = augment  # TrainAugment, BandAugment (N bands) or None
+        # None: ImageNet's (RGB); else the run's per-band normalisation (rsdml.data.bands)
+        self.normalizer = normalizer or normalize
         self.channels_last = channels_last
         self.images = cache.images.to(device) if on_device else None
 
@@ -39,7 +44,7 @@ class ImageInputs:
 
     def _load(self, index: Tensor) -> Tensor:
         if self.images is not None:
-            return self.images.index_select(0, to_device(index, self.device))
+            return gather(self.images, to_device(index, self.device))
         batch = self.cache.batch(index)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
@@ -54,7 +59,7 @@ class ImageInputs:
         return self._layout(self.augment(self._load(index), generator))
 
     def eval(self, index: Tensor) -> Tensor:
-        return self._layout(normalize(self._load(index)))
+        return self._layout(self.normalizer(self._load(index)))
 
     @staticmethod
     def embed(model: EmbeddingNet, x: Tensor) -> Tensor:
@@ -107,11 +112,13 @@ def place_model(model: EmbeddingNet, device: torch.device) -> EmbeddingNet:
 
 
 def image_inputs(cache: ImageCache, device: torch.device, device_cache: str,
-                 augment: TrainAugment | None = None) -> ImageInputs:
+                 augment: TrainAugment | Any | None = None,
+                 normalizer: Callable[[Tensor], Tensor] | None = None) -> ImageInputs:
     """ImageInputs as training, evaluation and ``rsdml embed`` build them: in the layout of
     ``place_model``, the images in device memory where ``--device-cache`` lets them fit."""
     return ImageInputs(cache, device, augment, channels_last=uses_channels_last(device),
-                       on_device=device_cache_fits(cache, device, device_cache))
+                       on_device=device_cache_fits(cache, device, device_cache),
+                       normalizer=normalizer)
 
 
 def uses_channels_last(device: torch.device) -> bool:

@@ -73,7 +73,10 @@ def activation_bytes(model: nn.Module, image_size: int, device: torch.device,
 
     modes = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
-    x = torch.zeros(n, 3, image_size, image_size, device=device)
+    from rsdml.models.registry import first_conv
+
+    channels = first_conv(model).in_channels  # 3, or the bands of a multispectral run
+    x = torch.zeros(n, channels, image_size, image_size, device=device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     cast = (torch.autocast(device_type=device.type, dtype=autocast_dtype)

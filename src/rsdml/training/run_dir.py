@@ -47,6 +47,11 @@ class RunDir:
         return self.root / "final_metrics.json"
 
     @property
+    def bands(self) -> Path:
+        """The N-band input the network saw (rsdml.data.bands.InputSpec); absent for RGB."""
+        return self.root / "bands.json"
+
+    @property
     def spectrum(self) -> Path:
         return self.root / "spectrum.json"
 

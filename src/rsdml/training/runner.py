@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from rsdml.config import PATH_FIELDS, TrainConfig, config_values
-from rsdml.data.augment import TrainAugment
 from rsdml.data.cache import ImageCache, UndecodableImagesError, load_image_cache
 from rsdml.data.split import (
     Split,
@@ -30,6 +29,7 @@ from rsdml.data.split import (
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
+from rsdml.training.bands import run_input_spec
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
     FeatureInputs,
@@ -169,12 +169,16 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(**changes)
 
 
-def load_cache(cfg: TrainConfig, split: Split) -> ImageCache:
+def load_cache(cfg: TrainConfig, split: Split, run: RunDir | None = None) -> ImageCache:
+    from rsdml.data.bands import InputSpec
+    from rsdml.training.bands import band_selection
+
     assert cfg.data is not None
+    spec = InputSpec.load(run.bands) if run is not None and run.bands.is_file() else None
     return load_image_cache(
         cfg.data, split.paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
         max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30), workers=cfg.workers,
-        progress=not cfg.quiet,
+        progress=not cfg.quiet, bands=band_selection(cfg, spec),
     )
 
 
@@ -195,20 +199,24 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -> Session:
+    from rsdml.training.bands import train_augment
+
     device = resolve_device(cfg.device)
+    cache = load_cache(cfg, split, run)
+    spec = run_input_spec(cfg, run, split, cache, create=train)  # None for --bands rgb
+    normalizer = spec.normalizer() if spec is not None else None
     torch.manual_seed(cfg.seed)
-    model = place_model(build_model(cfg).to(device), device)
-    cache = load_cache(cfg, split)
+    model = place_model(build_model(cfg, spec).to(device), device)
     if cfg.freeze_backbone:
         from rsdml.training.frozen import frozen_features
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        feats = frozen_features(cfg, split, model, cache, device)
+        feats = frozen_features(cfg, split, model, cache, device, normalizer)
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
-        augment = TrainAugment(extra=cfg.extra_augment) if train else None
-        inputs = image_inputs(cache, device, cfg.device_cache, augment)
+        augment = train_augment(cfg, spec) if train else None
+        inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer)
     return Session(cfg, run, split, device, model, inputs)
 
 
@@ -219,15 +227,19 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     The run folder is locked while this runs. A new run whose start fails (no pretrained
     weights, a bad weights file, ...) is removed again, so the same command can be retried.
     """
+    from rsdml.data.datasets import resolve_data
+
     t_start = time.monotonic()
     if resume is not None:
         run = RunDir(Path(resume))
+        if overrides and overrides.get("data"):  # a data set name: its downloaded copy
+            overrides = {**overrides, "data": resolve_data(str(overrides["data"]))}
         cfg = validate_config(resume_config(run, overrides or {}))
         check_writable(run.root)
         with RunLock(run.root):
             split, cfg = _open_run_split(run, cfg, "--resume")
             return _train(cfg, run, split, None, t_start)
-    cfg = validate_config(_absolute_paths(cfg))
+    cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
     split = build_split(cfg)
@@ -412,8 +424,11 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
                  quiet: bool = False, data: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a saved run again; ``data`` points at its data set when that moved."""
+    from rsdml.data.datasets import resolve_data
+
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
+    data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
     with RunLock(run.root):
