@@ -9,19 +9,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
-
-from rsdml.cli.main import main
+from clihelp import run_cli
 
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
         "--no-report"]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 @pytest.mark.parametrize(

@@ -4,26 +4,11 @@
 from __future__ import annotations
 
 import pytest
+from clihelp import assert_one_line_error, run_cli
 
 import rsdml.training.runner as runner
-from rsdml.cli.main import main
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def _one_line_exit_2(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("rsdml: error: ")
-    for n in needles:
-        assert n in err, err
 
 
 @pytest.fixture
@@ -72,7 +57,7 @@ def test_train_config_bad_key_or_value(text, needles, tmp_path, capsys, captured
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
     code, _, err = run_cli(["train", "--config", str(cfg)], capsys)
-    _one_line_exit_2(code, err, str(cfg), *needles)
+    assert_one_line_error(code, err, str(cfg), *needles)
     assert not captured
 
 
@@ -98,7 +83,7 @@ def test_resume_config_bad_key_or_value(text, needles, saved_run, tmp_path, caps
     cfg = tmp_path / "c.yaml"
     cfg.write_text(text)
     code, _, err = run_cli(["train", "--resume", str(saved_run), "--config", str(cfg)], capsys)
-    _one_line_exit_2(code, err, *needles)
+    assert_one_line_error(code, err, *needles)
     assert "AttributeError" not in err
 
 
@@ -119,7 +104,7 @@ def test_resume_with_its_own_config_yaml_is_no_change(saved_run, tmp_path, capsy
     monkeypatch.setattr(runner, "_read_run_split", stop)
     code, _, err = run_cli(["train", "--resume", str(saved_run), "--config",
                             str(saved_run / "config.yaml"), "--epochs", "4"], capsys)
-    _one_line_exit_2(code, err, "stop here")
+    assert_one_line_error(code, err, "stop here")
     assert seen["cfg"].epochs == 4
 
 
@@ -136,7 +121,7 @@ def test_experiment_bad_key_or_value(text, needles, tmp_path, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
     code, _, err = run_cli(["experiment", str(grid), "--out", str(tmp_path / "exp")], capsys)
-    _one_line_exit_2(code, err, *needles)
+    assert_one_line_error(code, err, *needles)
     assert not (tmp_path / "exp").exists()
 
 

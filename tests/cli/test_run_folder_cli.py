@@ -8,22 +8,15 @@ import shutil
 import numpy as np
 import pytest
 import yaml
+from clihelp import run_cli
 
 import rsdml.training.runner as runner
-from rsdml.cli.main import main
 from rsdml.errors import RsdmlError
 from rsdml.training.run_dir import RunLock
 
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
         "--no-report", "--epochs", "1"]
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def _error_line(code: int, err: str) -> str:
@@ -75,7 +68,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_retry(existing, tiny_scen
     if existing:
         out.mkdir()
 
-    def offline(cfg):
+    def offline(cfg, spec=None):
         raise RsdmlError("could not get the ImageNet weights of resnet18 (offline); use --weights")
 
     monkeypatch.setattr(runner, "build_model", offline)

@@ -6,27 +6,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from clihelp import assert_one_line_error, run_cli
 
 import rsdml.training.runner as runner
-from rsdml.cli.main import main
 from rsdml.data.scan import scan_image_folder
 from rsdml.data.split import make_split, write_split_csv
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
-
-
-def _one_line_exit_2(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [l for l in err.strip().splitlines() if not l.startswith("rsdml: warning:")]
-    assert "Traceback" not in err and len(lines) == 1, err
-    assert lines[0].startswith("rsdml: error: ")
-    for n in needles:
-        assert n in lines[0], err
 
 
 def _split_file(data, path, **kw):
@@ -45,14 +29,14 @@ def inductive_split(tiny_scenes, tmp_path):
 def test_split_with_another_protocol_names_both(tiny_scenes, inductive_split, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--out", str(tmp_path / "r"),
                             "--split", str(inductive_split), "--protocol", "transductive"], capsys)
-    _one_line_exit_2(code, err, "--protocol inductive", "--protocol is transductive")
+    assert_one_line_error(code, err, "--protocol inductive", "--protocol is transductive", warnings=True)
     assert not (tmp_path / "r").exists()
 
 
 def test_split_with_other_fractions_is_refused(tiny_scenes, inductive_split, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--out", str(tmp_path / "r"),
                             "--split", str(inductive_split), "--labeled-fraction", "0.5"], capsys)
-    _one_line_exit_2(code, err, "--labeled-fraction 0.25, but --labeled-fraction is 0.5")
+    assert_one_line_error(code, err, "--labeled-fraction 0.25, but --labeled-fraction is 0.5", warnings=True)
 
 
 def test_split_brings_its_protocol_and_fractions(tiny_scenes, inductive_split, tmp_path, capsys,
@@ -73,7 +57,7 @@ def test_split_from_another_data_folder(tiny_scenes, inductive_split, tmp_path, 
     shutil.copytree(tiny_scenes, copy)
     code, _, err = run_cli(["train", "--data", str(copy), "--out", str(tmp_path / "r"),
                             "--split", str(inductive_split)], capsys)
-    _one_line_exit_2(code, err, "was made from data folder", str(copy))
+    assert_one_line_error(code, err, "was made from data folder", str(copy), warnings=True)
 
 
 def test_split_whose_images_are_gone(tiny_scenes, tmp_path, capsys):
@@ -84,7 +68,7 @@ def test_split_whose_images_are_gone(tiny_scenes, tmp_path, capsys):
     gone.unlink()
     code, _, err = run_cli(["train", "--data", str(data), "--out", str(tmp_path / "r"),
                             "--split", str(split)], capsys)
-    _one_line_exit_2(code, err, "missing under", gone.name)
+    assert_one_line_error(code, err, "missing under", gone.name, warnings=True)
 
 
 def test_split_pointing_at_a_binary_file(tiny_scenes, tmp_path, capsys):
@@ -92,5 +76,5 @@ def test_split_pointing_at_a_binary_file(tiny_scenes, tmp_path, capsys):
     blob.write_bytes(bytes(range(256)) * 64)
     code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--out", str(tmp_path / "r"),
                             "--split", str(blob)], capsys)
-    _one_line_exit_2(code, err, "is not a split.csv")
+    assert_one_line_error(code, err, "is not a split.csv", warnings=True)
     assert "UnicodeDecodeError" not in err

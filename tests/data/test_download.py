@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelp import run_cli
 from PIL import Image
 
-from rsdml.cli.main import main
 from rsdml.data import datasets
 from rsdml.data.datasets import DatasetInfo, download_dataset, resolve_data
 from rsdml.data.download import DownloadError, fetch
@@ -87,13 +87,6 @@ def tiny_entry(monkeypatch, server, tmp_path):
 def _nothing_left(root: Path) -> None:
     assert not (root / "tiny").exists()
     assert not list(root.glob(".tiny.extract-*")) if root.exists() else True
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_download_installs_verified_class_folders(tiny_entry, server, tmp_path, capsys):

@@ -11,9 +11,9 @@ import pytest
 import tifffile
 import torch
 import yaml
+from clihelp import run_cli
 from PIL import Image
 
-from rsdml.cli.main import main
 from rsdml.config import TrainConfig
 from rsdml.data.bands import Bands, InputSpec
 from rsdml.models.embedding import build_model
@@ -50,13 +50,6 @@ def _write_folder(root: Path, dtype=np.uint16) -> Path:
 @pytest.fixture(scope="module")
 def eurosat_ms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write_folder(tmp_path_factory.mktemp("eurosat-ms"))
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
-    out, err = capsys.readouterr()
-    return int(exc.value.code or 0), out, err
 
 
 def test_all_bands_from_scratch_train_evaluate_embed(eurosat_ms, tmp_path, capsys):
