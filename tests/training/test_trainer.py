@@ -101,7 +101,7 @@ def test_training_with_and_without_the_cache_is_identical(tiny_scenes, tmp_path,
     run = tmp_path / source
     sources = []
     if source == "files":
-        def no_cache(cfg, split):
+        def no_cache(cfg, split, run=None):
             sources.append(_FilesOnly(cfg.data, split.paths, cfg.image_size))
             return sources[-1]
 
