@@ -122,6 +122,8 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
+    if not _is_main():  # under torchrun rank 0 speaks for the run
+        return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
     click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
@@ -214,6 +216,12 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
+def _is_main() -> bool:
+    from rsdml.training.distributed import is_main
+
+    return is_main()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _setup_logging()
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except RsdmlError as e:
-        click.echo(f"rsdml: error: {e}", err=True)
+        if _is_main() or type(e).__name__ != "TrainingInterrupted":  # one line, not one a rank
+            click.echo(f"rsdml: error: {e}", err=True)
         sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         click.echo("rsdml: interrupted", err=True)

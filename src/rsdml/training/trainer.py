@@ -3,6 +3,10 @@
 Every random draw is a function of (seed, what, counter): the labelled order of an epoch, the
 unlabelled batch of a global step and the augmentation of a step. A run stopped at any step
 and resumed from its checkpoint therefore replays exactly what an uninterrupted run would.
+
+Under ``torchrun`` (``rsdml.training.distributed``) the batches stay global: every rank draws
+the same global batches, takes its contiguous slice of each, and the method's loss is computed
+on the gathered global batch; rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from rsdml.errors import RsdmlError, TrainingDivergedError
 from rsdml.evaluation.knn import knn_accuracy
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
+from rsdml.training import distributed
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
 from rsdml.training.diagnostics import (
     collapse_warning,
@@ -102,6 +107,7 @@ class Trainer:
         self.cfg, self.run, self.model, self.method = cfg, run, model, method
         self.inputs, self.labeled, self.unlabeled, self.evalsets = inputs, labeled, unlabeled, evalsets
         self.device = device
+        self.dist = distributed.current()
         self.optimizer = make_optimizer(model, method, cfg)
         self.forward_model = torch.compile(model) if cfg.compile else model
         self.autocast_dtype = autocast_dtype(cfg.amp, device)
@@ -117,6 +123,10 @@ class Trainer:
         self._unl_perm_cache: tuple[int, Tensor] | None = None
         self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
         self._trunk_trains: bool | None = None
+        #: Under torchrun: the DistributedDataParallel training forward (built at the first
+        #: step and again when the trunk starts training: DDP syncs the parameters that
+        #: require gradients when it is built).
+        self._ddp: Any = None
         if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
             raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
 
@@ -165,6 +175,8 @@ class Trainer:
     def resume_from(self, path: Any) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
         # Lines written after the checkpoint belong to work that will be replayed.
+        if not self.dist.is_main:
+            return
         for file in (self.run.metrics, self.run.root / "train_log.jsonl"):
             rows = [r for r in read_jsonl(file) if r.get("step", 0) <= self.global_step]
             write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
@@ -173,7 +185,8 @@ class Trainer:
     def labeled_batches(self, epoch: int) -> list[Tensor]:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, epoch))
         batches = self.method.labeled_batches(self.labeled.labels.cpu(), self.cfg.batch_size, gen)
-        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one image
+        # BatchNorm cannot train on one image: each rank's slice needs two.
+        if len(batches) > 1 and len(batches[-1]) < 2 * self.dist.world_size:
             batches[-2:] = [torch.cat(batches[-2:])]
         return batches
 
@@ -213,6 +226,23 @@ class Trainer:
             for p in self.model.trunk.parameters():
                 p.requires_grad_(trains)  # no backward through a trunk that does not learn
             self._trunk_trains = trains
+            self._ddp = None
+        if self.dist.enabled and self._ddp is None:
+            self._ddp = self._wrap_ddp()
+
+    def _wrap_ddp(self) -> Any:
+        """The training forward under DistributedDataParallel (its gradients averaged over
+        the ranks); torch.compile'd around DDP when ``--compile``."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = DistributedDataParallel(_Embedder(self.model, self.inputs.embed), device_ids=ids)
+        return torch.compile(ddp) if self.cfg.compile else ddp
+
+    def _train_forward(self, x: Tensor) -> Tensor:
+        if self._ddp is not None:
+            return self._ddp(x)  # type: ignore[no-any-return]
+        return self.inputs.embed(self.forward_model, x)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -231,22 +261,24 @@ class Trainer:
         ``run_step`` / ``flush_losses``, so a GPU never idles while the host waits for a loss
         value."""
         self.set_position(self.cfg.head_warmup_epochs + self.cfg.warmup_epochs if t is None else t)
+        d = self.dist
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
-        gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
-        index_l = batch
-        images = self.labeled.index[index_l]
+        key = (self.global_step,) if d.world_size == 1 else (self.global_step, d.rank)
+        gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, *key))
+        index_l = batch  # the global batch; this rank runs the network on its slice of it
+        images = self.labeled.index[distributed.shard(index_l, d)]
         n_l = len(images)
         if self.method.uses_unlabeled:  # one gather and one augmentation call for both
-            images = torch.cat([images, self.unlabeled_batch(self.global_step)])
+            images = torch.cat([images, distributed.shard(self.unlabeled_batch(self.global_step), d)])
         x = self.inputs.train(images, gen)
         y_l = to_device(self.labeled.labels[index_l], self.device)
         self._train_mode()
         with self.autocast():
-            emb = self.inputs.embed(self.forward_model, x).float()
-            terms = self.method(emb[:n_l], y_l, to_device(index_l, self.device),
-                                emb[n_l:] if self.method.uses_unlabeled else None)
+            emb = self._train_forward(x).float()
+            terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device))
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
+        distributed.average_gradients(self.method.parameters())
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
@@ -287,10 +319,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def embed(self, index: Tensor) -> np.ndarray:
+        """Evaluation-mode embeddings of ``index``; under torchrun each rank embeds its slice
+        and every rank receives all of them, in order."""
         self.model.eval()
-        return embed_batches(lambda x: self.inputs.embed(self.forward_model, x), self.inputs, index,
-                             self.cfg.eval_batch_size, self.autocast_dtype, not self.cfg.quiet,
-                             self.cfg.embedding_dim)
+        out = embed_batches(lambda x: self.inputs.embed(self.forward_model, x), self.inputs,
+                            distributed.shard(index, self.dist), self.cfg.eval_batch_size,
+                            self.autocast_dtype, not self.cfg.quiet, self.cfg.embedding_dim)
+        if self.dist.world_size == 1:
+            return out
+        return distributed.gather_cat(torch.from_numpy(out).to(self.device)).cpu().numpy()
 
     def evaluate(self) -> dict[str, float]:
         """kNN accuracy (and on validation), plus the label-free collapse diagnostics of the
@@ -306,7 +343,7 @@ class Trainer:
         spectrum = self.spectrum()
         if spectrum is not None:
             diag.update(prediction_diagnostics(spectrum))
-        if self.epoch > 0 and is_collapsed(diag):
+        if self.epoch > 0 and is_collapsed(diag) and self.dist.is_main:
             log.warning(collapse_warning(diag, self.epoch))
         return {**out, **diag}
 
@@ -327,8 +364,10 @@ class Trainer:
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal is not None:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
+            if self._stop_signal is not None:
+                if self.dist.enabled:  # torchrun passes on the signal its group got: the same
+                    return            # stop (torchrun kills what has not stopped in time)
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
             self._stop_signal = signum
             print(f"\nrsdml: got {signal.Signals(signum).name}; saving a checkpoint after this step...",
                   file=sys.stderr, flush=True)
@@ -347,23 +386,25 @@ class Trainer:
                 signal.signal(s, h)
 
     def fit(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        cfg = self.cfg
-        writer = SummaryWriter(str(self.run.tensorboard))
+        cfg, main = self.cfg, self.dist.is_main
+        writer = _summary_writer(self.run) if main else _NoWriter()
         if self.global_step == 0 and self.method.needs_start_embeddings:
             emb = torch.from_numpy(self.embed(self.labeled.index)).to(self.device)
             self.method.on_train_start(emb)
-        if self.global_step == 0 and not self.run.spectrum.exists():
+        # Which files exist is rank 0's to say (other ranks may not see them yet).
+        need_spectrum, need_start = distributed.broadcast(
+            (not self.run.spectrum.exists(), not read_jsonl(self.run.metrics)) if main else None)
+        if self.global_step == 0 and need_spectrum:
             start = self.spectrum()
-            if start is not None:
+            if start is not None and main:
                 write_json(self.run.spectrum, {"start": start, "start_step": 0})
-        if self.global_step == 0 and not read_jsonl(self.run.metrics):
+        if self.global_step == 0 and need_start:
             # Epoch 0: the starting point, so every curve and summary shows what training added.
             t0 = time.monotonic()
             row = {"epoch": 0, "step": 0, **self.evaluate()}
             self.elapsed += time.monotonic() - t0
-            _append_jsonl(self.run.metrics, {**row, "seconds": round(self.elapsed, 3)})
+            if main:
+                _append_jsonl(self.run.metrics, {**row, "seconds": round(self.elapsed, 3)})
             if not cfg.quiet:
                 print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
         try:
@@ -373,10 +414,18 @@ class Trainer:
         finally:
             writer.close()
         end = self.spectrum()
-        if end is not None and self.run.spectrum.exists():
+        if end is not None and main and self.run.spectrum.exists():
             spec = json.loads(self.run.spectrum.read_text())
             spec.update({"end": end, "end_step": self.global_step})
             write_json(self.run.spectrum, spec)
+        distributed.barrier()  # every checkpoint is on disk before any rank reads one back
+
+    def _stop_requested(self) -> int | None:
+        """The signal that stops training; under torchrun all ranks agree on it, step by step
+        (a signal may reach the ranks at different steps)."""
+        if not self.dist.enabled:
+            return self._stop_signal
+        return distributed.agree_max(self._stop_signal or 0) or None
 
     def _run_epoch(self, writer: Any) -> None:
         cfg, epoch = self.cfg, self.epoch
@@ -387,14 +436,17 @@ class Trainer:
                           enabled=not cfg.quiet):
             self.run_step(batches[b], epoch, epoch + (b + 1) / len(batches))
             self.batch_in_epoch = b + 1
-            if self._stop_signal is not None:
+            stop = self._stop_requested()
+            if stop is not None:
                 self.flush_losses()
                 self.elapsed += time.monotonic() - t0
-                self.save()
+                if self.dist.is_main:
+                    self.save()
+                distributed.barrier()  # no rank exits (and has torchrun stop the rest) before
                 raise TrainingInterrupted(
                     f"interrupted in epoch {epoch + 1} at step {self.global_step}; checkpoint saved "
                     f"to {self.run.last}; continue with `rsdml train --resume {self.run.root}`",
-                    self._stop_signal,
+                    stop,
                 )
         self.flush_losses()
         self.epoch, self.batch_in_epoch = epoch + 1, 0
@@ -405,9 +457,11 @@ class Trainer:
                                "reg_weight": self.method.reg_weight,
                                "seconds": round(self.elapsed, 3)}
         self.sums, self.steps_in_sums = {}, 0
+        main = self.dist.is_main
         for k, v in means.items():
             writer.add_scalar(f"train/{k}", v, self.global_step)
-        _append_jsonl(self.run.root / "train_log.jsonl", row)
+        if main:
+            _append_jsonl(self.run.root / "train_log.jsonl", row)
         evaluated = self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs
         improved = False
         if evaluated:
@@ -419,19 +473,61 @@ class Trainer:
                 writer.add_scalar(f"eval/{k}", v, self.global_step)
             if "val_knn_acc" in metrics and (self.best_val is None or metrics["val_knn_acc"] > self.best_val):
                 self.best_val, improved = metrics["val_knn_acc"], True
-            _append_jsonl(self.run.metrics, row)
+            if main:
+                _append_jsonl(self.run.metrics, row)
         if not cfg.quiet:
             terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
             acc = f"  knn_acc {row['knn_acc']:.4f}" if evaluated else ""
             val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
             print(f"epoch {self.epoch}/{cfg.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
                   f"({terms}){acc}{val}  {self.elapsed:.1f}s", file=sys.stderr, flush=True)
-        if improved:
+        if improved and main:
             save_checkpoint({"model": self.model.state_dict(), "method": self.method.state_dict(),
                              "epoch": self.epoch, "global_step": self.global_step,
                              "val_knn_acc": self.best_val, "config": cfg.to_dict()}, self.run.best)
-        if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
+        if (self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs) and main:
             self.save()
+
+
+def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor,
+                 index: Tensor) -> dict[str, Tensor]:
+    """The method's loss terms on the global batch. ``emb``: this rank's embeddings, its slice
+    of the labelled batch (``n_local`` rows) then its slice of the unlabelled one; ``labels``
+    and ``index``: the whole labelled batch's. Every rank gathers all slices (with autograd)
+    and computes the same loss one process would on the concatenated batch; DDP's gradient
+    average then gives that process's gradient (``distributed``'s docstring says why)."""
+    emb_l = distributed.gather_cat(emb[:n_local])
+    emb_u = distributed.gather_cat(emb[n_local:]) if method.uses_unlabeled else None
+    return method(emb_l, labels, index, emb_u)  # type: ignore[no-any-return]
+
+
+class _Embedder(torch.nn.Module):
+    """The network as the inputs embed with it (``model(x)`` or, in fast mode, the head on
+    cached features): the one module DDP wraps, so its forward is what DDP sees."""
+
+    def __init__(self, model: EmbeddingNet, embed: Any) -> None:
+        super().__init__()
+        self.model = model
+        self._embed = embed
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._embed(self.model, x)  # type: ignore[no-any-return]
+
+
+def _summary_writer(run: RunDir) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run.tensorboard))
+
+
+class _NoWriter:
+    """TensorBoard on ranks other than 0: nothing is written."""
+
+    def add_scalar(self, *args: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 # Steps between loss read-backs: on a GPU each read-back makes the host wait for the device.
