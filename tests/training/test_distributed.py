@@ -201,3 +201,21 @@ def test_sigterm_to_the_torchrun_group_saves_once_and_resumes_exactly(two_rank_r
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_embed_under_torchrun_shards_and_merges_in_order(two_rank_run, tiny_scenes, tmp_path):
+    """`rsdml embed` under 2 ranks: one file, the images in the order one process writes
+    them, the same vectors."""
+    import numpy as np
+
+    from rsdml.training.embed import embed_folder
+
+    two, one = tmp_path / "two.npz", tmp_path / "one.npz"
+    done = _torchrun("embed", str(tiny_scenes), "--run-dir", str(two_rank_run), "--out", str(two),
+                     "--quiet")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("embedded 64 images") == 1
+    embed_folder(tiny_scenes, two_rank_run, one, quiet=True)
+    a, b = np.load(one), np.load(two)
+    assert list(a["paths"]) == list(b["paths"])
+    np.testing.assert_allclose(b["embeddings"], a["embeddings"], rtol=1e-4, atol=1e-5)

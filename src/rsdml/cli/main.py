@@ -145,13 +145,15 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 
     result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet, data=data)
     _print_summary(result)
-    click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
+    if _is_main():
+        click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
 
 
 @cli.command()
 @click.argument("data", type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder whose model embeds the images.")
+@click.option("--run", "--run-dir", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder whose model embeds the images (--run-dir under torchrun, "
+                   "which takes --run for its own --run-path).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Output .npz (embeddings, paths).")
 @click.option("--checkpoint", default="auto", show_default=True)
@@ -166,7 +168,8 @@ def embed(data: str, run_dir: str, out_file: str, checkpoint: str, device: str |
 
     n = embed_folder(data, run_dir, out_file, checkpoint=checkpoint, device=device,
                      batch_size=batch_size, quiet=quiet, force=force)
-    click.echo(f"embedded {n} images -> {out_file}")
+    if _is_main():
+        click.echo(f"embedded {n} images -> {out_file}")
 
 
 @cli.command()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def init(device: str) -> Dist:
     dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
     control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
     _current = Dist(dist.get_rank(), dist.get_world_size(), local_rank, control)
+    if not _current.is_main:  # rank 0 speaks for the group; the others only report errors
+        logging.getLogger("rsdml").setLevel(logging.ERROR)
     return _current
 
 
@@ -162,6 +165,16 @@ def broadcast(obj: Any) -> Any:
     if not _current.enabled:
         return obj
     return _share([obj])[0]
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj``, in rank order (over the gloo control group: host
+    memory, whatever the devices)."""
+    if not _current.enabled:
+        return [obj]
+    out: list[Any] = [None] * _current.world_size
+    dist.all_gather_object(out, obj, group=_current.control)
+    return out
 
 
 def shard(index: Tensor, d: Dist | None = None) -> Tensor:

@@ -19,6 +19,7 @@ from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
+from rsdml.training import distributed
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
@@ -121,16 +122,47 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     if out_path.exists() and not force:
         raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
                          "choose another file")
+    d = distributed.init(resolve_device(device or _run_device(run_dir)).type)
+    try:
+        n = _embed_folder(root, run_dir, out_path, checkpoint, device, batch_size, quiet, d)
+    except BaseException:
+        distributed.teardown(clean=False)
+        raise
+    distributed.teardown()
+    return n
+
+
+def _run_device(run_dir: str | Path) -> str:
+    run = RunDir(Path(run_dir))
+    return load_run_config(run).device if run.config.is_file() else "auto"
+
+
+def _embed_folder(root: Path, run_dir: str | Path, out_path: Path, checkpoint: str,
+                  device: str | None, batch_size: int | None, quiet: bool,
+                  d: distributed.Dist) -> int:
+    """Under torchrun each rank embeds a contiguous slice of the sorted image list and rank 0
+    merges the slices, in order, into the one output file."""
+    quiet = quiet or not d.is_main
     loaded = load_run_model(run_dir, checkpoint=checkpoint, device=device,
                             batch_size=batch_size, quiet=quiet, data=root)
-    paths, bad = list_images(root)
+    paths, bad = distributed.broadcast(list_images(root) if d.is_main else None)
     if bad:
         log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
     if not paths:
         raise DatasetNotFoundError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
         )
-    emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
+    if d.world_size > 1:
+        lo, hi = d.rank * len(paths) // d.world_size, (d.rank + 1) * len(paths) // d.world_size
+        emb, kept = embed_paths(loaded, root, paths[lo:hi], quiet=quiet) if hi > lo else (
+            np.zeros((0, loaded.cfg.embedding_dim), np.float32), [])
+        parts = distributed.gather_objects((emb, kept))
+        if not d.is_main:
+            return int(sum(len(p[1]) for p in parts))
+        emb = np.concatenate([p[0] for p in parts])
+        paths = [path for p in parts for path in p[1]]
+    else:
+        emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
     import io
 
     buf = io.BytesIO()

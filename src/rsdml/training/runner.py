@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,17 @@ from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
 from rsdml.training import distributed
+from rsdml.training.callbacks import (
+    Callback,
+    Checkpoints,
+    Console,
+    EvalSets,
+    Evaluation,
+    MetricsLog,
+    Spectrum,
+    TensorBoard,
+    TrainLog,
+)
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
     FeatureInputs,
@@ -50,7 +62,6 @@ from rsdml.training.run_dir import (
     write_json,
 )
 from rsdml.training.trainer import (
-    EvalSets,
     LabeledSet,
     Trainer,
     UnlabeledSet,
@@ -251,8 +262,6 @@ def _join_ranks(cfg: TrainConfig) -> distributed.Dist:
                              f"{d.world_size} ranks; give at least {2 * d.world_size} (2 per rank)")
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
-    if not d.is_main:
-        logging.getLogger("rsdml").setLevel(logging.ERROR)
     return d
 
 
@@ -317,7 +326,7 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split | None, new: tuple[RunLoc
         cfg = cfg.replace(quiet=True)
         split, _ = _read_run_split(run, cfg)
         session = build_session(cfg, run, split, train=True)
-        trainer = make_trainer(session)
+        trainer = make_trainer(session, make_callbacks(session))
     split = session.split
     main = distributed.current().is_main
     if resume:
@@ -364,7 +373,7 @@ def _start(cfg: TrainConfig, run: RunDir, split: Split,
                 split = _split_without(split, set(e.paths), cfg)
                 _write_new_run(cfg, run, split)
                 session = build_session(cfg, run, split, train=True)
-            trainer = make_trainer(session)
+            trainer = make_trainer(session, make_callbacks(session))
             check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
                          uses_channels_last(session.device), trainer.method.uses_unlabeled)
     except Exception:
@@ -454,22 +463,40 @@ def _open_run_split(run: RunDir, cfg: TrainConfig, what: str) -> tuple[Split, Tr
     return split, cfg
 
 
-def make_trainer(s: Session) -> Trainer:
-    """The Trainer of a session: its method, labelled/unlabelled sets and evaluation sets (used
-    by ``train`` and by the benchmarks)."""
+def make_trainer(s: Session, callbacks: Sequence[Callback] = ()) -> Trainer:
+    """The Trainer of a session: its method and labelled/unlabelled sets (used by ``train``
+    and by the benchmarks); it gets no labels of unlabelled or test images."""
     split, device = s.split, s.device
     lab = split.index("labeled")
     labeled = LabeledSet(_tensor(lab), _tensor(split.labels[lab]))
     unl = split.unlabeled_index()
     method = create_method(s.cfg, split.num_classes, labeled.labels).to(device)
-    test, val = split.index("test"), split.index("val")
-    evalsets = EvalSets(
-        reference=labeled,
+    return Trainer(s.cfg, s.run, s.model, method, s.inputs, labeled,
+                   UnlabeledSet(_tensor(unl)) if len(unl) else None, device, callbacks)
+
+
+def evaluation_sets(split: Split) -> EvalSets:
+    """What evaluation compares: the labelled images as reference, the test (and validation)
+    images with their labels."""
+    lab, test, val = split.index("labeled"), split.index("test"), split.index("val")
+    return EvalSets(
+        reference=LabeledSet(_tensor(lab), _tensor(split.labels[lab])),
         test=LabeledSet(_tensor(test), _tensor(split.labels[test])),
         val=LabeledSet(_tensor(val), _tensor(split.labels[val])) if len(val) else None,
     )
-    return Trainer(s.cfg, s.run, s.model, method, s.inputs, labeled,
-                   UnlabeledSet(_tensor(unl)) if len(unl) else None, evalsets, device)
+
+
+def make_callbacks(s: Session) -> list[Callback]:
+    """What runs around the training loop, in order: under torchrun, evaluation and the
+    spectrum on every rank (each embeds a slice), the writers of files and lines on rank 0."""
+    main = distributed.is_main()
+    evaluation: list[Callback] = [Evaluation(evaluation_sets(s.split), s.cfg),
+                                  Spectrum(s.run, write=main)]
+    if not main:
+        return evaluation
+    console: list[Callback] = [] if s.cfg.quiet else [Console(s.cfg)]
+    return [TrainLog(s.run), *evaluation, MetricsLog(s.run), TensorBoard(s.run), *console,
+            Checkpoints(s.run, s.cfg)]
 
 
 def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | None = None) -> dict[str, Any]:
@@ -501,12 +528,45 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
                  quiet: bool = False, data: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a saved run again; ``data`` points at its data set when that moved."""
+    """Evaluate a saved run again; ``data`` points at its data set when that moved. Under
+    torchrun each rank embeds a slice of the images and rank 0 writes the evaluation."""
     run = RunDir(Path(run_dir))
     cfg = load_run_config(run)
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    with RunLock(run.root):
-        split, cfg = _open_run_split(run, cfg, "run folder")
-        session = build_session(cfg, run, split, train=False)
+    d = distributed.init(resolve_device(cfg.device).type)
+    try:
+        if d.enabled:
+            result = _evaluate_ranked(run, cfg, checkpoint)
+        else:
+            with RunLock(run.root):
+                split, cfg = _open_run_split(run, cfg, "run folder")
+                session = build_session(cfg, run, split, train=False)
+                result = evaluate_session(session, checkpoint)
+    except BaseException:
+        distributed.teardown(clean=False)
+        raise
+    distributed.teardown()
+    return result
+
+
+def _evaluate_ranked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+    main = distributed.is_main()
+    lock: RunLock | None = None
+    session: Session | None = None
+    try:
+        with distributed.main_first():
+            if main:
+                lock = RunLock(run.root).acquire()
+                split, cfg = _open_run_split(run, cfg, "run folder")
+                session = build_session(cfg, run, split, train=False)
+        if session is None:  # another rank: after rank 0 (its cache is built, its data found)
+            cfg = distributed.broadcast(None).replace(quiet=True)
+            split, _ = _read_run_split(run, cfg)
+            session = build_session(cfg, run, split, train=False)
+        else:
+            distributed.broadcast(cfg)
         return evaluate_session(session, checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()
