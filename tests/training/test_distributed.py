@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-B, BU, D_IN, D, C = 10, 6, 12, 8, 5  # B, BU not multiples of 2 x 3: uneven slices too
+B, BU, D_IN, D, C = 11, 7, 12, 8, 5  # odd: the 2 ranks' slices differ in size
 
 
 def _free_port() -> int:
@@ -40,7 +40,7 @@ def _free_port() -> int:
 def _problem(name: str) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, torch.Tensor]]:
     """A linear 'network', the method and one global batch, identical in every process."""
     torch.manual_seed(0)
-    labeled = torch.arange(20) % C  # the labelled set; the batch is 10 of its images
+    labeled = torch.arange(20) % C  # the labelled set; the batch is 11 of its images
     cfg = TrainConfig(method=name, embedding_dim=D)
     net = torch.nn.Linear(D_IN, D).double()
     method = create_method(cfg, C, labeled).double()
@@ -59,7 +59,7 @@ def _step(net, method, batch, d: distributed.Dist) -> dict[str, torch.Tensor]:
     x_l = distributed.shard(batch["x_l"], d)
     x_u = distributed.shard(batch["x_u"], d) if method.uses_unlabeled else batch["x_u"][:0]
     emb = net(torch.cat([x_l, x_u]))
-    terms = global_terms(method, emb, len(x_l), batch["y"], batch["index"])
+    terms = global_terms(method, emb, len(x_l), batch["y"], batch["index"], BU)
     terms["total"].backward()
     distributed.average_gradients(method.parameters())
     module = net.module if hasattr(net, "module") else net

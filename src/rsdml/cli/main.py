@@ -88,10 +88,20 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None and k not in ("config_path", "resume")}
 
 
+#: The commands that run as a group of ranks under torchrun (the others refuse it).
+TORCHRUN_COMMANDS = ("train", "evaluate", "embed")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rsdml")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
+    from rsdml.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+        raise RsdmlError(f"rsdml {ctx.invoked_subcommand} runs as one process; run it without "
+                         f"torchrun (under torchrun: rsdml {', '.join(TORCHRUN_COMMANDS)})")
 
 
 @cli.command(cls=_TrainCommand)

@@ -7,8 +7,8 @@ starts and every helper is the identity, so a single process runs exactly as bef
 Why the batch is gathered: the high-rankness term is the nuclear norm of the *whole* batch's
 prediction matrix, and ||[P_0; P_1]||_* is not ||P_0||_* + ||P_1||_*; averaging per-rank
 losses optimises another objective. Each rank therefore gathers every rank's embeddings
-(:func:`gather_cat`, ``torch.distributed.nn.functional.all_gather``: autograd flows back, its
-backward *sums* every rank's gradient into the rank that owns the rows) and computes the
+(:func:`gather_cat`, PyTorch's differentiable all-gather: autograd flows back, its backward
+*sums* every rank's gradient into the rank that owns the rows) and computes the
 method's loss on the global batch. With W ranks each rank's local embeddings get W times
 d(loss)/d(own rows), and DDP's gradient *average* divides by W again: the network's gradient
 is exactly the single-process gradient on the concatenated batch, with no loss scaling. The
@@ -54,6 +54,10 @@ class Dist:
         return self.rank == 0
 
 
+#: How long a rank waits in a collective before it fails (rank 0 builds the decoded-image
+#: cache while the others wait for it).
+TIMEOUT_MINUTES = 120
+
 _current = Dist()
 #: This process's rank in the group it last left (``rsdml train`` prints its summary after).
 _last_rank = 0
@@ -84,8 +88,11 @@ def init(device: str) -> Dist:
                              f"{torch.cuda.device_count()} CUDA device(s); lower --nproc_per_node")
         torch.cuda.set_device(local_rank)
         backend = "nccl"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60))
-    control = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    # Generous: the other ranks wait in a collective while rank 0 builds the image cache.
+    timeout = datetime.timedelta(minutes=TIMEOUT_MINUTES)
+    dist.init_process_group(backend, timeout=timeout)
+    control = (dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo"
+               else dist.group.WORLD)
     _current = Dist(dist.get_rank(), dist.get_world_size(), local_rank, control)
     if not _current.is_main:  # rank 0 speaks for the group; the others only report errors
         logging.getLogger("rsdml").setLevel(logging.ERROR)
@@ -186,15 +193,26 @@ def shard(index: Tensor, d: Dist | None = None) -> Tensor:
     return index.tensor_split(d.world_size)[d.rank]
 
 
-def gather_cat(t: Tensor) -> Tensor:
+def shard_sizes(total: int, world_size: int) -> list[int]:
+    """The sizes of :func:`shard`'s slices of ``total`` rows (``Tensor.tensor_split``'s)."""
+    return [total // world_size + (1 if r < total % world_size else 0) for r in range(world_size)]
+
+
+def gather_cat(t: Tensor, total: int | None = None) -> Tensor:
     """Every rank's ``t`` (the same trailing shape, any number of rows), concatenated in rank
     order on every rank. Differentiable: gradients reach each rank's own rows, summed over the
-    ranks that used them (``torch.distributed.nn.functional.all_gather``)."""
+    ranks that used them. ``total``: the rows of all ranks when the slices are :func:`shard`'s
+    of that many (the sizes are then known without asking the ranks, and a GPU without a
+    host wait)."""
     if not _current.enabled or _current.world_size == 1:
         return t
-    sizes = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(_current.world_size)]
-    dist.all_gather(sizes, torch.tensor([len(t)], dtype=torch.int64, device=t.device))
-    counts = [int(s.item()) for s in sizes]
+    if total is not None:
+        counts = shard_sizes(total, _current.world_size)
+    else:
+        sizes = [torch.zeros(1, dtype=torch.int64, device=t.device)
+                 for _ in range(_current.world_size)]
+        dist.all_gather(sizes, torch.tensor([len(t)], dtype=torch.int64, device=t.device))
+        counts = [int(s.item()) for s in sizes]
     most = max(counts)
     padded = t if len(t) == most else torch.cat([t, t.new_zeros((most - len(t), *t.shape[1:]))])
     if t.requires_grad:

@@ -268,7 +268,8 @@ class Trainer:
         self._train_mode()
         with self.autocast():
             emb = self._train_forward(x).float()
-            terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device))
+            terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
+                                 self.cfg.unlabeled_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         distributed.average_gradients(self.method.parameters())
@@ -320,7 +321,8 @@ class Trainer:
                             self.autocast_dtype, not self.cfg.quiet, self.cfg.embedding_dim)
         if self.dist.world_size == 1:
             return out
-        return distributed.gather_cat(torch.from_numpy(out).to(self.device)).cpu().numpy()
+        return distributed.gather_cat(torch.from_numpy(out).to(self.device),
+                                      total=len(index)).cpu().numpy()
 
     @torch.inference_mode()
     def spectrum(self) -> list[float] | None:
@@ -424,15 +426,17 @@ class Trainer:
         self._epoch_end(EpochEnd(row, means))
 
 
-def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor,
-                 index: Tensor) -> dict[str, Tensor]:
+def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, index: Tensor,
+                 n_unlabeled: int) -> dict[str, Tensor]:
     """The method's loss terms on the global batch. ``emb``: this rank's embeddings, its slice
     of the labelled batch (``n_local`` rows) then its slice of the unlabelled one; ``labels``
-    and ``index``: the whole labelled batch's. Every rank gathers all slices (with autograd)
-    and computes the same loss one process would on the concatenated batch; DDP's gradient
-    average then gives that process's gradient (``distributed``'s docstring says why)."""
-    emb_l = distributed.gather_cat(emb[:n_local])
-    emb_u = distributed.gather_cat(emb[n_local:]) if method.uses_unlabeled else None
+    and ``index``: the whole labelled batch's; ``n_unlabeled``: the global unlabelled batch's
+    size. Every rank gathers all slices (with autograd) and computes the same loss one
+    process would on the concatenated batch; DDP's gradient average then gives that
+    process's gradient (``distributed``'s docstring says why)."""
+    emb_l = distributed.gather_cat(emb[:n_local], total=len(labels))
+    emb_u = (distributed.gather_cat(emb[n_local:], total=n_unlabeled)
+             if method.uses_unlabeled else None)
     return method(emb_l, labels, index, emb_u)  # type: ignore[no-any-return]
 
 
