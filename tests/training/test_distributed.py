@@ -69,7 +69,8 @@ def _step(net, method, batch, d: distributed.Dist) -> dict[str, torch.Tensor]:
     return out
 
 
-def _worker(rank: int, world: int, port: int, out: str, scenes: str, run: str, npz: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, scenes: str, run: str, npz: str,
+            index_dir: str, port2: int) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -89,11 +90,14 @@ def _worker(rank: int, world: int, port: int, out: str, scenes: str, run: str, n
     results["naive_bnm"] = {"value": naive / world}
     if rank == 0:
         torch.save(results, out)
-    # Last (it leaves the group): `rsdml embed`'s library call, sharded over the 2 ranks.
+    # Last (each leaves the group, and joins it again): `rsdml embed` and `rsdml index`'s
+    # library calls, sharded over the 2 ranks.
+    from rsdml.retrieval.indexing import build_index
     from rsdml.training.embed import embed_folder
 
     embed_folder(scenes, run, npz, quiet=True)
-    distributed.teardown()
+    os.environ["MASTER_PORT"] = str(port2)  # a new group: a fresh rendezvous
+    build_index(scenes, index_dir, run_dir=run, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +105,12 @@ def two_ranks(tiny_scenes, two_rank_run, tmp_path_factory) -> dict[str, dict[str
     """The results of rank 0 of a 2-process gloo group (spawned once for all checks), and
     ``two_ranks["embed"]["npz"]``: the file its sharded ``embed_folder`` wrote."""
     tmp = tmp_path_factory.mktemp("ddp")
-    out, npz = tmp / "rank0.pt", tmp / "two.npz"
+    out, npz, index = tmp / "rank0.pt", tmp / "two.npz", tmp / "index"
     torch.multiprocessing.spawn(_worker, nprocs=2, args=(2, _free_port(), str(out),
-                                                         str(tiny_scenes), str(two_rank_run), str(npz)))
+                                                         str(tiny_scenes), str(two_rank_run),
+                                                         str(npz), str(index), _free_port()))
     results = torch.load(out, weights_only=True)
-    results["embed"] = {"npz": npz}
+    results["embed"] = {"npz": npz, "index": index}
     return results
 
 
@@ -225,3 +230,19 @@ def test_embed_under_torchrun_shards_and_merges_in_order(two_ranks, two_rank_run
     a, b = np.load(one), np.load(two_ranks["embed"]["npz"])
     assert len(a["paths"]) == 64 and list(a["paths"]) == list(b["paths"])
     np.testing.assert_allclose(b["embeddings"], a["embeddings"], rtol=1e-4, atol=1e-5)
+
+
+def test_index_under_torchrun_holds_what_one_process_indexes(two_ranks, two_rank_run,
+                                                             tiny_scenes, tmp_path):
+    """`rsdml index` over 2 ranks: one index (rank 0 wrote it) with the images and vectors
+    one process indexes."""
+    import numpy as np
+
+    from rsdml.retrieval.archive import ArchiveIndex
+    from rsdml.retrieval.indexing import build_index
+
+    one = build_index(tiny_scenes, tmp_path / "one", run_dir=two_rank_run, quiet=True)
+    two = ArchiveIndex.open(two_ranks["embed"]["index"])
+    assert [e["path"] for e in two.entries] == [e["path"] for e in one.entries]
+    assert len(two) == 64
+    np.testing.assert_allclose(two.vectors, one.vectors, rtol=1e-4, atol=1e-5)

@@ -89,7 +89,7 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 
 #: The commands that run as a group of ranks under torchrun (the others refuse it).
-TORCHRUN_COMMANDS = ("train", "evaluate", "embed")
+TORCHRUN_COMMANDS = ("train", "evaluate", "embed", "index")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

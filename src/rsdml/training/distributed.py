@@ -119,6 +119,19 @@ def teardown(clean: bool = True) -> None:
 _last_rank = 0
 
 
+@contextlib.contextmanager
+def joined(device: str) -> Iterator[Dist]:
+    """The block as one rank of the ``torchrun`` group (``Dist()`` without torchrun): joins
+    it for ``device`` and leaves it after the block (without the last barrier on an error)."""
+    d = init(device)
+    try:
+        yield d
+    except BaseException:
+        teardown(clean=False)
+        raise
+    teardown()
+
+
 def device_of(name: str) -> str:
     """``cuda`` means this rank's GPU under ``torchrun``."""
     if name == "cuda" and _current.enabled:

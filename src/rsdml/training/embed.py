@@ -122,19 +122,31 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     if out_path.exists() and not force:
         raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
                          "choose another file")
-    d = distributed.init(resolve_device(device or _run_device(run_dir)).type)
-    try:
-        n = _embed_folder(root, run_dir, out_path, checkpoint, device, batch_size, quiet, d)
-    except BaseException:
-        distributed.teardown(clean=False)
-        raise
-    distributed.teardown()
-    return n
+    with distributed.joined(run_device_type(device, run_dir)) as d:
+        return _embed_folder(root, run_dir, out_path, checkpoint, device, batch_size, quiet, d)
 
 
-def _run_device(run_dir: str | Path) -> str:
-    run = RunDir(Path(run_dir))
-    return load_run_config(run).device if run.config.is_file() else "auto"
+def run_device_type(device: str | None, run_dir: str | Path | None) -> str:
+    """``cpu`` or ``cuda``: where a run's model will embed (``device``, else the run's)."""
+    run = RunDir(Path(run_dir)) if run_dir is not None else None
+    name = device or (load_run_config(run).device if run is not None and run.config.is_file()
+                      else "auto")
+    return resolve_device(name).type
+
+
+def embed_paths_sharded(loaded: LoadedModel, root: Path, paths: list[str], *,
+                        quiet: bool = False) -> tuple[np.ndarray, list[str]]:
+    """:func:`embed_paths` over the ranks of a ``torchrun`` group: each rank embeds a
+    contiguous slice of ``paths`` and every rank gets all of them, in order (one process:
+    ``embed_paths`` itself)."""
+    d = distributed.current()
+    if d.world_size == 1:
+        return embed_paths(loaded, root, paths, quiet=quiet)
+    lo, hi = d.rank * len(paths) // d.world_size, (d.rank + 1) * len(paths) // d.world_size
+    part = embed_paths(loaded, root, paths[lo:hi], quiet=quiet) if hi > lo else (
+        np.zeros((0, loaded.cfg.embedding_dim), np.float32), [])
+    parts = distributed.gather_objects(part)
+    return np.concatenate([p[0] for p in parts]), [path for p in parts for path in p[1]]
 
 
 def _embed_folder(root: Path, run_dir: str | Path, out_path: Path, checkpoint: str,
@@ -152,17 +164,9 @@ def _embed_folder(root: Path, run_dir: str | Path, out_path: Path, checkpoint: s
         raise DatasetNotFoundError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
         )
-    if d.world_size > 1:
-        lo, hi = d.rank * len(paths) // d.world_size, (d.rank + 1) * len(paths) // d.world_size
-        emb, kept = embed_paths(loaded, root, paths[lo:hi], quiet=quiet) if hi > lo else (
-            np.zeros((0, loaded.cfg.embedding_dim), np.float32), [])
-        parts = distributed.gather_objects((emb, kept))
-        if not d.is_main:
-            return int(sum(len(p[1]) for p in parts))
-        emb = np.concatenate([p[0] for p in parts])
-        paths = [path for p in parts for path in p[1]]
-    else:
-        emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
+    emb, paths = embed_paths_sharded(loaded, root, paths, quiet=quiet)
+    if not d.is_main:  # rank 0 writes the file
+        return len(paths)
     import io
 
     buf = io.BytesIO()

@@ -303,7 +303,8 @@ def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -
                 run = prepare_new_run(cfg.out)
                 lock = RunLock(run.root).acquire()
                 new = (lock, created)
-        root, cfg = distributed.broadcast((str(run.root), cfg) if main else None)
+        # Absolute: across machines the ranks need not share a working folder.
+        root, cfg = distributed.broadcast((str(run.root.absolute()), cfg) if main else None)
         run = RunDir(Path(root))
         return _train(cfg, run, split, new, t_start, resume=resume is not None)
     finally:
