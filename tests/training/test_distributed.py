@@ -133,6 +133,20 @@ def test_per_rank_average_of_the_nuclear_norm_is_another_objective(two_ranks):
     assert abs(float(naive) - float(global_bnm)) > 1e-3
 
 
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 3}, "--batch-size 3 is the global batch, split over 2 ranks; give at least 4"),
+    ({"unlabeled_batch_size": 2}, "--unlabeled-batch-size 2 is the global batch"),
+    ({"sync_bn": True}, "--sync-bn needs CUDA GPUs"),
+])
+def test_a_group_refuses_what_it_cannot_run(options, message):
+    from rsdml.errors import RsdmlError
+    from rsdml.training.runner import check_ranks
+
+    cfg = TrainConfig(device="cpu", batch_size=8, unlabeled_batch_size=8).replace(**options)
+    with pytest.raises(RsdmlError, match=message):
+        check_ranks(cfg, distributed.Dist(rank=0, world_size=2))
+
+
 # --------------------------------------------------------------------------- end to end
 #: A short run with every phase (head warm-up, trunk warm-up, ramp) and a checkpoint per epoch.
 RUN = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",

@@ -240,21 +240,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         cfg = validate_config(resume_config(run, overrides or {}))
     else:
         cfg = validate_config(_absolute_paths(cfg))
-    d = _join_ranks(cfg)
-    try:
-        result = _train_ranked(cfg, resume, t_start) if d.enabled else _train_single(cfg, resume, t_start)
-    except BaseException:
-        distributed.teardown(clean=False)
-        raise
-    distributed.teardown()
-    return result
+    with distributed.joined(resolve_device(cfg.device).type) as d:
+        if not d.enabled:
+            return _train_single(cfg, resume, t_start)
+        check_ranks(cfg, d)
+        return _train_ranked(cfg, resume, t_start)
 
 
-def _join_ranks(cfg: TrainConfig) -> distributed.Dist:
-    """Under torchrun: join the process group; ranks other than 0 print nothing."""
-    d = distributed.init(resolve_device(cfg.device).type)
-    if not d.enabled:
-        return d
+def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """What a run needs from its torchrun group: 2 images a rank in each global batch, and
+    CUDA for --sync-bn."""
     batches = {"batch_size": cfg.batch_size, "unlabeled_batch_size": cfg.unlabeled_batch_size}
     for name, size in batches.items():
         if size < 2 * d.world_size:
@@ -262,7 +257,6 @@ def _join_ranks(cfg: TrainConfig) -> distributed.Dist:
                              f"{d.world_size} ranks; give at least {2 * d.world_size} (2 per rank)")
     if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
         raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
-    return d
 
 
 def _train_single(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
@@ -535,20 +529,13 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | No
     cfg = load_run_config(run)
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    d = distributed.init(resolve_device(cfg.device).type)
-    try:
+    with distributed.joined(resolve_device(cfg.device).type) as d:
         if d.enabled:
-            result = _evaluate_ranked(run, cfg, checkpoint)
-        else:
-            with RunLock(run.root):
-                split, cfg = _open_run_split(run, cfg, "run folder")
-                session = build_session(cfg, run, split, train=False)
-                result = evaluate_session(session, checkpoint)
-    except BaseException:
-        distributed.teardown(clean=False)
-        raise
-    distributed.teardown()
-    return result
+            return _evaluate_ranked(run, cfg, checkpoint)
+        with RunLock(run.root):
+            split, cfg = _open_run_split(run, cfg, "run folder")
+            session = build_session(cfg, run, split, train=False)
+            return evaluate_session(session, checkpoint)
 
 
 def _evaluate_ranked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
