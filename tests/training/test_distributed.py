@@ -1,5 +1,6 @@
 """Training under torchrun on CPUs (gloo, 2 processes): the global batch's loss and gradients
-equal one process's on the concatenated batch, and a 2-rank ``rsdml train`` works end to end."""
+equal one process's on the concatenated batch; a 2-rank ``rsdml train`` works end to end,
+stops and resumes; ``rsdml embed`` and ``rsdml index`` shard over the ranks."""
 
 from __future__ import annotations
 
@@ -69,8 +70,17 @@ def _step(net, method, batch, d: distributed.Dist) -> dict[str, torch.Tensor]:
     return out
 
 
+def _fast_cfg(scenes: str, out: str) -> TrainConfig:
+    """Fast mode (cached frozen-trunk features, no augmentation): 2 ranks follow one
+    process's trajectory up to float summation order."""
+    return TrainConfig(data=scenes, out=out, pretrained="none", image_size=32, epochs=3,
+                       batch_size=8, unlabeled_batch_size=8, freeze_backbone=True, lr=0.01,
+                       head_warmup_epochs=0, warmup_epochs=0.5, bnm_warmup_epochs=1,
+                       eval_every=100, device="cpu", quiet=True, report=False)
+
+
 def _worker(rank: int, world: int, port: int, out: str, scenes: str, run: str, npz: str,
-            index_dir: str, port2: int) -> None:
+            index_dir: str, fast_run: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -90,27 +100,29 @@ def _worker(rank: int, world: int, port: int, out: str, scenes: str, run: str, n
     results["naive_bnm"] = {"value": naive / world}
     if rank == 0:
         torch.save(results, out)
-    # Last (each leaves the group, and joins it again): `rsdml embed` and `rsdml index`'s
-    # library calls, sharded over the 2 ranks.
+    # The library calls of `rsdml train` (fast mode), `rsdml embed` and `rsdml index`, in
+    # this group of 2 ranks.
     from rsdml.retrieval.indexing import build_index
     from rsdml.training.embed import embed_folder
+    from rsdml.training.runner import train
 
+    train(_fast_cfg(scenes, fast_run))
     embed_folder(scenes, run, npz, quiet=True)
-    os.environ["MASTER_PORT"] = str(port2)  # a new group: a fresh rendezvous
     build_index(scenes, index_dir, run_dir=run, quiet=True)
+    distributed.teardown()
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tiny_scenes, two_rank_run, tmp_path_factory) -> dict[str, dict[str, torch.Tensor]]:
     """The results of rank 0 of a 2-process gloo group (spawned once for all checks), and
-    ``two_ranks["embed"]["npz"]``: the file its sharded ``embed_folder`` wrote."""
+    ``two_ranks["files"]["npz"]``: the file its sharded ``embed_folder`` wrote."""
     tmp = tmp_path_factory.mktemp("ddp")
-    out, npz, index = tmp / "rank0.pt", tmp / "two.npz", tmp / "index"
+    out, npz, index, fast = tmp / "rank0.pt", tmp / "two.npz", tmp / "index", tmp / "fast"
     torch.multiprocessing.spawn(_worker, nprocs=2, args=(2, _free_port(), str(out),
                                                          str(tiny_scenes), str(two_rank_run),
-                                                         str(npz), str(index), _free_port()))
+                                                         str(npz), str(index), str(fast)))
     results = torch.load(out, weights_only=True)
-    results["embed"] = {"npz": npz, "index": index}
+    results["files"] = {"npz": npz, "index": index, "fast": fast}
     return results
 
 
@@ -148,7 +160,7 @@ def test_a_group_refuses_what_it_cannot_run(options, message):
 
 
 # --------------------------------------------------------------------------- end to end
-#: A short run with every phase (head warm-up, trunk warm-up, ramp) and a checkpoint per epoch.
+#: A short run with every phase (head warm-up, trunk warm-up, ramp), a checkpoint every 2 epochs.
 RUN = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
        "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
        "--no-report", "--epochs", "6", "--lr", "0.003", "--head-warmup-epochs", "0.5",
@@ -182,10 +194,28 @@ def two_rank_run(tiny_scenes, tmp_path_factory) -> Path:
     return run
 
 
+def test_two_rank_fast_mode_training_follows_one_process(two_ranks, tiny_scenes, tmp_path):
+    """Without augmentation (fast mode) a 2-rank run is the 1-process run: the same weights
+    to float summation order (rtol 1e-4) and the same final kNN accuracy to one test image."""
+    from rsdml.training.runner import train
+
+    one = tmp_path / "one"
+    result = train(_fast_cfg(str(tiny_scenes), str(one)))
+    two = two_ranks["files"]["fast"]
+    a, b = _weights(one), _weights(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+    final = json.loads((two / "final_metrics.json").read_text())
+    assert final["knn_acc"] == pytest.approx(result["knn_acc"], abs=1 / 52 + 1e-9)
+
+
 def test_two_rank_run_writes_one_set_of_files_and_matches_one_rank(two_rank_run, tiny_scenes,
                                                                    tmp_path):
     """A 2-rank run trains, evaluates and writes one run folder; its final metrics are within
-    0.1 of a 1-process run's (same global batches; the augmentation draws differ per rank)."""
+    0.15 of a 1-process run's (same global batches, but the augmentation draws differ per
+    rank, and on 52 test images after 6 epochs that moves kNN accuracy by up to ~0.1; the
+    tight check is the fast-mode test above)."""
     from rsdml.cli.main import main
 
     rows = [json.loads(line) for line in (two_rank_run / "metrics.jsonl").read_text().splitlines()]
@@ -200,7 +230,7 @@ def test_two_rank_run_writes_one_set_of_files_and_matches_one_rank(two_rank_run,
     one = json.loads((one_run / "final_metrics.json").read_text())
     assert two["epoch"] == one["epoch"] == 6
     for key in ("knn_acc", "map_at_r", "nmi"):
-        assert two[key] == pytest.approx(one[key], abs=0.1), key
+        assert two[key] == pytest.approx(one[key], abs=0.15), key
     train_two = [json.loads(line) for line in (two_rank_run / "train_log.jsonl").read_text().splitlines()]
     train_one = [json.loads(line) for line in (one_run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in train_two] == [r["step"] for r in train_one]  # global batches
@@ -241,7 +271,7 @@ def test_embed_under_torchrun_shards_and_merges_in_order(two_ranks, two_rank_run
 
     one = tmp_path / "one.npz"
     embed_folder(tiny_scenes, two_rank_run, one, quiet=True)
-    a, b = np.load(one), np.load(two_ranks["embed"]["npz"])
+    a, b = np.load(one), np.load(two_ranks["files"]["npz"])
     assert len(a["paths"]) == 64 and list(a["paths"]) == list(b["paths"])
     np.testing.assert_allclose(b["embeddings"], a["embeddings"], rtol=1e-4, atol=1e-5)
 
@@ -256,7 +286,7 @@ def test_index_under_torchrun_holds_what_one_process_indexes(two_ranks, two_rank
     from rsdml.retrieval.indexing import build_index
 
     one = build_index(tiny_scenes, tmp_path / "one", run_dir=two_rank_run, quiet=True)
-    two = ArchiveIndex.open(two_ranks["embed"]["index"])
+    two = ArchiveIndex.open(two_ranks["files"]["index"])
     assert [e["path"] for e in two.entries] == [e["path"] for e in one.entries]
     assert len(two) == 64
     np.testing.assert_allclose(two.vectors, one.vectors, rtol=1e-4, atol=1e-5)

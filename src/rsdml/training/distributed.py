@@ -122,7 +122,11 @@ _last_rank = 0
 @contextlib.contextmanager
 def joined(device: str) -> Iterator[Dist]:
     """The block as one rank of the ``torchrun`` group (``Dist()`` without torchrun): joins
-    it for ``device`` and leaves it after the block (without the last barrier on an error)."""
+    it for ``device`` and leaves it after the block (without the last barrier on an error);
+    a group the caller had joined already is left to the caller."""
+    if _current.enabled:
+        yield _current
+        return
     d = init(device)
     try:
         yield d
