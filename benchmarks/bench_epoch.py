@@ -8,7 +8,7 @@ labelled ones.
 
   rsdml:     the decoded-image cache (its cold build is timed and reported apart: it is paid
              once per data set and resolution, not per epoch), then ``Trainer.run_step`` for
-             each batch of the epoch and ``Trainer.evaluate()`` (embedding from the cache in
+             each batch of the epoch and the evaluation callback's ``evaluate`` (embedding from the cache in
              inference mode, kNN);
   reference: every step decodes + resizes + jitters each JPEG with PIL in DataLoader workers
              (one per core, started anew each epoch as a plain DataLoader does), and the
@@ -158,11 +158,14 @@ def rsdml_epoch(args, device, trainer, split, max_steps, eval_index) -> dict[str
             trainer.flush_losses()  # the loop reads all losses by the end of the epoch
 
     per = timed_train(step, list(enumerate(batches[:max_steps])), device, "rsdml")
-    ev = trainer.evalsets
+    from rsdml.training.callbacks import Evaluation
+    from rsdml.training.runner import evaluation_sets
+
+    ev = evaluation_sets(split)
     n = len(split.paths)
     if len(eval_index) == n:  # rsdml's own evaluation, exactly as an epoch runs it
         t = time.perf_counter()
-        embed_then_knn = trainer.evaluate()
+        embed_then_knn = Evaluation(ev, trainer.cfg).evaluate(trainer)
         total_eval = time.perf_counter() - t
         # Split its time into embedding and kNN: time kNN again on the same-sized arrays.
         dim = trainer.cfg.embedding_dim

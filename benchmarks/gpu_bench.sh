@@ -79,6 +79,13 @@ echo "== rsdml train + embed on CUDA ($(($(date +%s) - start))s elapsed)"
     && ls /tmp/rsdml-cuda-run && cat /tmp/rsdml-cuda-run/final_metrics.json
 } >"$OUT_DIR/cli_cuda.txt" 2>&1 || { echo "CLI on CUDA failed; see cli_cuda.txt"; tail -5 "$OUT_DIR/cli_cuda.txt"; status=1; }
 
+# DDP's overhead on one GPU: the training step through torchrun with 1 rank (DDP, the gathered
+# global batch) against the plain process; its JSON goes into summary.txt (8 files at most).
+echo "== bench_ddp ($(($(date +%s) - start))s elapsed)"
+timeout 100 "$PY" benchmarks/bench_ddp.py --device cuda --configs plain ddp1 --size 128 \
+  --batch 128 --steps 30 --warmup 5 --images 2048 >/tmp/rsdml-bench-ddp.json \
+  2> >(sed 's/^/[bench_ddp] /' >>"$OUT_DIR/logs.txt") || { echo "bench_ddp failed"; status=1; }
+
 # Last (the longest): the training step with --compile (the model compiled in the untimed
 # warm-up).
 bench bench_train:bench_train_compile 170 --sizes 128 256 --steps 30 --warmup 8 --parts ab --compile
@@ -109,6 +116,7 @@ if p and "ratio_rsdml_over_reference" in p:
           f"{p['reference']['epoch_seconds']}s -> {p['ratio_rsdml_over_reference']} (target <= 0.5); "
           f"vs the same pipeline feeding rsdml's model: {p.get('ratio_rsdml_over_reference_rsdml_model')}")
 EOF
+{ echo "bench_ddp (torchrun 1 rank vs plain, CUDA):"; cat /tmp/rsdml-bench-ddp.json 2>/dev/null; } >>"$OUT_DIR/summary.txt"
 cat "$OUT_DIR/summary.txt"
 echo "done in $(($(date +%s) - start))s; JSON in $OUT_DIR"
 exit $status

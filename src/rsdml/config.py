@@ -156,6 +156,11 @@ class TrainConfig:
                     "on a CPU; bf16 = bf16 also on a CPU (1.5-1.9x faster on CPUs with AMX or "
                     "AVX512-BF16); off = float32. Losses run in float32.", choices=AMP_MODES)
     compile: bool = _opt(False, "torch.compile the network (CUDA).")
+    sync_bn: bool = _opt(
+        False, "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
+        "(SyncBatchNorm) instead of each rank's slice; only matters while the trunk's "
+        "BatchNorm trains (--bn train)."
+    )
     # --- evaluation and logging
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
     eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")

@@ -387,9 +387,9 @@ def test_disk_full_on_the_training_log_is_a_one_line_error(scenes, tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device", str(file))
         return real_open(file, mode, *args, **kw)
 
-    import rsdml.training.trainer as trainer_module
+    import rsdml.training.callbacks as callbacks_module  # the logs are callbacks
 
-    monkeypatch.setattr(trainer_module, "open", no_space_for_logs, raising=False)
+    monkeypatch.setattr(callbacks_module, "open", no_space_for_logs, raising=False)
     with pytest.raises(RsdmlError, match=r"could not write .*\.jsonl \(No space left"):
         train(_cfg(scenes, tmp_path / "run", epochs=1))
 

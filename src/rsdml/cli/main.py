@@ -88,10 +88,20 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if v is not None and k not in ("config_path", "resume")}
 
 
+#: The commands that run as a group of ranks under torchrun (the others refuse it).
+TORCHRUN_COMMANDS = ("train", "evaluate", "embed", "index")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="rsdml")
-def cli() -> None:
+@click.pass_context
+def cli(ctx: click.Context) -> None:
     """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
+    from rsdml.training.distributed import launched_by_torchrun
+
+    if launched_by_torchrun() and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+        raise RsdmlError(f"rsdml {ctx.invoked_subcommand} runs as one process; run it without "
+                         f"torchrun (under torchrun: rsdml {', '.join(TORCHRUN_COMMANDS)})")
 
 
 @cli.command(cls=_TrainCommand)
@@ -122,6 +132,8 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
+    if not _is_main():  # under torchrun rank 0 speaks for the run
+        return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
     click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
@@ -144,13 +156,15 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 
     result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet, data=data)
     _print_summary(result)
-    click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
+    if _is_main():
+        click.echo(f"report: {Path(run_dir) / 'eval' / 'report.html'}")
 
 
 @cli.command()
 @click.argument("data", type=click.Path())
-@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder whose model embeds the images.")
+@click.option("--run", "--run-dir", "run_dir", required=True, type=click.Path(file_okay=False),
+              help="Run folder whose model embeds the images (--run-dir under torchrun, "
+                   "which takes --run for its own --run-path).")
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Output .npz (embeddings, paths).")
 @click.option("--checkpoint", default="auto", show_default=True)
@@ -165,7 +179,8 @@ def embed(data: str, run_dir: str, out_file: str, checkpoint: str, device: str |
 
     n = embed_folder(data, run_dir, out_file, checkpoint=checkpoint, device=device,
                      batch_size=batch_size, quiet=quiet, force=force)
-    click.echo(f"embedded {n} images -> {out_file}")
+    if _is_main():
+        click.echo(f"embedded {n} images -> {out_file}")
 
 
 @cli.command()
@@ -218,6 +233,12 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise _Terminated
 
 
+def _is_main() -> bool:
+    from rsdml.training.distributed import is_main
+
+    return is_main()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _setup_logging()
@@ -238,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except RsdmlError as e:
-        click.echo(f"rsdml: error: {e}", err=True)
+        if _is_main() or type(e).__name__ != "TrainingInterrupted":  # one line, not one a rank
+            click.echo(f"rsdml: error: {e}", err=True)
         sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         click.echo("rsdml: interrupted", err=True)

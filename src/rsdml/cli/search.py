@@ -11,9 +11,10 @@ _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
 
 @click.command(name="index")
 @click.argument("data", type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Run folder whose model embeds the images (required for a new index from a "
-                   "folder; with --add, defaults to the run the index records).")
+                   "folder; with --add, defaults to the run the index records). --run-dir "
+                   "under torchrun, which takes --run for its own --run-path.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Index folder to write (index.faiss, vectors.npy, meta.json, model.json).")
 @click.option("--add", "add_to", type=click.Path(file_okay=False), default=None,
@@ -39,6 +40,7 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
     refused. See docs/retrieval.md.
     """
     from rsdml.retrieval.indexing import add_to_index, build_index
+    from rsdml.training.distributed import is_main
 
     if add_to is not None:
         if out is not None or kind != "auto" or force:
@@ -46,15 +48,17 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
                              "index keeps its kind)")
         idx, added, skipped = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
                                            device=device, batch_size=batch_size, quiet=quiet)
-        click.echo(f"added {added} images, skipped {skipped} already indexed -> {add_to} "
-                   f"({len(idx)} images, {idx.kind})")
+        if is_main():  # under torchrun rank 0 speaks
+            click.echo(f"added {added} images, skipped {skipped} already indexed -> {add_to} "
+                       f"({len(idx)} images, {idx.kind})")
         return
     if out is None:
         raise RsdmlError("--out is required: the index folder to write (or use --add INDEX to "
                          "extend one)")
     idx = build_index(data, out, run_dir=run_dir, kind=kind, checkpoint=checkpoint,
                       device=device, batch_size=batch_size, quiet=quiet, force=force)
-    click.echo(f"indexed {len(idx)} images ({idx.kind}) -> {out}")
+    if is_main():
+        click.echo(f"indexed {len(idx)} images ({idx.kind}) -> {out}")
 
 
 @click.command()

@@ -141,7 +141,7 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
     if not data.is_dir():
         raise DatasetNotFoundError(f"{data} is neither an image folder nor an .npz from "
                                    "`rsdml embed`; check the path")
-    from rsdml.training.embed import embed_paths, list_images
+    from rsdml.training.embed import embed_paths_sharded, list_images
 
     if index is None:
         if run_dir is None:
@@ -165,7 +165,7 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
         paths = [p for p in paths if not _held(index, entries[p])]
     if not paths:
         return ident, str(root), [], np.zeros((0, ident.embedding_dim), np.float32), seen
-    emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
+    emb, paths = embed_paths_sharded(loaded, root, paths, quiet=quiet)  # over the ranks
     return ident, str(root), [entries[p] for p in paths], emb, seen
 
 
@@ -199,15 +199,21 @@ def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None
     if out.exists() and not is_index(out):  # checked before embedding, and again when saving
         raise RsdmlError(f"--out {out} exists and is not an rsdml index; choose a new folder "
                          "name")
-    ident, root, entries, vectors, _ = _gather(_data_path(data), None, run_dir,
-                                            checkpoint=checkpoint,
-                                            device=device, batch_size=batch_size, quiet=quiet)
-    if not entries:
-        raise DatasetNotFoundError(f"nothing to index in {data}; check the path")
-    chosen, why = choose_kind(kind, len(entries))
-    log.info("index kind %s (%s)", chosen, why)
-    index = ArchiveIndex.create(ident, chosen, [root], entries, vectors)
-    index.save(out)
+    from rsdml.training import distributed
+    from rsdml.training.embed import run_device_type
+
+    # Under torchrun each rank embeds a slice of the images; rank 0 writes the index.
+    with distributed.joined(run_device_type(device, run_dir)) as d:
+        ident, root, entries, vectors, _ = _gather(_data_path(data), None, run_dir,
+                                                   checkpoint=checkpoint, device=device,
+                                                   batch_size=batch_size, quiet=quiet or not d.is_main)
+        if not entries:
+            raise DatasetNotFoundError(f"nothing to index in {data}; check the path")
+        chosen, why = choose_kind(kind, len(entries))
+        log.info("index kind %s (%s)", chosen, why)
+        index = ArchiveIndex.create(ident, chosen, [root], entries, vectors)
+        if d.is_main:
+            index.save(out)
     return index
 
 
@@ -218,16 +224,22 @@ def add_to_index(index_dir: str | Path, data: str | Path, *, run_dir: str | Path
 
     An image at a known relative path whose file changed replaces the old vector.
     """
+    from rsdml.training import distributed
+    from rsdml.training.embed import run_device_type
+
     index = ArchiveIndex.open(index_dir)
     n_before = len(index)
-    _, _, entries, vectors, seen = _gather(_data_path(data), index, run_dir,
-                                           checkpoint=checkpoint,
-                                           device=device, batch_size=batch_size, quiet=quiet)
-    replace = {index.by_path[e["path"]]: r for r, e in enumerate(entries)
-               if e["path"] in index.by_path}
-    if entries:
-        index = index.extended(entries, vectors, replace)
-        index.save(index_dir)
+    run = run_dir if run_dir is not None else index.identity.run
+    with distributed.joined(run_device_type(device, run if Path(run).is_dir() else None)) as d:
+        _, _, entries, vectors, seen = _gather(_data_path(data), index, run_dir, checkpoint=checkpoint,
+                                               device=device, batch_size=batch_size,
+                                               quiet=quiet or not d.is_main)
+        replace = {index.by_path[e["path"]]: r for r, e in enumerate(entries)
+                   if e["path"] in index.by_path}
+        if entries:
+            index = index.extended(entries, vectors, replace)
+            if d.is_main:  # under torchrun rank 0 writes
+                index.save(index_dir)
     added = len(index) - n_before
     return index, added, seen - len(entries)
 

@@ -21,6 +21,7 @@ from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
 from rsdml.training.bands import run_input_spec
+from rsdml.training import distributed
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
@@ -130,16 +131,51 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
     if out_path.exists() and not force:
         raise RsdmlError(f"--out {out_path} already exists; add --force to replace it or "
                          "choose another file")
+    with distributed.joined(run_device_type(device, run_dir)) as d:
+        return _embed_folder(root, run_dir, out_path, checkpoint, device, batch_size, quiet, d)
+
+
+def run_device_type(device: str | None, run_dir: str | Path | None) -> str:
+    """``cpu`` or ``cuda``: where a run's model will embed (``device``, else the run's)."""
+    run = RunDir(Path(run_dir)) if run_dir is not None else None
+    name = device or (load_run_config(run).device if run is not None and run.config.is_file()
+                      else "auto")
+    return resolve_device(name).type
+
+
+def embed_paths_sharded(loaded: LoadedModel, root: Path, paths: list[str], *,
+                        quiet: bool = False) -> tuple[np.ndarray, list[str]]:
+    """:func:`embed_paths` over the ranks of a ``torchrun`` group: each rank embeds a
+    contiguous slice of ``paths`` and every rank gets all of them, in order (one process:
+    ``embed_paths`` itself)."""
+    d = distributed.current()
+    if d.world_size == 1:
+        return embed_paths(loaded, root, paths, quiet=quiet)
+    lo, hi = d.rank * len(paths) // d.world_size, (d.rank + 1) * len(paths) // d.world_size
+    part = embed_paths(loaded, root, paths[lo:hi], quiet=quiet) if hi > lo else (
+        np.zeros((0, loaded.cfg.embedding_dim), np.float32), [])
+    parts = distributed.gather_objects(part)
+    return np.concatenate([p[0] for p in parts]), [path for p in parts for path in p[1]]
+
+
+def _embed_folder(root: Path, run_dir: str | Path, out_path: Path, checkpoint: str,
+                  device: str | None, batch_size: int | None, quiet: bool,
+                  d: distributed.Dist) -> int:
+    """Under torchrun each rank embeds a contiguous slice of the sorted image list and rank 0
+    merges the slices, in order, into the one output file."""
+    quiet = quiet or not d.is_main
     loaded = load_run_model(run_dir, checkpoint=checkpoint, device=device,
                             batch_size=batch_size, quiet=quiet, data=root)
-    paths, bad = list_images(root)
+    paths, bad = distributed.broadcast(list_images(root) if d.is_main else None)
     if bad:
         log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
     if not paths:
         raise DatasetNotFoundError(
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}; check the folder"
         )
-    emb, paths = embed_paths(loaded, root, paths, quiet=quiet)
+    emb, paths = embed_paths_sharded(loaded, root, paths, quiet=quiet)
+    if not d.is_main:  # rank 0 writes the file
+        return len(paths)
     import io
 
     buf = io.BytesIO()

@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,18 @@ from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
 from rsdml.training.bands import run_input_spec
+from rsdml.training import distributed
+from rsdml.training.callbacks import (
+    Callback,
+    Checkpoints,
+    Console,
+    EvalSets,
+    Evaluation,
+    MetricsLog,
+    Spectrum,
+    TensorBoard,
+    TrainLog,
+)
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
     FeatureInputs,
@@ -49,7 +62,6 @@ from rsdml.training.run_dir import (
     write_json,
 )
 from rsdml.training.trainer import (
-    EvalSets,
     LabeledSet,
     Trainer,
     UnlabeledSet,
@@ -67,11 +79,12 @@ RESUMABLE_KEYS = frozenset({
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device a run uses; ``cuda`` is this rank's GPU under torchrun."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RsdmlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(name)
+    return torch.device(distributed.device_of(name))
 
 
 #: --image-size when not given, per device type: 256 px (the paper's) at the default batch
@@ -207,6 +220,8 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
     normalizer = spec.normalizer() if spec is not None else None
     torch.manual_seed(cfg.seed)
     model = place_model(build_model(cfg, spec).to(device), device)
+    if cfg.sync_bn and distributed.current().world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
     if cfg.freeze_backbone:
         from rsdml.training.frozen import frozen_features
 
@@ -235,11 +250,34 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         if overrides and overrides.get("data"):  # a data set name: its downloaded copy
             overrides = {**overrides, "data": resolve_data(str(overrides["data"]))}
         cfg = validate_config(resume_config(run, overrides or {}))
+    else:
+        cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
+    with distributed.joined(resolve_device(cfg.device).type) as d:
+        if not d.enabled:
+            return _train_single(cfg, resume, t_start)
+        check_ranks(cfg, d)
+        return _train_ranked(cfg, resume, t_start)
+
+
+def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
+    """What a run needs from its torchrun group: 2 images a rank in each global batch, and
+    CUDA for --sync-bn."""
+    batches = {"batch_size": cfg.batch_size, "unlabeled_batch_size": cfg.unlabeled_batch_size}
+    for name, size in batches.items():
+        if size < 2 * d.world_size:
+            raise RsdmlError(f"--{name.replace('_', '-')} {size} is the global batch, split over "
+                             f"{d.world_size} ranks; give at least {2 * d.world_size} (2 per rank)")
+    if cfg.sync_bn and resolve_device(cfg.device).type != "cuda":
+        raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
+
+
+def _train_single(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
+    if resume is not None:
+        run = RunDir(Path(resume))
         check_writable(run.root)
         with RunLock(run.root):
             split, cfg = _open_run_split(run, cfg, "--resume")
             return _train(cfg, run, split, None, t_start)
-    cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     if not cfg.data:
         raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
     split = build_split(cfg)
@@ -249,38 +287,59 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         return _train(cfg, run, split, (lock, created), t_start)
 
 
-def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool] | None,
-           t_start: float) -> dict[str, Any]:
-    """Train in a locked run folder; ``new`` = (its lock, whether this call made the folder)
-    for a new run, None for a resumed one."""
-    resume = new is None
+def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
+    """One rank of a torchrun group: rank 0 makes (or reopens) and locks the run folder and
+    writes its files; the others wait for it, then read the split it wrote."""
+    main = distributed.current().is_main
+    lock: RunLock | None = None
+    new: tuple[RunLock, bool] | None = None
+    split: Split | None = None
     try:
-        if new is not None:
-            _write_new_run(cfg, run, split)
-        try:
-            session = build_session(cfg, run, split, train=True)
-        except UndecodableImagesError as e:
-            if new is None or cfg.split or cfg.strict:  # the images are fixed: report them
-                raise
-            # The fast check before training cannot see damage inside compressed data: skip
-            # such images like the other unusable ones and make the split without them.
-            log.warning("skipping %d image(s) that cannot be decoded: %s", len(e.paths),
-                        ", ".join(f"{p} ({e.details[p]})" for p in e.paths[:5]))
-            split = _split_without(split, set(e.paths), cfg)
-            _write_new_run(cfg, run, split)
-            session = build_session(cfg, run, split, train=True)
-        trainer = make_trainer(session)
-        check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
-                     uses_channels_last(session.device), trainer.method.uses_unlabeled)
-    except Exception:
-        if new is not None:
-            new[0].release()
-            remove_failed_start(run, new[1])
-        raise
+        with distributed.main_first():
+            if main and resume is not None:
+                run = RunDir(Path(resume))
+                check_writable(run.root)
+                lock = RunLock(run.root).acquire()
+                split, cfg = _open_run_split(run, cfg, "--resume")
+            elif main:
+                if not cfg.data:
+                    raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
+                split = build_split(cfg)
+                created = not (cfg.out and Path(cfg.out).exists())
+                run = prepare_new_run(cfg.out)
+                lock = RunLock(run.root).acquire()
+                new = (lock, created)
+        # Absolute: across machines the ranks need not share a working folder.
+        root, cfg = distributed.broadcast((str(run.root.absolute()), cfg) if main else None)
+        run = RunDir(Path(root))
+        return _train(cfg, run, split, new, t_start, resume=resume is not None)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, run: RunDir, split: Split | None, new: tuple[RunLock, bool] | None,
+           t_start: float, resume: bool | None = None) -> dict[str, Any]:
+    """Train in a locked run folder; ``new`` = (its lock, whether this call made the folder)
+    for a new run, None for a resumed one (or on a rank other than 0, which gets ``resume``
+    and reads the split rank 0 wrote)."""
+    resume = new is None if resume is None else resume
+    if distributed.current().is_main:
+        assert split is not None
+        session, trainer = _start(cfg, run, split, new)
+    else:
+        with distributed.main_first():  # wait for rank 0 to build its session (and caches)
+            pass
+        cfg = cfg.replace(quiet=True)
+        split, _ = _read_run_split(run, cfg)
+        session = build_session(cfg, run, split, train=True)
+        trainer = make_trainer(session, make_callbacks(session))
+    split = session.split
+    main = distributed.current().is_main
     if resume:
-        if run.last.is_file():
+        if distributed.broadcast(run.last.is_file() if main else None):
             trainer.resume_from(run.last)
-        else:  # stopped before its first checkpoint: replay it from the start
+        elif main:  # stopped before its first checkpoint: replay it from the start
             log.warning("--resume %s: the run stopped before its first checkpoint; training it "
                         "from the start", run.root)
             for stale in (run.metrics, run.root / "train_log.jsonl", run.best):
@@ -290,13 +349,46 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split, new: tuple[RunLock, bool
                         trainer.epoch)
     counts = split.counts()
     if not cfg.quiet:
+        ranks = distributed.current().world_size
+        where = f"device {session.device}" if ranks == 1 else f"{ranks} ranks on {session.device.type}"
         print(f"rsdml: {cfg.method} on {len(split.paths)} images, {split.num_classes} classes "
-              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), device {session.device} "
+              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {where} "
               f"({_precision(trainer)}), run folder {run.root}", file=sys.stderr, flush=True)
     trainer.fit()
     result = evaluate_session(session, checkpoint="auto", trainer=trainer)
     result["wall_seconds"] = round(time.monotonic() - t_start, 1)
     return result
+
+
+def _start(cfg: TrainConfig, run: RunDir, split: Split,
+           new: tuple[RunLock, bool] | None) -> tuple[Session, Trainer]:
+    """Rank 0's (or the single process's) session and trainer; a new run whose start fails is
+    removed again. Under torchrun the other ranks build theirs after this (caches, weights)."""
+    try:
+        with distributed.main_first():
+            if new is not None:
+                _write_new_run(cfg, run, split)
+            try:
+                session = build_session(cfg, run, split, train=True)
+            except UndecodableImagesError as e:
+                if new is None or cfg.split or cfg.strict:  # the images are fixed: report them
+                    raise
+                # The fast check before training cannot see damage inside compressed data: skip
+                # such images like the other unusable ones and make the split without them.
+                log.warning("skipping %d image(s) that cannot be decoded: %s", len(e.paths),
+                            ", ".join(f"{p} ({e.details[p]})" for p in e.paths[:5]))
+                split = _split_without(split, set(e.paths), cfg)
+                _write_new_run(cfg, run, split)
+                session = build_session(cfg, run, split, train=True)
+            trainer = make_trainer(session, make_callbacks(session))
+            check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
+                         uses_channels_last(session.device), trainer.method.uses_unlabeled)
+    except Exception:
+        if new is not None:
+            new[0].release()
+            remove_failed_start(run, new[1])
+        raise
+    return session, trainer
 
 
 def _write_new_run(cfg: TrainConfig, run: RunDir, split: Split) -> None:
@@ -378,22 +470,40 @@ def _open_run_split(run: RunDir, cfg: TrainConfig, what: str) -> tuple[Split, Tr
     return split, cfg
 
 
-def make_trainer(s: Session) -> Trainer:
-    """The Trainer of a session: its method, labelled/unlabelled sets and evaluation sets (used
-    by ``train`` and by the benchmarks)."""
+def make_trainer(s: Session, callbacks: Sequence[Callback] = ()) -> Trainer:
+    """The Trainer of a session: its method and labelled/unlabelled sets (used by ``train``
+    and by the benchmarks); it gets no labels of unlabelled or test images."""
     split, device = s.split, s.device
     lab = split.index("labeled")
     labeled = LabeledSet(_tensor(lab), _tensor(split.labels[lab]))
     unl = split.unlabeled_index()
     method = create_method(s.cfg, split.num_classes, labeled.labels).to(device)
-    test, val = split.index("test"), split.index("val")
-    evalsets = EvalSets(
-        reference=labeled,
+    return Trainer(s.cfg, s.run, s.model, method, s.inputs, labeled,
+                   UnlabeledSet(_tensor(unl)) if len(unl) else None, device, callbacks)
+
+
+def evaluation_sets(split: Split) -> EvalSets:
+    """What evaluation compares: the labelled images as reference, the test (and validation)
+    images with their labels."""
+    lab, test, val = split.index("labeled"), split.index("test"), split.index("val")
+    return EvalSets(
+        reference=LabeledSet(_tensor(lab), _tensor(split.labels[lab])),
         test=LabeledSet(_tensor(test), _tensor(split.labels[test])),
         val=LabeledSet(_tensor(val), _tensor(split.labels[val])) if len(val) else None,
     )
-    return Trainer(s.cfg, s.run, s.model, method, s.inputs, labeled,
-                   UnlabeledSet(_tensor(unl)) if len(unl) else None, evalsets, device)
+
+
+def make_callbacks(s: Session) -> list[Callback]:
+    """What runs around the training loop, in order: under torchrun, evaluation and the
+    spectrum on every rank (each embeds a slice), the writers of files and lines on rank 0."""
+    main = distributed.is_main()
+    evaluation: list[Callback] = [Evaluation(evaluation_sets(s.split), s.cfg),
+                                  Spectrum(s.run, write=main)]
+    if not main:
+        return evaluation
+    console: list[Callback] = [] if s.cfg.quiet else [Console(s.cfg)]
+    return [TrainLog(s.run), *evaluation, MetricsLog(s.run), TensorBoard(s.run), *console,
+            Checkpoints(s.run, s.cfg)]
 
 
 def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | None = None) -> dict[str, Any]:
@@ -408,7 +518,9 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
     s.model.load_state_dict(state["model"])
     which = checkpoint if checkpoint in ("last", "best") else (
         "best" if path == s.run.best else "last" if path == s.run.last else str(path))
-    emb = trainer.embed(torch.arange(len(s.split.paths)))
+    emb = trainer.embed(torch.arange(len(s.split.paths)))  # sharded over the ranks, gathered
+    if not distributed.is_main():  # rank 0 writes the evaluation; the others return its numbers
+        return distributed.broadcast(None)  # type: ignore[no-any-return]
     metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
                                s.split.classes, seed=s.cfg.seed)
     final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
@@ -418,12 +530,13 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
             write_report(s.run.root, seed=s.cfg.seed)
     except Exception as e:  # the numbers are written; a plotting failure must not hide them
         log.warning("could not write the HTML report (%s: %s)", type(e).__name__, e)
-    return final
+    return distributed.broadcast(final)  # type: ignore[no-any-return]
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,
                  quiet: bool = False, data: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a saved run again; ``data`` points at its data set when that moved."""
+    """Evaluate a saved run again; ``data`` points at its data set when that moved. Under
+    torchrun each rank embeds a slice of the images and rank 0 writes the evaluation."""
     from rsdml.data.datasets import resolve_data
 
     run = RunDir(Path(run_dir))
@@ -431,7 +544,32 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | No
     data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    with RunLock(run.root):
-        split, cfg = _open_run_split(run, cfg, "run folder")
-        session = build_session(cfg, run, split, train=False)
+    with distributed.joined(resolve_device(cfg.device).type) as d:
+        if d.enabled:
+            return _evaluate_ranked(run, cfg, checkpoint)
+        with RunLock(run.root):
+            split, cfg = _open_run_split(run, cfg, "run folder")
+            session = build_session(cfg, run, split, train=False)
+            return evaluate_session(session, checkpoint)
+
+
+def _evaluate_ranked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+    main = distributed.is_main()
+    lock: RunLock | None = None
+    session: Session | None = None
+    try:
+        with distributed.main_first():
+            if main:
+                lock = RunLock(run.root).acquire()
+                split, cfg = _open_run_split(run, cfg, "run folder")
+                session = build_session(cfg, run, split, train=False)
+        if session is None:  # another rank: after rank 0 (its cache is built, its data found)
+            cfg = distributed.broadcast(None).replace(quiet=True)
+            split, _ = _read_run_split(run, cfg)
+            session = build_session(cfg, run, split, train=False)
+        else:
+            distributed.broadcast(cfg)
         return evaluate_session(session, checkpoint)
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,20 +1,28 @@
 """The training loop: one labelled and one unlabelled batch per step, one backward pass.
 
+The Trainer steps (model, method, optimiser, sampler, inputs) and nothing else: evaluation,
+logs, TensorBoard, checkpoints and the spectrum are callbacks (``callbacks``) the runner
+builds. It holds the labels of the labelled images only; the unlabelled set has no labels and
+the test labels live in the evaluation callback.
+
 Every random draw is a function of (seed, what, counter): the labelled order of an epoch, the
 unlabelled batch of a global step and the augmentation of a step. A run stopped at any step
 and resumed from its checkpoint therefore replays exactly what an uninterrupted run would.
+
+Under ``torchrun`` (``rsdml.training.distributed``) the batches stay global: every rank draws
+the same global batches, takes its contiguous slice of each, and the method's loss is computed
+on the gathered global batch; rank 0 alone writes files and prints.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,16 +32,13 @@ from torch import Tensor
 
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError, TrainingDivergedError
-from rsdml.evaluation.knn import knn_accuracy
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
+from rsdml.training import distributed
+from rsdml.training.callbacks import Callback, EpochEnd
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
 from rsdml.training.diagnostics import (
-    collapse_warning,
-    embedding_diagnostics,
-    is_collapsed,
     mixed_batch,
-    prediction_diagnostics,
 )
 from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
 from rsdml.training.methods.base import Method
@@ -43,7 +48,7 @@ from rsdml.training.optim import (
     set_learning_rates,
     trunk_trains,
 )
-from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
+from rsdml.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +74,6 @@ class UnlabeledSet:
     index: Tensor
 
 
-@dataclass(frozen=True)
-class EvalSets:
-    """What evaluation compares; test labels live here, out of the training step's reach."""
-
-    reference: LabeledSet
-    test: LabeledSet
-    val: LabeledSet | None = None
-
-
 def derived_seed(seed: int, *key: int) -> int:
     """A well-mixed 63-bit seed for one stream of random draws."""
     return int(np.random.SeedSequence([seed, *key]).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -96,12 +92,16 @@ class Trainer:
         inputs: ImageInputs | FeatureInputs,
         labeled: LabeledSet,
         unlabeled: UnlabeledSet | None,
-        evalsets: EvalSets,
         device: torch.device,
+        callbacks: Sequence[Callback] = (),
     ) -> None:
         self.cfg, self.run, self.model, self.method = cfg, run, model, method
-        self.inputs, self.labeled, self.unlabeled, self.evalsets = inputs, labeled, unlabeled, evalsets
+        self.inputs, self.labeled, self.unlabeled = inputs, labeled, unlabeled
         self.device = device
+        #: Evaluation, logs, checkpoints...: built by the runner (rank 0's file writers only
+        #: on rank 0), called in this order at each epoch's end.
+        self.callbacks = list(callbacks)
+        self.dist = distributed.current()
         self.optimizer = make_optimizer(model, method, cfg)
         self.forward_model = torch.compile(model) if cfg.compile else model
         self.autocast_dtype = autocast_dtype(cfg.amp, device)
@@ -111,18 +111,25 @@ class Trainer:
         self.global_step = 0
         self.sums: dict[str, float] = {}
         self.steps_in_sums = 0
-        self.best_val: float | None = None
         self.elapsed = 0.0
         self._stop_signal: int | None = None
         self._unl_perm_cache: tuple[int, Tensor] | None = None
         self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
         self._trunk_trains: bool | None = None
+        #: Under torchrun: the DistributedDataParallel training forward (built at the first
+        #: step and again when the trunk starts training: DDP syncs the parameters that
+        #: require gradients when it is built).
+        self._ddp: Any = None
         if method.uses_unlabeled and (unlabeled is None or len(unlabeled.index) == 0):
             raise RsdmlError(f"--method {cfg.method} needs unlabelled images but the split has none")
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
+        callbacks: dict[str, Any] = {}
+        for cb in self.callbacks:
+            callbacks.update(cb.state_dict())
         return {
+            **callbacks,
             "model": self.model.state_dict(),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -131,7 +138,6 @@ class Trainer:
             "global_step": self.global_step,
             "sums": dict(self.sums),
             "steps_in_sums": self.steps_in_sums,
-            "best_val": self.best_val,
             "elapsed": self.elapsed,
             "rng_torch": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
@@ -146,9 +152,10 @@ class Trainer:
         self.global_step = int(state["global_step"])
         self.sums = dict(state["sums"])
         self.steps_in_sums = int(state["steps_in_sums"])
-        self.best_val = state["best_val"]
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng_torch"])
+        for cb in self.callbacks:
+            cb.load_state_dict(state)
 
     def save(self, extra: dict[str, Any] | None = None) -> None:
         save_checkpoint({**self.state_dict(), **(extra or {})}, self.run.last)
@@ -164,16 +171,15 @@ class Trainer:
 
     def resume_from(self, path: Any) -> None:
         self.load_state_dict(load_checkpoint(path, map_location=self.device))
-        # Lines written after the checkpoint belong to work that will be replayed.
-        for file in (self.run.metrics, self.run.root / "train_log.jsonl"):
-            rows = [r for r in read_jsonl(file) if r.get("step", 0) <= self.global_step]
-            write_text_atomic(file, "".join(json.dumps(r) + "\n" for r in rows))
+        for cb in self.callbacks:
+            cb.on_resume(self)
 
     # ------------------------------------------------------------------ sampling
     def labeled_batches(self, epoch: int) -> list[Tensor]:
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, epoch))
         batches = self.method.labeled_batches(self.labeled.labels.cpu(), self.cfg.batch_size, gen)
-        if len(batches) > 1 and len(batches[-1]) == 1:  # BatchNorm cannot train on one image
+        # BatchNorm cannot train on one image: each rank's slice needs two.
+        if len(batches) > 1 and len(batches[-1]) < 2 * self.dist.world_size:
             batches[-2:] = [torch.cat(batches[-2:])]
         return batches
 
@@ -213,6 +219,23 @@ class Trainer:
             for p in self.model.trunk.parameters():
                 p.requires_grad_(trains)  # no backward through a trunk that does not learn
             self._trunk_trains = trains
+            self._ddp = None
+        if self.dist.enabled and self._ddp is None:
+            self._ddp = self._wrap_ddp()
+
+    def _wrap_ddp(self) -> Any:
+        """The training forward under DistributedDataParallel (its gradients averaged over
+        the ranks); torch.compile'd around DDP when ``--compile``."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = DistributedDataParallel(_Embedder(self.model, self.inputs.embed), device_ids=ids)
+        return torch.compile(ddp) if self.cfg.compile else ddp
+
+    def _train_forward(self, x: Tensor) -> Tensor:
+        if self._ddp is not None:
+            return self._ddp(x)  # type: ignore[no-any-return]
+        return self.inputs.embed(self.forward_model, x)
 
     def _train_mode(self) -> None:
         self.model.train()
@@ -231,22 +254,25 @@ class Trainer:
         ``run_step`` / ``flush_losses``, so a GPU never idles while the host waits for a loss
         value."""
         self.set_position(self.cfg.head_warmup_epochs + self.cfg.warmup_epochs if t is None else t)
+        d = self.dist
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
-        gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, self.global_step))
-        index_l = batch
-        images = self.labeled.index[index_l]
+        key = (self.global_step,) if d.world_size == 1 else (self.global_step, d.rank)
+        gen.manual_seed(derived_seed(self.cfg.seed, STREAM_AUGMENT, *key))
+        index_l = batch  # the global batch; this rank runs the network on its slice of it
+        images = self.labeled.index[distributed.shard(index_l, d)]
         n_l = len(images)
         if self.method.uses_unlabeled:  # one gather and one augmentation call for both
-            images = torch.cat([images, self.unlabeled_batch(self.global_step)])
+            images = torch.cat([images, distributed.shard(self.unlabeled_batch(self.global_step), d)])
         x = self.inputs.train(images, gen)
         y_l = to_device(self.labeled.labels[index_l], self.device)
         self._train_mode()
         with self.autocast():
-            emb = self.inputs.embed(self.forward_model, x).float()
-            terms = self.method(emb[:n_l], y_l, to_device(index_l, self.device),
-                                emb[n_l:] if self.method.uses_unlabeled else None)
+            emb = self._train_forward(x).float()
+            terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
+                                 self.cfg.unlabeled_batch_size)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
+        distributed.average_gradients(self.method.parameters())
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
@@ -287,28 +313,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def embed(self, index: Tensor) -> np.ndarray:
+        """Evaluation-mode embeddings of ``index``; under torchrun each rank embeds its slice
+        and every rank receives all of them, in order."""
         self.model.eval()
-        return embed_batches(lambda x: self.inputs.embed(self.forward_model, x), self.inputs, index,
-                             self.cfg.eval_batch_size, self.autocast_dtype, not self.cfg.quiet,
-                             self.cfg.embedding_dim)
-
-    def evaluate(self) -> dict[str, float]:
-        """kNN accuracy (and on validation), plus the label-free collapse diagnostics of the
-        test embeddings and of the unlabelled prediction matrix; warns when they collapse."""
-        ev = self.evalsets
-        ref = self.embed(ev.reference.index)
-        ref_y = ev.reference.labels.numpy()
-        test = self.embed(ev.test.index)
-        out = {"knn_acc": knn_accuracy(ref, ref_y, test, ev.test.labels.numpy(), k=10)}
-        if ev.val is not None and len(ev.val.index):
-            out["val_knn_acc"] = knn_accuracy(ref, ref_y, self.embed(ev.val.index), ev.val.labels.numpy(), k=10)
-        diag = embedding_diagnostics(test)
-        spectrum = self.spectrum()
-        if spectrum is not None:
-            diag.update(prediction_diagnostics(spectrum))
-        if self.epoch > 0 and is_collapsed(diag):
-            log.warning(collapse_warning(diag, self.epoch))
-        return {**out, **diag}
+        out = embed_batches(lambda x: self.inputs.embed(self.forward_model, x), self.inputs,
+                            distributed.shard(index, self.dist), self.cfg.eval_batch_size,
+                            self.autocast_dtype, not self.cfg.quiet, self.cfg.embedding_dim)
+        if self.dist.world_size == 1:
+            return out
+        return distributed.gather_cat(torch.from_numpy(out).to(self.device),
+                                      total=len(index)).cpu().numpy()
 
     @torch.inference_mode()
     def spectrum(self) -> list[float] | None:
@@ -327,11 +341,14 @@ class Trainer:
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
         def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal is not None:  # a second Ctrl-C: stop now
-                raise KeyboardInterrupt
+            if self._stop_signal is not None:
+                if self.dist.enabled:  # torchrun passes on the signal its group got: the same
+                    return            # stop (torchrun kills what has not stopped in time)
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now
             self._stop_signal = signum
-            print(f"\nrsdml: got {signal.Signals(signum).name}; saving a checkpoint after this step...",
-                  file=sys.stderr, flush=True)
+            if self.dist.is_main:
+                print(f"\nrsdml: got {signal.Signals(signum).name}; saving a checkpoint after this "
+                      "step...", file=sys.stderr, flush=True)
 
         old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -347,38 +364,36 @@ class Trainer:
                 signal.signal(s, h)
 
     def fit(self) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
-        cfg = self.cfg
-        writer = SummaryWriter(str(self.run.tensorboard))
+        """Train to ``--epochs``, the callbacks called before the first step (on a new run)
+        and after each epoch."""
         if self.global_step == 0 and self.method.needs_start_embeddings:
             emb = torch.from_numpy(self.embed(self.labeled.index)).to(self.device)
             self.method.on_train_start(emb)
-        if self.global_step == 0 and not self.run.spectrum.exists():
-            start = self.spectrum()
-            if start is not None:
-                write_json(self.run.spectrum, {"start": start, "start_step": 0})
-        if self.global_step == 0 and not read_jsonl(self.run.metrics):
-            # Epoch 0: the starting point, so every curve and summary shows what training added.
-            t0 = time.monotonic()
-            row = {"epoch": 0, "step": 0, **self.evaluate()}
-            self.elapsed += time.monotonic() - t0
-            _append_jsonl(self.run.metrics, {**row, "seconds": round(self.elapsed, 3)})
-            if not cfg.quiet:
-                print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
         try:
+            if self.global_step == 0:  # the starting point, so every curve shows what training added
+                self._epoch_end(EpochEnd({"epoch": 0, "step": 0}, start=True))
             with self._signals():
-                while self.epoch < cfg.epochs:
-                    self._run_epoch(writer)
+                while self.epoch < self.cfg.epochs:
+                    self._run_epoch()
+            for cb in self.callbacks:
+                cb.on_train_end(self)
         finally:
-            writer.close()
-        end = self.spectrum()
-        if end is not None and self.run.spectrum.exists():
-            spec = json.loads(self.run.spectrum.read_text())
-            spec.update({"end": end, "end_step": self.global_step})
-            write_json(self.run.spectrum, spec)
+            for cb in self.callbacks:
+                cb.close()
+        distributed.barrier()  # every checkpoint is on disk before any rank reads one back
 
-    def _run_epoch(self, writer: Any) -> None:
+    def _epoch_end(self, end: EpochEnd) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, end)
+
+    def _stop_requested(self) -> int | None:
+        """The signal that stops training; under torchrun all ranks agree on it, step by step
+        (a signal may reach the ranks at different steps)."""
+        if not self.dist.enabled:
+            return self._stop_signal
+        return distributed.agree_max(self._stop_signal or 0) or None
+
+    def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
         batches = self.labeled_batches(epoch)
         t0 = time.monotonic()
@@ -387,14 +402,17 @@ class Trainer:
                           enabled=not cfg.quiet):
             self.run_step(batches[b], epoch, epoch + (b + 1) / len(batches))
             self.batch_in_epoch = b + 1
-            if self._stop_signal is not None:
+            stop = self._stop_requested()
+            if stop is not None:
                 self.flush_losses()
                 self.elapsed += time.monotonic() - t0
-                self.save()
+                for cb in self.callbacks:  # rank 0's saves the checkpoint
+                    cb.on_interrupt(self)
+                distributed.barrier()  # no rank exits (torchrun then stops the rest) before the save
                 raise TrainingInterrupted(
                     f"interrupted in epoch {epoch + 1} at step {self.global_step}; checkpoint saved "
                     f"to {self.run.last}; continue with `rsdml train --resume {self.run.root}`",
-                    self._stop_signal,
+                    stop,
                 )
         self.flush_losses()
         self.epoch, self.batch_in_epoch = epoch + 1, 0
@@ -405,48 +423,38 @@ class Trainer:
                                "reg_weight": self.method.reg_weight,
                                "seconds": round(self.elapsed, 3)}
         self.sums, self.steps_in_sums = {}, 0
-        for k, v in means.items():
-            writer.add_scalar(f"train/{k}", v, self.global_step)
-        _append_jsonl(self.run.root / "train_log.jsonl", row)
-        evaluated = self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs
-        improved = False
-        if evaluated:
-            t1 = time.monotonic()
-            metrics = self.evaluate()
-            self.elapsed += time.monotonic() - t1
-            row.update(metrics, seconds=round(self.elapsed, 3))
-            for k, v in metrics.items():
-                writer.add_scalar(f"eval/{k}", v, self.global_step)
-            if "val_knn_acc" in metrics and (self.best_val is None or metrics["val_knn_acc"] > self.best_val):
-                self.best_val, improved = metrics["val_knn_acc"], True
-            _append_jsonl(self.run.metrics, row)
-        if not cfg.quiet:
-            terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
-            acc = f"  knn_acc {row['knn_acc']:.4f}" if evaluated else ""
-            val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
-            print(f"epoch {self.epoch}/{cfg.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
-                  f"({terms}){acc}{val}  {self.elapsed:.1f}s", file=sys.stderr, flush=True)
-        if improved:
-            save_checkpoint({"model": self.model.state_dict(), "method": self.method.state_dict(),
-                             "epoch": self.epoch, "global_step": self.global_step,
-                             "val_knn_acc": self.best_val, "config": cfg.to_dict()}, self.run.best)
-        if self.epoch % cfg.checkpoint_every == 0 or self.epoch == cfg.epochs:
-            self.save()
+        self._epoch_end(EpochEnd(row, means))
+
+
+def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, index: Tensor,
+                 n_unlabeled: int) -> dict[str, Tensor]:
+    """The method's loss terms on the global batch. ``emb``: this rank's embeddings, its slice
+    of the labelled batch (``n_local`` rows) then its slice of the unlabelled one; ``labels``
+    and ``index``: the whole labelled batch's; ``n_unlabeled``: the global unlabelled batch's
+    size. Every rank gathers all slices (with autograd) and computes the same loss one
+    process would on the concatenated batch; DDP's gradient average then gives that
+    process's gradient (``distributed``'s docstring says why)."""
+    emb_l = distributed.gather_cat(emb[:n_local], total=len(labels))
+    emb_u = (distributed.gather_cat(emb[n_local:], total=n_unlabeled)
+             if method.uses_unlabeled else None)
+    return method(emb_l, labels, index, emb_u)  # type: ignore[no-any-return]
+
+
+class _Embedder(torch.nn.Module):
+    """The network as the inputs embed with it (``model(x)`` or, in fast mode, the head on
+    cached features): the one module DDP wraps, so its forward is what DDP sees."""
+
+    def __init__(self, model: EmbeddingNet, embed: Any) -> None:
+        super().__init__()
+        self.model = model
+        self._embed = embed
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._embed(self.model, x)  # type: ignore[no-any-return]
 
 
 # Steps between loss read-backs: on a GPU each read-back makes the host wait for the device.
 _FLUSH_EVERY = {"cpu": 1, "cuda": 20}
-
-
-def _append_jsonl(path: Any, row: dict[str, Any]) -> None:
-    try:
-        with open(path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-    except OSError as e:
-        raise RsdmlError(
-            f"could not write {path} ({e.strerror or e}); free disk space or check the folder's "
-            "permissions, then continue with `rsdml train --resume` (the last checkpoint is kept)"
-        ) from None
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
