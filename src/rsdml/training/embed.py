@@ -20,8 +20,8 @@ from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
-from rsdml.training.bands import run_input_spec
 from rsdml.training import distributed
+from rsdml.training.bands import run_input_spec
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir

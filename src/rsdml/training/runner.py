@@ -30,8 +30,8 @@ from rsdml.data.split import (
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
-from rsdml.training.bands import run_input_spec
 from rsdml.training import distributed
+from rsdml.training.bands import run_input_spec
 from rsdml.training.callbacks import (
     Callback,
     Checkpoints,
