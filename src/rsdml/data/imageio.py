@@ -529,11 +529,16 @@ def check_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> str | None
 
 def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` to an H x W x 3 uint8 array by the documented conversion rules."""
-    path = Path(path)
+    return _decode(Path(path), max_pixels, raw=False)
+
+
+def _decode(path: Path, max_pixels: int, *, raw: bool) -> np.ndarray:
+    """A TIFF by tifffile (``raw``: its bands as stored), anything else by Pillow as RGB; every
+    failure becomes one ImageReadError that says what is wrong with the file."""
     head, size, _ = _sniff(path)
     try:
         if head.startswith(_TIFF_MAGIC):
-            return _read_tiff(path, size, max_pixels)
+            return _read_tiff(path, size, max_pixels, raw=raw)
         return _read_pil(path, max_pixels)
     except ImageReadError:
         raise
@@ -548,16 +553,7 @@ def read_bands(path: str | Path, bands: Bands, *, max_pixels: int = MAX_PIXELS) 
     (uint8 or uint16): the multispectral input (``--bands all|LIST``). A file that is not a
     TIFF is read as RGB (3 bands, uint8) by the RGB rules."""
     path = Path(path)
-    head, size, _ = _sniff(path)
-    try:
-        arr = _read_tiff(path, size, max_pixels, raw=True) if head.startswith(_TIFF_MAGIC) \
-            else _read_pil(path, max_pixels)
-    except ImageReadError:
-        raise
-    except MemoryError:
-        raise ImageReadError(path, "too_large", "not enough memory to decode it") from None
-    except Exception as e:
-        raise ImageReadError(path, "corrupt", f"cannot decode ({_short(e)})") from None
+    arr = _decode(path, max_pixels, raw=True)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype.name not in BAND_DTYPES:
