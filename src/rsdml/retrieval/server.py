@@ -404,19 +404,10 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
 def _quiet_signals() -> Iterator[None]:
     """uvicorn re-raises the signal that stopped it after restoring the handlers it found;
     a no-op there makes Ctrl+C / SIGTERM a clean exit instead of rsdml's training message."""
-    import signal
+    from rsdml.signals import stop_signals_to
 
-    saved = {}
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            saved[sig] = signal.signal(sig, lambda *_: None)
-    except ValueError:  # not the main thread
-        pass
-    try:
+    with stop_signals_to(lambda *_: None):
         yield
-    finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
 
 
 def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,

@@ -34,6 +34,7 @@ from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError, TrainingDivergedError
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.progress import progress
+from rsdml.signals import stop_signals_to
 from rsdml.training import distributed
 from rsdml.training.callbacks import Callback, EpochEnd
 from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
@@ -350,18 +351,8 @@ class Trainer:
                 print(f"\nrsdml: got {signal.Signals(signum).name}; saving a checkpoint after this "
                       "step...", file=sys.stderr, flush=True)
 
-        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            for s in old:
-                signal.signal(s, handler)
-        except ValueError:  # not in the main thread: no signal handling
+        with stop_signals_to(handler):
             yield
-            return
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
 
     def fit(self) -> None:
         """Train to ``--epochs``, the callbacks called before the first step (on a new run)
