@@ -2,7 +2,9 @@
 # The paper's protocol on one lent GPU (docs/results.md, "On a GPU"): AID at 256 px, 130
 # epochs, 20 % labels, hr-s2dml vs nsm-margin, ImageNet EfficientNet-Lite0 fine-tuned with
 # rsdml's defaults; with RSDML_RESNET18_WEIGHTS=PATH (a torchvision resnet18 state dict) the
-# same two runs with ResNet-18 follow. Budget: the device's 9 minutes; each run is capped so
+# same two runs with ResNet-18 follow; then the consistency methods (fixmatch, freematch,
+# hr-match) beside nsm-margin and hr-s2dml at 5 % labels with the default budget
+# (configs/grid_aid_consistency_gpu.yaml; RSDML_SKIP_CONSISTENCY=1 skips them). Budget: the device's 9 minutes; each run is capped so
 # that a slow one cannot take the others' time (a capped run is resumable: run it again).
 #
 #   bash benchmarks/gpu_paper.sh [OUT_DIR]     # default: $OUT, else runs/aid-paper-gpu
@@ -49,6 +51,11 @@ if [ -n "${RSDML_RESNET18_WEIGHTS:-}" ]; then
   sed -e "s#backbone: efficientnet_lite0.*#backbone: resnet18#" \
       -e "s#pretrained: imagenet#weights: $RSDML_RESNET18_WEIGHTS#" "$grid" >"$OUT_DIR/grid_r18.yaml"
   run "$OUT_DIR/grid_r18.yaml" "$OUT_DIR/resnet18"
+fi
+if [ -z "${RSDML_SKIP_CONSISTENCY:-}" ]; then
+  sed "s#data: ../shared/data/AID#data: $AID#" configs/grid_aid_consistency_gpu.yaml \
+    >"$OUT_DIR/grid_consistency.yaml"
+  run "$OUT_DIR/grid_consistency.yaml" "$OUT_DIR/consistency"
 fi
 cat "$OUT_DIR"/*/results.md > "$OUT_DIR/results.md" 2>/dev/null
 cat "$OUT_DIR/results.md"

@@ -33,6 +33,9 @@ OPTIMIZERS = ("adamw", "sgd")
 #: --lr when not given, per optimiser (AdamW's steps do not scale with the loss's 1/tau).
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.1}
 BN_MODES = ("auto", "train", "frozen")
+#: What one epoch is: a pass over the larger of the labelled set and the unlabelled pool, or
+#: over the labelled set (the paper's; with few labels an epoch is then a handful of steps).
+EPOCH_UNITS = ("pool", "labeled")
 
 
 def option(default: Any, help: str, **kw: Any) -> Any:
@@ -87,7 +90,16 @@ class TrainConfig:
     #: YAML file holds them at the top level); the method registry checks and fills them.
     method_params: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
     # --- optimisation
-    epochs: int = _opt(130, "Epochs (one epoch = one pass over the labelled set).")
+    epochs: int = _opt(
+        30, "Epochs; an epoch is --epoch-unit (by default one pass over the unlabelled pool, "
+        "so the unlabelled images are seen once an epoch whatever the number of labels).")
+    epoch_unit: str = _opt(
+        "pool", "pool: an epoch is one pass over the larger of the labelled set and the "
+        "unlabelled pool; labeled: one pass over the labelled set (the paper's).",
+        choices=EPOCH_UNITS)
+    steps: int | None = _opt(
+        None, "Training budget in optimiser steps (instead of --epochs; the last epoch may be "
+        "partial). Warm-ups, schedules and --eval-every stay in epochs of --epoch-unit.")
     batch_size: int = _opt(128, "Labelled images per step.")
     unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.")
     optimizer: str = _opt(
@@ -267,12 +279,12 @@ class TrainConfig:
             if self.test_fraction <= 0.0:
                 raise RsdmlError("--test-fraction must be > 0 under the inductive protocol")
         positive_ints = (
-            "epochs", "batch_size", "unlabeled_batch_size", "embedding_dim", "image_size",
+            "epochs", "batch_size", "unlabeled_batch_size", "embedding_dim", "image_size", "steps",
             "eval_every", "eval_batch_size", "lr_step", "checkpoint_every",
         )
         for name in positive_ints:
             v = getattr(self, name)
-            if name == "image_size" and v is None:  # the device's default, set by the runner
+            if name in ("image_size", "steps") and v is None:  # image_size: the device's default
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise RsdmlError(f"--{_flag(name)} {v!r} must be a positive whole number")

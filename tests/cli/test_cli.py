@@ -68,7 +68,7 @@ def test_yaml_config_cli_override_train_resume_evaluate_embed(tiny_scenes, tmp_p
     assert saved["margin"] == 0.3 and saved["seed"] == 7 and saved["epochs"] == 1
     assert "knn_acc" in out
 
-    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--extend", "--quiet"], capsys)
     assert code == 0, err
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]

@@ -27,7 +27,8 @@ from rsdml.training.checkpoint import load_checkpoint
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--labeled-fraction", "0.5", "--epochs", "3",
-        "--device", "cpu", "--quiet", "--eval-batch-size", "64", "--no-report"]
+        "--device", "cpu", "--quiet", "--eval-batch-size", "64", "--no-report",
+        "--epoch-unit", "labeled"]
 STEPS_PER_EPOCH = 3  # 4 classes x 6 labelled images, batch 8
 TIMEOUT = 180.0
 

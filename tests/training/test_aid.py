@@ -29,7 +29,7 @@ def test_short_run_on_aid_subset_beats_chance(aid_root, tmp_path):
         data=str(aid_root), split=str(split_file), labeled_fraction=0.25, out=str(run),
         pretrained="none", image_size=48,
         epochs=3, batch_size=16, unlabeled_batch_size=16, lr=0.01, eval_every=1, device="cpu",
-        quiet=True, eval_batch_size=128, report=False,
+        quiet=True, eval_batch_size=128, report=False, epoch_unit="labeled",
     ))
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3] and all("knn_acc" in r for r in rows)

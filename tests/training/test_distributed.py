@@ -48,7 +48,8 @@ def _problem(name: str) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, tor
     method.reg_weight = 1.0
     index = torch.randperm(20)[:B]
     batch = {"x_l": torch.randn(B, D_IN, dtype=torch.float64), "y": labeled[index],
-             "index": index, "x_u": torch.randn(BU, D_IN, dtype=torch.float64)}
+             "index": index, "x_u": torch.randn(BU, D_IN, dtype=torch.float64),
+             "x_w": torch.randn(BU, D_IN, dtype=torch.float64)}
     if method.needs_start_embeddings:
         method.on_train_start(torch.randn(20, D, dtype=torch.float64))
     return net, method, batch
@@ -59,6 +60,8 @@ def _step(net, method, batch, d: distributed.Dist) -> dict[str, torch.Tensor]:
     method on the gathered global batch, the method's gradients averaged."""
     x_l = distributed.shard(batch["x_l"], d)
     x_u = distributed.shard(batch["x_u"], d) if method.uses_unlabeled else batch["x_u"][:0]
+    if method.uses_views:  # the strong view, then the weak one (here with a graph too)
+        x_u = torch.cat([x_u, distributed.shard(batch["x_w"], d)])
     emb = net(torch.cat([x_l, x_u]))
     terms = global_terms(method, emb, len(x_l), batch["y"], batch["index"], BU)
     terms["total"].backward()
@@ -165,7 +168,7 @@ RUN = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
        "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
        "--no-report", "--epochs", "6", "--lr", "0.003", "--head-warmup-epochs", "0.5",
        "--warmup-epochs", "1", "--bnm-warmup-epochs", "1.5", "--eval-every", "100",
-       "--bn", "frozen", "--checkpoint-every", "2"]
+       "--bn", "frozen", "--checkpoint-every", "2", "--epoch-unit", "labeled"]
 
 
 def _torchrun(*args: str, wait: bool = True) -> subprocess.Popen[str] | subprocess.CompletedProcess[str]:

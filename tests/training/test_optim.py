@@ -9,12 +9,7 @@ import torch
 
 from rsdml.config import TrainConfig
 from rsdml.models.embedding import EmbeddingNet
-from rsdml.training.optim import (
-    lr_factors,
-    param_groups,
-    regularizer_weight,
-    trunk_trains,
-)
+from rsdml.training.optim import Schedule, param_groups
 
 
 class _Trunk(torch.nn.Module):
@@ -50,36 +45,53 @@ def test_groups_split_trunk_head_and_decay():
     assert g["trunk_no_decay"]["weight_decay"] == g["head_no_decay"]["weight_decay"] == 0.0
 
 
-def test_warmups_and_cosine_values():
+def test_warmups_and_cosine_values_in_steps():
+    # 10 steps an epoch: head warm-up 1 epoch = 10 steps, linear warm-up 2 epochs = 20 steps
     cfg = TrainConfig(epochs=10, warmup_epochs=2, head_warmup_epochs=1, schedule="cosine")
-    # head: linear warm-up over 2 epochs
-    assert lr_factors(cfg, 0.5)["head"] == pytest.approx(0.25)
-    assert lr_factors(cfg, 2.0)["head"] == pytest.approx(1.0)
-    # trunk: nothing during the head warm-up, then its own 2-epoch ramp from epoch 1
-    assert lr_factors(cfg, 1.0)["trunk"] == 0.0 and not trunk_trains(cfg, 1.0)
-    assert trunk_trains(cfg, 1.25)
-    decay = 0.5 * (1 + math.cos(math.pi * (2.0 - 2) / 8))
-    assert lr_factors(cfg, 2.0)["trunk"] == pytest.approx(0.5 * decay)
-    # cosine from the end of the warm-up (epoch 2) to 0 at the last epoch
-    assert lr_factors(cfg, 6.0)["head"] == pytest.approx(0.5)
-    assert lr_factors(cfg, 6.0)["trunk"] == pytest.approx(0.5)
-    assert lr_factors(cfg, 10.0)["head"] == pytest.approx(0.0, abs=1e-12)
+    sch = Schedule.of(cfg, steps_per_epoch=10)
+    assert sch.total == 100 and sch.peak == 30
+    # head: linear warm-up over 20 steps, counting the step being run
+    assert sch.lr_factors(0)["head"] == pytest.approx(1 / 20)
+    assert sch.lr_factors(4)["head"] == pytest.approx(0.25)
+    assert sch.lr_factors(19)["head"] == pytest.approx(1.0)
+    # trunk: nothing for the first 10 steps, then its own 20-step ramp
+    assert sch.lr_factors(9)["trunk"] == 0.0 and not sch.trunk_trains(9)
+    assert sch.trunk_trains(10) and sch.lr_factors(10)["trunk"] == pytest.approx(1 / 20)
+    # the cosine starts once the trunk has reached its peak (step 30), not before
+    assert sch.lr_factors(29)["trunk"] == pytest.approx(1.0)
+    assert sch.lr_factors(25)["head"] == pytest.approx(1.0)
+    mid = 30 + 35  # halfway from the peak (30) to the end (100)
+    assert sch.lr_factors(mid)["head"] == pytest.approx(0.5)
+    assert sch.lr_factors(mid)["trunk"] == pytest.approx(0.5)
+    # the last step still learns a little; nothing is wasted at rate 0
+    last = 0.5 * (1 + math.cos(math.pi * 69 / 70))
+    assert sch.lr_factors(99)["head"] == pytest.approx(last) and last > 0
 
 
-def test_step_schedule_is_the_papers():
+def test_budget_in_steps_and_epoch_units():
+    cfg = TrainConfig(epochs=3, steps=250)
+    assert Schedule.of(cfg, 74).total == 250  # --steps wins over --epochs
+    assert Schedule.of(cfg.replace(steps=None), 74).total == 222
+
+
+def test_step_schedule_is_the_papers_and_decays_on_time():
     cfg = TrainConfig(epochs=130, warmup_epochs=0, head_warmup_epochs=0, schedule="step",
                       lr_step=30, lr_gamma=0.5, trunk_lr_mult=1.0)
-    assert lr_factors(cfg, 0.01) == {k: 1.0 for k in ("trunk", "trunk_no_decay", "head",
-                                                        "head_no_decay")}
-    assert lr_factors(cfg, 30.5)["trunk"] == pytest.approx(0.5)
-    assert lr_factors(cfg, 95.0)["head"] == pytest.approx(0.125)
+    sch = Schedule.of(cfg, steps_per_epoch=16)
+    assert sch.lr_factors(0) == {k: 1.0 for k in ("trunk", "trunk_no_decay", "head",
+                                                    "head_no_decay")}
+    # the last step of epoch 30 still has the full rate; the first of epoch 31 has half
+    assert sch.lr_factors(30 * 16 - 1)["head"] == 1.0
+    assert sch.lr_factors(30 * 16)["trunk"] == pytest.approx(0.5)
+    assert sch.lr_factors(95 * 16)["head"] == pytest.approx(0.125)
 
 
 def test_regularizer_ramp():
     cfg = TrainConfig(bnm_weight=2.0, bnm_warmup_epochs=4)
-    assert regularizer_weight(cfg, 1.0) == pytest.approx(0.5)
-    assert regularizer_weight(cfg, 4.0) == regularizer_weight(cfg, 9.0) == pytest.approx(2.0)
-    assert regularizer_weight(cfg.replace(bnm_warmup_epochs=0), 0.01) == pytest.approx(2.0)
+    sch = Schedule.of(cfg, steps_per_epoch=10)
+    assert sch.regularizer_weight(9) == pytest.approx(0.5)
+    assert sch.regularizer_weight(39) == sch.regularizer_weight(90) == pytest.approx(2.0)
+    assert Schedule.of(cfg.replace(bnm_warmup_epochs=0), 10).regularizer_weight(0) == 2.0
 
 
 def test_bn_auto_follows_the_initialisation():

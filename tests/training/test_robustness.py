@@ -36,7 +36,7 @@ STEPS_PER_EPOCH = 3  # 4 classes x 6 labelled images, batch 8
 def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     base = dict(data=str(data), out=str(out), pretrained="none", image_size=32, epochs=3,
                 batch_size=8, unlabeled_batch_size=8, labeled_fraction=0.5, device="cpu",
-                quiet=True, seed=0, eval_batch_size=64, report=False)
+                quiet=True, seed=0, eval_batch_size=64, report=False, epoch_unit="labeled")
     base.update(kw)
     return TrainConfig(**base)
 

@@ -22,7 +22,8 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
                 epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.003,
                 # every phase inside two epochs: head warm-up, trunk warm-up, ramp, decay
                 head_warmup_epochs=0.5, warmup_epochs=1.0, bnm_warmup_epochs=1.5,
-                device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False)
+                device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False,
+                epoch_unit="labeled")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -117,8 +118,14 @@ def test_training_with_and_without_the_cache_is_identical(tiny_scenes, tmp_path,
 def test_resume_gives_identical_parameters(tiny_scenes, tmp_path, straight):
     split = tmp_path / "resumed"
     train(_cfg(tiny_scenes, split, epochs=1, eval_every=2))
-    train(TrainConfig(), resume=split, overrides={"epochs": 2})
+    # the cosine starts at the trunk's peak (epoch 1.5): the 1-epoch run's steps are the 2-epoch
+    # run's, so extending it (as if planned for 2 epochs) gives the uninterrupted weights
+    train(TrainConfig(), resume=split, overrides={"epochs": 2}, extend=True)
     _assert_same(_params(straight), _params(split))
+    assert "epochs: 2" in (split / "config.yaml").read_text()  # the folder says what it did
+    history = [json.loads(l) for l in (split / "config_history.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
+    assert history[-1]["changes"]["epochs"] == [1, 2] and history[-1]["at_step"] == rows[1]["step"]
     rows = [json.loads(l) for l in (split / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2]  # before training, end of the 1-epoch run, end
 
@@ -225,6 +232,16 @@ def test_deferred_loss_read_back_logs_the_same_and_names_the_diverged_step(
     with pytest.raises(TrainingDivergedError, match="'hr'.*epoch 2, step 3;"):
         train(_cfg(tiny_scenes, run, epochs=3))
     assert _finite_last_checkpoint(run)["epoch"] == 1
+
+
+def test_resume_refuses_a_new_budget_without_extend(tiny_scenes, tmp_path):
+    run = tmp_path / "budget"
+    train(_cfg(tiny_scenes, run, epochs=1, eval_every=5))
+    for change in ({"epochs": 3}, {"steps": 7}):
+        with pytest.raises(RsdmlError, match="--extend"):
+            train(TrainConfig(), resume=run, overrides=change)
+    assert "epochs: 1" in (run / "config.yaml").read_text()
+    assert not (run / "config_history.jsonl").exists()
 
 
 def test_resume_refuses_a_changed_config(tiny_scenes, tmp_path):

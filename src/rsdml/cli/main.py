@@ -109,8 +109,11 @@ def cli(ctx: click.Context) -> None:
               help="YAML file of options (keys as below, '_' for '-'); the command line overrides it.")
 @click.option("--resume", type=click.Path(file_okay=False),
               help="Continue the interrupted or finished run in this folder.")
+@click.option("--extend", is_flag=True, default=False,
+              help="With --resume: accept a new --epochs / --steps; the remaining steps follow "
+                   "the schedule of the new budget (recorded in RUN/config_history.jsonl).")
 @config_options
-def train(config_path: str | None, resume: str | None, **options: Any) -> None:
+def train(config_path: str | None, resume: str | None, extend: bool, **options: Any) -> None:
     """Train a model on an image folder (one sub-folder per class) and evaluate it."""
     from rsdml.training.runner import train as run_train
 
@@ -120,8 +123,10 @@ def train(config_path: str | None, resume: str | None, **options: Any) -> None:
     values = config_values(load_yaml(config_path), config_path, params) if config_path else {}
     values.update(config_values(given, "options", params))
     if resume:
-        result = run_train(TrainConfig(), resume=resume, overrides=values)
+        result = run_train(TrainConfig(), resume=resume, overrides=values, extend=extend)
     else:
+        if extend:
+            raise RsdmlError("--extend goes with --resume RUN (it changes a run's budget)")
         if values.get("split"):  # a reused split brings its protocol and fractions
             from rsdml.data.split import split_options
 

@@ -99,6 +99,15 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
           "and the end of training: the rank the method maximises."),
          lambda: _fig_spectrum(inputs)),
     ]
+    if any("mask_rate" in r for r in inputs.train_log or []):
+        figures.append(("pseudo_labels.png", "Pseudo-labels",
+                        ("Left: the share of unlabelled images whose weak view passed the "
+                         "threshold in training (mask_rate, per epoch, augmented views) and, at "
+                         "each evaluation, on the test images without augmentation "
+                         "(pl_mask_rate) with the accuracy of those accepted (pl_acc; computed "
+                         "for this report only, never fed back). Right: the classes the "
+                         "pseudo-labels of the last epoch went to."),
+                        lambda: _fig_pseudo_labels(inputs)))
     labels = inputs.labels
     for name, title, caption, make in figures:
         if name in _NAMED_FIGURES and labels.note:
@@ -370,6 +379,33 @@ def _fig_curves(inputs: _Inputs) -> Figure | str:
             twin.plot(px, py, marker="s", markersize=3, color="tab:red", label="emb_effective_rank")
             twin.set_ylabel("effective rank")
             twin.legend(fontsize=8, loc="lower right")
+    return fig
+
+
+def _fig_pseudo_labels(inputs: _Inputs) -> Figure | str:
+    train_rows = [r for r in inputs.train_log or [] if "mask_rate" in r]
+    evals = inputs.history or []
+    fig = Figure(figsize=(12, 4))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot([r["epoch"] for r in train_rows], [r["mask_rate"] for r in train_rows],
+             marker="o", markersize=3, label="mask_rate (training)")
+    for key in ("pl_mask_rate", "pl_acc"):
+        pts = [(r["epoch"], r[key]) for r in evals if _finite(r.get(key))]
+        if pts:
+            px, py = zip(*pts)
+            ax1.plot(px, py, marker="s", markersize=3, label=f"{key} (evaluation)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylim(-0.05, 1.05)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    hist = train_rows[-1].get("pseudo_label_hist") if train_rows else None
+    if hist:
+        names = inputs.class_names if inputs.class_names and len(inputs.class_names) == len(hist) \
+            else [str(i) for i in range(len(hist))]
+        ax2.bar(range(len(hist)), hist)
+        ax2.set_xticks(range(len(hist)), names, rotation=90, fontsize=6)
+        ax2.set_title(f"pseudo-labels of epoch {train_rows[-1]['epoch']} by class")
+    fig.tight_layout()
     return fig
 
 

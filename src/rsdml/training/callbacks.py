@@ -86,7 +86,7 @@ class Evaluation(Callback):
     the end, plus the label-free collapse diagnostics; tracks the best validation accuracy."""
 
     def __init__(self, sets: EvalSets, cfg: TrainConfig) -> None:
-        self.sets, self.every, self.epochs = sets, cfg.eval_every, cfg.epochs
+        self.sets, self.every = sets, cfg.eval_every
         self.best_val: float | None = None
 
     def evaluate(self, trainer: Trainer) -> dict[str, float]:
@@ -100,16 +100,17 @@ class Evaluation(Callback):
         if ev.val is not None and len(ev.val.index):
             out["val_knn_acc"] = knn_accuracy(ref, ref_y, trainer.embed(ev.val.index),
                                               ev.val.labels.numpy(), k=10)
+        out.update(pseudo_label_quality(trainer.method, test, ev.test.labels.numpy()))
         diag = embedding_diagnostics(test)
         spectrum = trainer.spectrum()
         if spectrum is not None:
             diag.update(prediction_diagnostics(spectrum))
-        if trainer.epoch > 0 and is_collapsed(diag) and trainer.dist.is_main:
-            log.warning(collapse_warning(diag, trainer.epoch))
+        if trainer.epoch_done > 0 and is_collapsed(diag) and trainer.dist.is_main:
+            log.warning(collapse_warning(diag, trainer.epoch_done))
         return {**out, **diag}
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
-        if not (end.start or trainer.epoch % self.every == 0 or trainer.epoch == self.epochs):
+        if not (end.start or trainer.epoch_done % self.every == 0 or trainer.finished):
             return
         t0 = time.monotonic()
         metrics = self.evaluate(trainer)
@@ -125,6 +126,31 @@ class Evaluation(Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_val = state.get("best_val")
+
+
+def pseudo_label_quality(method: Any, emb: Any, labels: Any) -> dict[str, float]:
+    """How the method's classifier and pseudo-labels fare on the test images (under the
+    transductive protocol: the unlabelled pool), in evaluation mode without augmentation:
+    ``clf_acc`` (top class), ``pl_mask_rate`` (share the current thresholds accept) and
+    ``pl_acc`` (accuracy of the accepted ones). For the report only: nothing here reaches
+    training, which never sees these labels."""
+    import torch
+
+    if len(emb) == 0:
+        return {}
+    with torch.no_grad():
+        device = next(iter(method.parameters()), torch.zeros(0)).device
+        probs = method.predict_proba(torch.as_tensor(emb, device=device))
+        if probs is None:
+            return {}
+        out = {"clf_acc": float((probs.argmax(1).cpu().numpy() == labels).mean())}
+        pl = method.pseudo_labels(probs)
+    if pl is not None:
+        target, accepted = (t.cpu().numpy() for t in pl)
+        out["pl_mask_rate"] = float(accepted.mean())
+        if accepted.any():
+            out["pl_acc"] = float((target[accepted] == labels[accepted]).mean())
+    return out
 
 
 class Spectrum(Callback):
@@ -211,10 +237,17 @@ class TensorBoard(Callback):
             self.writer = SummaryWriter(str(self.run.tensorboard))
         for k, v in end.means.items():
             self.writer.add_scalar(f"train/{k}", v, trainer.global_step)
-        if end.evaluated:
-            for k, v in end.row.items():
-                if k not in end.means and k not in _NOT_METRICS:
-                    self.writer.add_scalar(f"eval/{k}", v, trainer.global_step)
+        for k, v in end.row.items():  # per-epoch statistics of the method (e.g. mask_rate)
+            if k not in end.means and k not in _NOT_METRICS and isinstance(v, (int, float)) \
+                    and (end.evaluated or k in trainer.method.stat_terms):
+                group = "train" if k in trainer.method.stat_terms else "eval"
+                self.writer.add_scalar(f"{group}/{k}", v, trainer.global_step)
+        hist = end.row.get("pseudo_label_hist")
+        if hist and sum(hist):  # which classes the pseudo-labels went to this epoch
+            import numpy as np
+
+            self.writer.add_histogram("train/pseudo_label_class", np.repeat(
+                np.arange(len(hist)), hist), trainer.global_step, bins=len(hist))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -227,22 +260,21 @@ _NOT_METRICS = frozenset({"epoch", "step", "lr", "trunk_lr", "reg_weight", "seco
 
 
 class Console(Callback):
-    """One line per epoch on stderr."""
-
-    def __init__(self, cfg: TrainConfig) -> None:
-        self.epochs = cfg.epochs
+    """One line per epoch on stderr (what the row holds: an epoch without evaluation has no
+    kNN accuracy)."""
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
         row = end.row
+        acc = "".join(f"  {k} {row[k]:.4f}" for k in ("knn_acc", "val_knn_acc") if k in row)
         if end.start:
-            print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
+            print(f"epoch 0 (before training){acc}", file=sys.stderr, flush=True)
             return
         means = end.means
         terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
-        acc = f"  knn_acc {row['knn_acc']:.4f}" if end.evaluated else ""
-        val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
-        print(f"epoch {trainer.epoch}/{self.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
-              f"({terms}){acc}{val}  {trainer.elapsed:.1f}s", file=sys.stderr, flush=True)
+        mask = f"  mask_rate {row['mask_rate']:.3f}" if "mask_rate" in row else ""
+        print(f"epoch {trainer.epoch_done}/{trainer.num_epochs} (step {trainer.global_step})  "
+              f"loss {means.get('loss_total', float('nan')):.4f} ({terms}){mask}{acc}  "
+              f"{trainer.elapsed:.1f}s", file=sys.stderr, flush=True)
 
 
 class Checkpoints(Callback):
@@ -250,18 +282,18 @@ class Checkpoints(Callback):
     interrupt; ``best.pt`` when the validation accuracy improves (atomic writes)."""
 
     def __init__(self, run: RunDir, cfg: TrainConfig) -> None:
-        self.run, self.every, self.epochs = run, cfg.checkpoint_every, cfg.epochs
+        self.run, self.every = run, cfg.checkpoint_every
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
         if end.start:
             return
         if end.improved:
             save_checkpoint({"model": trainer.model.state_dict(),
-                             "method": trainer.method.state_dict(), "epoch": trainer.epoch,
+                             "method": trainer.method.state_dict(), "epoch": trainer.epoch_done,
                              "global_step": trainer.global_step,
                              "val_knn_acc": end.row["val_knn_acc"],
                              "config": trainer.cfg.to_dict()}, self.run.best)
-        if trainer.epoch % self.every == 0 or trainer.epoch == self.epochs:
+        if trainer.epoch_done % self.every == 0 or trainer.finished:
             trainer.save()
 
     def on_interrupt(self, trainer: Trainer) -> None:

@@ -29,8 +29,11 @@ class ImageInputs:
 
     def __init__(self, cache: ImageCache, device: torch.device, augment: Any = None,
                  channels_last: bool = False, on_device: bool = False,
-                 normalizer: Callable[[Tensor], Tensor] | None = None) -> None:
+                 normalizer: Callable[[Tensor], Tensor] | None = None,
+                 views: tuple[Any, Any] | None = None) -> None:
         self.cache = cache
+        #: (weak, strong) ``ViewAugment`` for methods that compare two views of an unlabelled image
+        self.view_augments = views
         self.device = device
         self.augment = augment  # TrainAugment, BandAugment (N bands) or None
         # None: ImageNet's (RGB); else the run's per-band normalisation (rsdml.data.bands)
@@ -57,6 +60,14 @@ class ImageInputs:
         if self.augment is None:
             raise RuntimeError("ImageInputs built without augmentation")
         return self._layout(self.augment(self._load(index), generator))
+
+    def views(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The weak and the strong view of the same images (one gather, two draws)."""
+        if self.view_augments is None:
+            raise RuntimeError("ImageInputs built without view augmentations")
+        images = self._load(index)
+        weak, strong = self.view_augments
+        return self._layout(weak(images, generator)), self._layout(strong(images, generator))
 
     def eval(self, index: Tensor) -> Tensor:
         return self._layout(self.normalizer(self._load(index)))
@@ -95,6 +106,9 @@ class FeatureInputs:
     def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
         return self.features[index.to(self.device)]
 
+    def views(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        raise RuntimeError("fast mode has no pixels to augment: the runner refuses view methods")
+
     def eval(self, index: Tensor) -> Tensor:
         return self.features[index.to(self.device)]
 
@@ -113,12 +127,13 @@ def place_model(model: EmbeddingNet, device: torch.device) -> EmbeddingNet:
 
 def image_inputs(cache: ImageCache, device: torch.device, device_cache: str,
                  augment: TrainAugment | Any | None = None,
-                 normalizer: Callable[[Tensor], Tensor] | None = None) -> ImageInputs:
+                 normalizer: Callable[[Tensor], Tensor] | None = None,
+                 views: tuple[Any, Any] | None = None) -> ImageInputs:
     """ImageInputs as training, evaluation and ``rsdml embed`` build them: in the layout of
     ``place_model``, the images in device memory where ``--device-cache`` lets them fit."""
     return ImageInputs(cache, device, augment, channels_last=uses_channels_last(device),
                        on_device=device_cache_fits(cache, device, device_cache),
-                       normalizer=normalizer)
+                       normalizer=normalizer, views=views)
 
 
 def uses_channels_last(device: torch.device) -> bool:

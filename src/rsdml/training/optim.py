@@ -11,13 +11,14 @@ Why each piece (docs/results.md measures them on AID):
 * a linear warm-up of each group's rate, then cosine or step decay;
 * the unlabelled term's weight ramps up from 0, since early predictions are noise.
 
-Every value is a pure function of the position in training (epochs as a fraction), so a
-resumed run gets exactly the rates an uninterrupted one had: nothing to checkpoint.
+Every value is a pure function of the step index (:class:`Schedule`), so a resumed run gets
+exactly the rates an uninterrupted one had: nothing to checkpoint.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -64,47 +65,92 @@ def make_optimizer(model: nn.Module, method: nn.Module,
                            nesterov=cfg.momentum > 0)
 
 
-def _ramp(t: float, length: float) -> float:
+def _ramp(x: float, length: float) -> float:
     """0 -> 1 linearly over ``length`` (1 at once when length is 0)."""
     if length <= 0:
         return 1.0
-    return min(1.0, max(0.0, t / length))
+    return min(1.0, max(0.0, x / length))
 
 
-def decay_factor(cfg: TrainConfig, t: float) -> float:
-    """The schedule's decay at epoch position ``t``: cosine from the end of the head's warm-up to
-    0 at ``cfg.epochs``, or step (``lr_gamma`` every ``lr_step`` whole epochs)."""
-    if cfg.schedule == "step":
-        return cfg.lr_gamma ** (int(t) // cfg.lr_step)
-    start = min(cfg.warmup_epochs, cfg.epochs)
-    span = max(cfg.epochs - start, 1e-12)
-    progress = min(1.0, max(0.0, (t - start) / span))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+@dataclass(frozen=True)
+class Schedule:
+    """Every rate of a run as a function of the step index ``s`` (0-based: the step about to
+    run), in the manner of timm.scheduler's ``warmup_t`` with ``t_in_epochs=False``. Lengths
+    given in epochs are converted once with the run's steps per epoch, so an epoch's meaning
+    (``--epoch-unit``) and a budget in steps (``--steps``) change nothing here.
+
+    * warm-ups count the steps done once step ``s`` has run (``s + 1``), so the first step
+      already has a non-zero rate;
+    * the trunk trains from the first step after ``head_warmup`` steps, with its own linear
+      warm-up of ``warmup`` steps;
+    * cosine: flat at the peak until every group has reached it (``peak`` = the end of the
+      trunk's warm-up, or of the head's when the trunk does not train), then cosine to 0 at
+      ``total``; the last step still has a small positive rate;
+    * step: times ``lr_gamma`` after every ``lr_step`` steps, counted from step 0 (the step
+      that starts epoch ``k * lr_step`` is the first with the lower rate).
+    """
+
+    total: int
+    steps_per_epoch: int
+    warmup: float
+    head_warmup: float
+    ramp: float
+    kind: str
+    lr_step: int
+    lr_gamma: float
+    trunk: bool
+    reg_weight: float
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, steps_per_epoch: int, total: int | None = None) -> Schedule:
+        spe = max(1, int(steps_per_epoch))
+        trunk = not cfg.freeze_backbone and cfg.trunk_lr_factor > 0
+        return cls(total=int(total if total is not None else total_steps(cfg, spe)),
+                   steps_per_epoch=spe, warmup=cfg.warmup_epochs * spe,
+                   head_warmup=cfg.head_warmup_epochs * spe if trunk else 0.0,
+                   ramp=cfg.bnm_warmup_epochs * spe, kind=cfg.schedule,
+                   lr_step=max(1, round(cfg.lr_step * spe)), lr_gamma=cfg.lr_gamma,
+                   trunk=trunk, reg_weight=cfg.bnm_weight)
+
+    @property
+    def peak(self) -> float:
+        """The step count at which every group has reached its peak rate."""
+        return self.head_warmup + self.warmup if self.trunk else self.warmup
+
+    def decay(self, s: int) -> float:
+        if self.kind == "step":
+            return self.lr_gamma ** (s // self.lr_step)
+        done = s + 1
+        if done <= self.peak:
+            return 1.0
+        span = max(self.total - self.peak, 1e-12)
+        progress = min(1.0, max(0.0, (s - self.peak) / span))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    def trunk_trains(self, s: int) -> bool:
+        return self.trunk and s + 1 > self.head_warmup
+
+    def lr_factors(self, s: int) -> dict[str, float]:
+        """Multiplier of each group's base rate at step ``s``."""
+        decay = self.decay(s)
+        head = _ramp(s + 1, self.warmup) * decay
+        trunk = (_ramp(s + 1 - self.head_warmup, self.warmup) * decay
+                 if self.trunk_trains(s) else 0.0)
+        return {"trunk": trunk, "trunk_no_decay": trunk, "head": head, "head_no_decay": head}
+
+    def unlabeled_ramp(self, s: int) -> float:
+        """0 -> 1 over the first ``ramp`` steps: the unlabelled terms' weight multiplier."""
+        return _ramp(s + 1, self.ramp)
+
+    def regularizer_weight(self, s: int) -> float:
+        return self.reg_weight * self.unlabeled_ramp(s)
+
+    def set_learning_rates(self, optimizer: torch.optim.Optimizer, s: int) -> None:
+        factors = self.lr_factors(s)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factors[group["name"]]
 
 
-def trunk_trains(cfg: TrainConfig, t: float) -> bool:
-    """Whether the trunk's weights change at epoch position ``t`` (after the head warm-up)."""
-    return not cfg.freeze_backbone and cfg.trunk_lr_factor > 0 and t > cfg.head_warmup_epochs
-
-
-def lr_factors(cfg: TrainConfig, t: float) -> dict[str, float]:
-    """Multiplier of each group's base rate for the step that ends at epoch position ``t``
-    (``epoch + (batch + 1) / batches``, so the first step already has a non-zero rate)."""
-    decay = decay_factor(cfg, t)
-    head = _ramp(t, cfg.warmup_epochs) * decay
-    if not trunk_trains(cfg, t):
-        trunk = 0.0
-    else:  # the trunk's own warm-up starts when the trunk starts training
-        trunk = _ramp(t - cfg.head_warmup_epochs, cfg.warmup_epochs) * decay
-    return {"trunk": trunk, "trunk_no_decay": trunk, "head": head, "head_no_decay": head}
-
-
-def set_learning_rates(optimizer: torch.optim.Optimizer, cfg: TrainConfig, t: float) -> None:
-    factors = lr_factors(cfg, t)
-    for group in optimizer.param_groups:
-        group["lr"] = group["base_lr"] * factors[group["name"]]
-
-
-def regularizer_weight(cfg: TrainConfig, t: float) -> float:
-    """The unlabelled term's weight at epoch position ``t`` (linear ramp-up to bnm_weight)."""
-    return cfg.bnm_weight * _ramp(t, cfg.bnm_warmup_epochs)
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """The run's budget in optimiser steps: ``--steps``, else ``--epochs`` epochs."""
+    return int(cfg.steps) if cfg.steps is not None else int(cfg.epochs) * max(1, steps_per_epoch)

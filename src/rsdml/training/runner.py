@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsdml.config import PATH_FIELDS, TrainConfig, config_values
+from rsdml.config import PATH_FIELDS, TrainConfig, config_values, load_yaml
 from rsdml.data.cache import ImageCache, UndecodableImagesError, load_image_cache
 from rsdml.data.split import (
     Split,
@@ -52,7 +52,12 @@ from rsdml.training.inputs import (
     uses_channels_last,
 )
 from rsdml.training.memory import check_memory
-from rsdml.training.methods.registry import check_method, create_method, param_classes
+from rsdml.training.methods.registry import (
+    METHODS,
+    check_method,
+    create_method,
+    param_classes,
+)
 from rsdml.training.run_dir import (
     RunDir,
     RunLock,
@@ -72,10 +77,13 @@ log = logging.getLogger(__name__)
 
 #: Options that may change when a run is resumed; any other change is refused.
 RESUMABLE_KEYS = frozenset({
-    "epochs", "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
+    "eval_every", "checkpoint_every", "quiet", "device", "workers", "cache",
     "cache_dir", "cache_max_memory_gb", "device_cache", "eval_batch_size", "compile", "out",
     "report", "data",  # data: the same images in a moved folder (split.csv must find them)
 })
+#: The budget: every rate is a function of it (the cosine ends at the last step), so changing
+#: it on resume changes the schedule of the steps still to run; only with ``extend``.
+BUDGET_KEYS = frozenset({"epochs", "steps"})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,6 +106,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     depend on the device (``--image-size``) are filled in here, so config.yaml records them."""
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
+    if cfg.freeze_backbone and METHODS[cfg.method].uses_views:
+        raise RsdmlError(
+            f"--method {cfg.method} learns from augmented views of the unlabelled images, which "
+            "fast mode (--freeze-backbone: cached trunk features) cannot make; drop "
+            "--freeze-backbone, or use hr-s2dml or entmin in fast mode")
     if cfg.image_size is None:
         cfg = cfg.replace(image_size=DEFAULT_IMAGE_SIZE[resolve_device(cfg.device).type])
     return cfg
@@ -106,23 +119,53 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
 def load_run_config(run: RunDir) -> TrainConfig:
     if not run.config.is_file():
         raise RsdmlError(f"{run.root} is not an rsdml run folder (no config.yaml); check the path")
-    return TrainConfig.from_yaml(run.config, params=param_classes())
+    cfg = TrainConfig.from_yaml(run.config, params=param_classes())
+    if "epoch_unit" not in load_yaml(run.config):  # made before the budget followed the pool
+        cfg = cfg.replace(epoch_unit="labeled")
+    return cfg
 
 
-def resume_config(run: RunDir, overrides: dict[str, Any]) -> TrainConfig:
-    """The saved config with the few changes a resume allows (more epochs, another device...)."""
+def resume_config(run: RunDir, overrides: dict[str, Any], extend: bool = False) -> TrainConfig:
+    """The saved config with the few changes a resume allows (another device, evaluation
+    cadence...), and with ``extend`` a new budget (--epochs / --steps)."""
     cfg = load_run_config(run)
     overrides = config_values(overrides, "options", param_classes())
     saved = check_method(cfg)  # the method's parameters with their defaults, as run
-    changed = sorted(k for k, v in overrides.items()
-                     if k not in RESUMABLE_KEYS and not _same_value(k, saved.value(k), v))
+    allowed = RESUMABLE_KEYS | (BUDGET_KEYS if extend else frozenset())
+    differs = {k for k, v in overrides.items() if not _same_value(k, saved.value(k), v)}
+    budget = sorted(differs & BUDGET_KEYS)
+    if budget and not extend:
+        flags = " and ".join(f"--{k} {overrides[k]}" for k in budget)
+        raise RsdmlError(
+            f"--resume {run.root}: {flags} changes the run's budget, and with it the learning "
+            "rate of every step still to run (the schedule ends at the last step); add --extend "
+            "to train on under the new budget (recorded in config_history.jsonl), or resume "
+            "without it to finish the run as planned")
+    changed = sorted(k for k in differs if k not in allowed)
     if changed:
         raise RsdmlError(
             f"--resume {run.root}: option(s) {', '.join('--' + k.replace('_', '-') for k in changed)} "
             f"differ from the saved config.yaml; a resumed run keeps its config (only "
-            f"{', '.join(sorted('--' + k.replace('_', '-') for k in RESUMABLE_KEYS - {'out'}))} may change)"
+            f"{', '.join(sorted('--' + k.replace('_', '-') for k in allowed - {'out'}))} may change"
+            f"{'' if extend else '; --epochs and --steps with --extend'})"
         )
-    return cfg.replace(**{k: v for k, v in overrides.items() if k in RESUMABLE_KEYS and k != "out"})
+    return cfg.replace(**{k: v for k, v in overrides.items() if k in allowed and k != "out"})
+
+
+def record_config(run: RunDir, cfg: TrainConfig, step: int | None) -> None:
+    """Write a resumed run's config to config.yaml when a resume changed it, and append what
+    changed (old and new values, at which step) to ``config_history.jsonl``: the run folder
+    and its report always say what the run did."""
+    before = load_run_config(run).to_dict()
+    after = cfg.to_dict()
+    changes = {k: [before.get(k), v] for k, v in after.items()
+               if k != "quiet" and before.get(k) != v}
+    if not changes:
+        return
+    cfg.save_yaml(run.config)
+    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "at_step": step, "changes": changes}
+    with open(run.root / "config_history.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 def _same_value(name: str, saved: Any, given: Any) -> bool:
@@ -231,12 +274,17 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = train_augment(cfg, spec) if train else None
-        inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer)
+        views = None
+        if train and METHODS[cfg.method].uses_views:
+            from rsdml.data.strong_augment import ViewAugment
+
+            views = (ViewAugment(False, normalizer), ViewAugment(True, normalizer))
+        inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer, views)
     return Session(cfg, run, split, device, model, inputs)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None,
-          overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+          overrides: dict[str, Any] | None = None, extend: bool = False) -> dict[str, Any]:
     """Run (or continue) training, then the full evaluation; returns the final metrics.
 
     The run folder is locked while this runs. A new run whose start fails (no pretrained
@@ -249,7 +297,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
         run = RunDir(Path(resume))
         if overrides and overrides.get("data"):  # a data set name: its downloaded copy
             overrides = {**overrides, "data": resolve_data(str(overrides["data"]))}
-        cfg = validate_config(resume_config(run, overrides or {}))
+        cfg = validate_config(resume_config(run, overrides or {}, extend))
     else:
         cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     with distributed.joined(resolve_device(cfg.device).type) as d:
@@ -344,9 +392,12 @@ def _train(cfg: TrainConfig, run: RunDir, split: Split | None, new: tuple[RunLoc
                         "from the start", run.root)
             for stale in (run.metrics, run.root / "train_log.jsonl", run.best):
                 stale.unlink(missing_ok=True)
-        if trainer.epoch >= cfg.epochs:
-            log.warning("the run already finished %d epochs; give a larger --epochs to train on",
-                        trainer.epoch)
+        if main:
+            record_config(run, cfg, trainer.global_step)
+        if trainer.finished:
+            log.warning("the run already finished its %d steps (%d epochs); give a larger "
+                        "--epochs or --steps with --extend to train on", trainer.global_step,
+                        trainer.epoch_done)
     counts = split.counts()
     if not cfg.quiet:
         ranks = distributed.current().world_size
@@ -501,7 +552,7 @@ def make_callbacks(s: Session) -> list[Callback]:
                                   Spectrum(s.run, write=main)]
     if not main:
         return evaluation
-    console: list[Callback] = [] if s.cfg.quiet else [Console(s.cfg)]
+    console: list[Callback] = [] if s.cfg.quiet else [Console()]
     return [TrainLog(s.run), *evaluation, MetricsLog(s.run), TensorBoard(s.run), *console,
             Checkpoints(s.run, s.cfg)]
 

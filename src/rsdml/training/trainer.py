@@ -43,12 +43,7 @@ from rsdml.training.diagnostics import (
 )
 from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
 from rsdml.training.methods.base import Method
-from rsdml.training.optim import (
-    make_optimizer,
-    regularizer_weight,
-    set_learning_rates,
-    trunk_trains,
-)
+from rsdml.training.optim import Schedule, make_optimizer
 from rsdml.training.run_dir import RunDir
 
 log = logging.getLogger(__name__)
@@ -106,15 +101,20 @@ class Trainer:
         self.optimizer = make_optimizer(model, method, cfg)
         self.forward_model = torch.compile(model) if cfg.compile else model
         self.autocast_dtype = autocast_dtype(cfg.amp, device)
-        # Position in training: the next epoch / batch to run.
-        self.epoch = 0
-        self.batch_in_epoch = 0
+        # The budget: steps per epoch (--epoch-unit), total steps (--steps or --epochs).
+        self.labeled_cycle = len(self.labeled_batches(0))
+        self.steps_per_epoch = steps_per_epoch(cfg, self.labeled_cycle, unlabeled)
+        self.schedule = Schedule.of(cfg, self.steps_per_epoch)
+        self.total_steps = self.schedule.total
+        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
+        # Position in training: the next step to run (the epoch follows from it).
         self.global_step = 0
         self.sums: dict[str, float] = {}
         self.steps_in_sums = 0
         self.elapsed = 0.0
         self._stop_signal: int | None = None
         self._unl_perm_cache: tuple[int, Tensor] | None = None
+        self._lab_cache: tuple[int, list[Tensor]] | None = None
         self._pending: list[tuple[int, int, dict[str, Tensor]]] = []
         self._trunk_trains: bool | None = None
         #: Under torchrun: the DistributedDataParallel training forward (built at the first
@@ -137,6 +137,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
             "sums": dict(self.sums),
             "steps_in_sums": self.steps_in_sums,
             "elapsed": self.elapsed,
@@ -148,9 +149,13 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch = int(state["epoch"])
-        self.batch_in_epoch = int(state["batch_in_epoch"])
         self.global_step = int(state["global_step"])
+        saved_spe = int(state.get("steps_per_epoch", self.steps_per_epoch))
+        if saved_spe != self.steps_per_epoch or int(state["epoch"]) != self.epoch:
+            raise RsdmlError(
+                f"the checkpoint was written with {saved_spe} steps an epoch, this run has "
+                f"{self.steps_per_epoch} (batch sizes, --epoch-unit or the split differ); resume "
+                "with the run's own config.yaml")
         self.sums = dict(state["sums"])
         self.steps_in_sums = int(state["steps_in_sums"])
         self.elapsed = float(state["elapsed"])
@@ -176,13 +181,32 @@ class Trainer:
             cb.on_resume(self)
 
     # ------------------------------------------------------------------ sampling
-    def labeled_batches(self, epoch: int) -> list[Tensor]:
-        gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, epoch))
+    @property
+    def epoch(self) -> int:
+        """Whole epochs done (the epoch the next step belongs to)."""
+        return self.global_step // self.steps_per_epoch
+
+    @property
+    def batch_in_epoch(self) -> int:
+        return self.global_step % self.steps_per_epoch
+
+    def labeled_batches(self, cycle: int) -> list[Tensor]:
+        """One pass over the labelled set (``cycle``: which pass): the labelled stream cycles
+        on its own, like the unlabelled one, so an epoch may hold several passes."""
+        gen = torch.Generator().manual_seed(derived_seed(self.cfg.seed, STREAM_EPOCH, cycle))
         batches = self.method.labeled_batches(self.labeled.labels.cpu(), self.cfg.batch_size, gen)
         # BatchNorm cannot train on one image: each rank's slice needs two.
         if len(batches) > 1 and len(batches[-1]) < 2 * self.dist.world_size:
             batches[-2:] = [torch.cat(batches[-2:])]
         return batches
+
+    def labeled_batch(self, step: int) -> Tensor:
+        """The labelled batch of a global step (with ``--epoch-unit labeled`` pass k of the
+        labelled set is epoch k, as before the budget was in steps)."""
+        cycle, b = divmod(step, self.labeled_cycle)
+        if self._lab_cache is None or self._lab_cache[0] != cycle:
+            self._lab_cache = (cycle, self.labeled_batches(cycle))
+        return self._lab_cache[1][b]
 
     def _unl_perm(self, cycle: int) -> Tensor:
         if self._unl_perm_cache is None or self._unl_perm_cache[0] != cycle:
@@ -210,12 +234,11 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
-    def set_position(self, t: float) -> None:
-        """Rates, the unlabelled term's weight and what trains at epoch position ``t`` (the
-        fraction of epochs done once the coming step has run): see ``optim``."""
-        set_learning_rates(self.optimizer, self.cfg, t)
-        self.method.reg_weight = regularizer_weight(self.cfg, t)
-        trains = trunk_trains(self.cfg, t)
+    def set_position(self, step: int) -> None:
+        """Rates, the unlabelled terms' weight and what trains at step ``step`` (``Schedule``)."""
+        self.schedule.set_learning_rates(self.optimizer, step)
+        self.method.set_ramp(self.schedule.unlabeled_ramp(step))
+        trains = self.schedule.trunk_trains(step)
         if trains != self._trunk_trains and not self.cfg.freeze_backbone:
             for p in self.model.trunk.parameters():
                 p.requires_grad_(trains)  # no backward through a trunk that does not learn
@@ -247,14 +270,14 @@ class Trainer:
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
 
-    def train_step(self, batch: Tensor, t: float | None = None) -> dict[str, Tensor]:
-        """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch) at epoch
-        position ``t`` (default: the end of the warm-ups, where every group trains at its peak
-        rate; the end of training would be rate 0 under the cosine schedule).
+    def train_step(self, batch: Tensor, step: int | None = None) -> dict[str, Tensor]:
+        """One optimiser step on labelled ``batch`` (+ this step's unlabelled batch) with the
+        rates of step ``step`` (default: the first step at which every group trains at its
+        peak rate; the last step would be near rate 0 under the cosine schedule).
         Returns the loss terms as detached device tensors: reading them is left to
         ``run_step`` / ``flush_losses``, so a GPU never idles while the host waits for a loss
         value."""
-        self.set_position(self.cfg.head_warmup_epochs + self.cfg.warmup_epochs if t is None else t)
+        self.set_position(math.ceil(self.schedule.peak) if step is None else step)
         d = self.dist
         gen = torch.Generator(device=self.device.type if self.device.type == "cuda" else "cpu")
         key = (self.global_step,) if d.world_size == 1 else (self.global_step, d.rank)
@@ -262,26 +285,40 @@ class Trainer:
         index_l = batch  # the global batch; this rank runs the network on its slice of it
         images = self.labeled.index[distributed.shard(index_l, d)]
         n_l = len(images)
-        if self.method.uses_unlabeled:  # one gather and one augmentation call for both
+        views = self.method.uses_views
+        x_weak = None
+        if views:  # the labelled images' augmentation, then the weak and strong unlabelled views
+            unl = distributed.shard(self.unlabeled_batch(self.global_step), d)
+            x_weak, x_strong = self.inputs.views(unl, gen)
+            x = torch.cat([self.inputs.train(images, gen), x_strong])
+            if self.method.weak_needs_grad:
+                x, x_weak = torch.cat([x, x_weak]), None
+        elif self.method.uses_unlabeled:  # one gather and one augmentation call for both
             images = torch.cat([images, distributed.shard(self.unlabeled_batch(self.global_step), d)])
-        x = self.inputs.train(images, gen)
+            x = self.inputs.train(images, gen)
+        else:
+            x = self.inputs.train(images, gen)
         y_l = to_device(self.labeled.labels[index_l], self.device)
         self._train_mode()
         with self.autocast():
+            emb_w = None
+            if x_weak is not None:  # pseudo-label targets only: no graph, a third of the cost
+                with torch.no_grad():
+                    emb_w = self.inputs.embed(self.forward_model, x_weak).float()
             emb = self._train_forward(x).float()
             terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
-                                 self.cfg.unlabeled_batch_size)
+                                 self.cfg.unlabeled_batch_size, emb_w)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         distributed.average_gradients(self.method.parameters())
         self.optimizer.step()
         return {k: v.detach() for k, v in terms.items()}
 
-    def run_step(self, batch: Tensor, epoch: int, t: float | None = None) -> None:
+    def run_step(self, batch: Tensor, epoch: int, step: int | None = None) -> None:
         """``train_step`` plus the bookkeeping of the training loop: the step counter, and the
         loss terms read back (and checked) every step on a CPU, every ``_FLUSH_EVERY["cuda"]``
         steps on a GPU."""
-        self._pending.append((self.global_step, epoch, self.train_step(batch, t)))
+        self._pending.append((self.global_step, epoch, self.train_step(batch, step)))
         self.global_step += 1
         if len(self._pending) >= _FLUSH_EVERY.get(self.device.type, 1):
             self.flush_losses()
@@ -364,7 +401,7 @@ class Trainer:
             if self.global_step == 0:  # the starting point, so every curve shows what training added
                 self._epoch_end(EpochEnd({"epoch": 0, "step": 0}, start=True))
             with self._signals():
-                while self.epoch < self.cfg.epochs:
+                while self.global_step < self.total_steps:
                     self._run_epoch()
             for cb in self.callbacks:
                 cb.on_train_end(self)
@@ -386,13 +423,12 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
-        batches = self.labeled_batches(epoch)
+        end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         t0 = time.monotonic()
-        todo = range(self.batch_in_epoch, len(batches))
-        for b in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        todo = range(self.global_step, end)
+        for s in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{self.num_epochs}",
                           enabled=not cfg.quiet):
-            self.run_step(batches[b], epoch, epoch + (b + 1) / len(batches))
-            self.batch_in_epoch = b + 1
+            self.run_step(self.labeled_batch(s), epoch, s)
             stop = self._stop_requested()
             if stop is not None:
                 self.flush_losses()
@@ -406,19 +442,40 @@ class Trainer:
                     stop,
                 )
         self.flush_losses()
-        self.epoch, self.batch_in_epoch = epoch + 1, 0
         self.elapsed += time.monotonic() - t0
-        means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()}
-        row: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step, **means,
+        means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()
+                 if k not in self.method.stat_terms}
+        stats = {k: v / max(1, self.steps_in_sums) for k, v in self.sums.items()
+                 if k in self.method.stat_terms}
+        row: dict[str, Any] = {"epoch": self.epoch_done, "step": self.global_step, **means,
+                               **stats, **self.method.epoch_stats(),
                                "lr": self.head_lr(), "trunk_lr": self.trunk_lr(),
                                "reg_weight": self.method.reg_weight,
                                "seconds": round(self.elapsed, 3)}
         self.sums, self.steps_in_sums = {}, 0
         self._epoch_end(EpochEnd(row, means))
 
+    @property
+    def epoch_done(self) -> int:
+        """Epochs begun and ended (a partial last epoch under ``--steps`` counts as one)."""
+        return -(-self.global_step // self.steps_per_epoch)
+
+    @property
+    def finished(self) -> bool:
+        return self.global_step >= self.total_steps
+
+
+def steps_per_epoch(cfg: TrainConfig, labeled_batches: int, unlabeled: UnlabeledSet | None) -> int:
+    """Optimiser steps in one epoch: with ``--epoch-unit pool`` enough for one pass over the
+    unlabelled pool (at least one over the labelled set), whatever the method, so methods
+    compared on one split get the same budget; with ``labeled`` one pass over the labelled set."""
+    if cfg.epoch_unit == "labeled" or unlabeled is None or len(unlabeled.index) == 0:
+        return labeled_batches
+    return max(labeled_batches, -(-len(unlabeled.index) // cfg.unlabeled_batch_size))
+
 
 def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, index: Tensor,
-                 n_unlabeled: int) -> dict[str, Tensor]:
+                 n_unlabeled: int, emb_weak: Tensor | None = None) -> dict[str, Tensor]:
     """The method's loss terms on the global batch. ``emb``: this rank's embeddings, its slice
     of the labelled batch (``n_local`` rows) then its slice of the unlabelled one; ``labels``
     and ``index``: the whole labelled batch's; ``n_unlabeled``: the global unlabelled batch's
@@ -426,9 +483,18 @@ def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, inde
     process would on the concatenated batch; DDP's gradient average then gives that
     process's gradient (``distributed``'s docstring says why)."""
     emb_l = distributed.gather_cat(emb[:n_local], total=len(labels))
-    emb_u = (distributed.gather_cat(emb[n_local:], total=n_unlabeled)
-             if method.uses_unlabeled else None)
-    return method(emb_l, labels, index, emb_u)  # type: ignore[no-any-return]
+    if not method.uses_unlabeled:
+        return method(emb_l, labels, index)  # type: ignore[no-any-return]
+    if not method.uses_views:
+        emb_u = distributed.gather_cat(emb[n_local:], total=n_unlabeled)
+        return method(emb_l, labels, index, emb_u)  # type: ignore[no-any-return]
+    # Views: the strong view follows the labelled rows, then (when the weak view has a graph)
+    # the weak one; else the weak view's embeddings come apart, without a graph.
+    n_u = (len(emb) - n_local) if emb_weak is not None else (len(emb) - n_local) // 2
+    emb_s = distributed.gather_cat(emb[n_local:n_local + n_u], total=n_unlabeled)
+    local_w = emb_weak if emb_weak is not None else emb[n_local + n_u:]
+    emb_w = distributed.gather_cat(local_w, total=n_unlabeled)
+    return method(emb_l, labels, index, emb_s, emb_w)  # type: ignore[no-any-return]
 
 
 class _Embedder(torch.nn.Module):

@@ -26,13 +26,21 @@ class Method(nn.Module):
     params_class: ClassVar[type | None] = None
     #: Whether each step needs an unlabelled batch.
     uses_unlabeled: ClassVar[bool] = False
+    #: Whether the unlabelled batch comes as two views (weak, strong): ``forward`` then gets
+    #: the strong view's embeddings as ``emb_u`` and the weak view's as ``emb_w``.
+    uses_views: ClassVar[bool] = False
+    #: Terms of ``forward``'s dict that are statistics (averaged per epoch and logged under
+    #: their own name, e.g. ``mask_rate``), not losses.
+    stat_terms: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__()
         self.cfg = cfg
         self.num_classes = num_classes
         self.embedding_dim = cfg.embedding_dim
-        #: Weight of the unlabelled term; the trainer ramps it up (``optim.regularizer_weight``).
+        #: The unlabelled terms' ramp (0 -> 1, ``optim.Schedule.unlabeled_ramp``), set by the
+        #: trainer each step; ``reg_weight`` = ramp x --bnm-weight (the high-rankness term's).
+        self.ramp = 1.0
         self.reg_weight = float(cfg.bnm_weight)
         #: An instance of :attr:`params_class` with the run's values (None without one).
         self.params: Any = make_params(self.params_class, cfg.method_params)
@@ -42,6 +50,25 @@ class Method(nn.Module):
     ) -> dict[str, Tensor]:
         """Return the loss terms; key ``"total"`` is the one to minimise."""
         raise NotImplementedError
+
+    @property
+    def weak_needs_grad(self) -> bool:
+        """Whether the weak view's embeddings need a graph (a loss on them, not only targets)."""
+        return False
+
+    def set_ramp(self, ramp: float) -> None:
+        self.ramp = float(ramp)
+        self.reg_weight = float(self.cfg.bnm_weight) * self.ramp
+
+    def epoch_stats(self) -> dict[str, Any]:
+        """Per-epoch statistics for the logs (e.g. the pseudo-label histogram), reset here."""
+        return {}
+
+    def pseudo_labels(self, probs: Tensor) -> tuple[Tensor, Tensor] | None:
+        """(class, accepted) for each row of class probabilities, with the method's current
+        thresholds and without changing any state; None for methods without pseudo-labels.
+        The evaluation callback scores them against test labels for the report only."""
+        return None
 
     def on_train_start(self, labeled_embeddings: Tensor) -> None:
         """Called once before the first step with eval-mode embeddings of the labelled set."""

@@ -16,6 +16,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig, check_bounds
 from rsdml.errors import RsdmlError
 from rsdml.training.methods.base import Method, make_params
+from rsdml.training.methods.consistency import FixMatch, FreeMatch, HRMatch
 from rsdml.training.methods.margin_softmax import NormSoftmax, NSMMargin
 from rsdml.training.methods.regularized import HRS2DML, EntMin, FastBNM
 from rsdml.training.methods.snca import SNCA
@@ -31,6 +32,9 @@ METHODS: dict[str, type[Method]] = {
     "snca": SNCA,
     "entmin": EntMin,
     "fbnm": FastBNM,
+    "fixmatch": FixMatch,
+    "freematch": FreeMatch,
+    "hr-match": HRMatch,
 }
 
 

@@ -1,0 +1,142 @@
+"""Weak/strong consistency on unlabelled images: FixMatch, FreeMatch and HR-Match.
+
+Each step the trainer gives these methods two views of the same unlabelled batch: a weak one
+(flips, 90-degree rotations, a small shift) and a strong one (the same kind of shift plus two
+RandAugment operations and Cutout, ``rsdml.data.strong_augment``). The weak view's class
+probabilities, where confident, become pseudo-labels that the strong view is trained to
+predict. Labelled images keep the margin softmax of HR-S2DML.
+
+The classifier is the margin head's: probabilities are softmax(s cos(theta)) with
+s = ``--bnm-logit-scale`` (default 1/temperature = 20), and the cross-entropy on the strong view
+uses the same scaled cosines without margin. With s = 20 and 30 classes a probability of 0.95
+needs the top cosine about 0.3 above the others, so the threshold means "a clear angular
+margin", not a plain linear head's calibration; docs/losses.md reports the measured mask rates.
+
+HR-Match adds the high-rankness term (BNM) on the unlabelled predictions of one view
+(``--hr-view``): confident pseudo-labels and a prediction matrix of high rank together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from rsdml.config import TrainConfig, option
+from rsdml.losses import BatchNuclearNormLoss
+from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
+from rsdml.training.methods.margin_softmax import NSMMargin
+
+HR_VIEWS = ("strong", "weak")
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    """Options of the consistency methods (``--consistency-weight`` etc.)."""
+
+    consistency_weight: float = option(
+        1.0, "fixmatch / freematch / hr-match: weight of the pseudo-label term on the strong "
+        "view (ramped up with --bnm-warmup-epochs, like the high-rankness term).", ge=0.0)
+    threshold: float = option(
+        0.95, "fixmatch / hr-match: probability the weak view's top class needs to become a "
+        "pseudo-label (softmax of the scaled cosines).", gt=0.0, le=1.0)
+    freematch_ema: float = option(
+        0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
+        "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
+        ge=0.0, lt=1.0)
+    hr_view: str = option(
+        "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
+        "term sees (weak: a graph through the weak view too, about a third more compute).",
+        choices=HR_VIEWS)
+
+
+class FixMatch(NSMMargin):
+    """L = L_NSM(labelled) + ramp * w * PseudoLabel(strong | weak, threshold)."""
+
+    name: ClassVar[str] = "fixmatch"
+    params_class: ClassVar[type | None] = ConsistencyParams
+    uses_unlabeled: ClassVar[bool] = True
+    uses_views: ClassVar[bool] = True
+    stat_terms: ClassVar[frozenset[str]] = frozenset({"mask_rate"})
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
+        super().__init__(cfg, num_classes, labeled_labels)
+        self.pseudo = PseudoLabelLoss()
+        self.register_buffer("pl_hist", torch.zeros(num_classes, dtype=torch.long))
+
+    def scaled_cosines(self, emb: Tensor) -> Tensor:
+        return self.cfg.logit_scale_u * self.nsm.cosines(emb)
+
+    def current_threshold(self, probs_weak: Tensor | None = None) -> float | Tensor:
+        """The threshold(s) for this step (FreeMatch first updates its averages with the batch)."""
+        return float(self.params.threshold)
+
+    def pseudo_labels(self, probs: Tensor) -> tuple[Tensor, Tensor]:
+        conf, target = probs.max(dim=1)
+        tau = self._tau()
+        return target, conf >= (tau[target] if isinstance(tau, Tensor) else tau)
+
+    def _tau(self) -> float | Tensor:
+        return float(self.params.threshold)
+
+    def forward(self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor,
+                emb_u: Tensor | None = None, emb_w: Tensor | None = None) -> dict[str, Tensor]:
+        if emb_u is None or emb_w is None:
+            raise ValueError(f"{self.name} needs the weak and the strong view of an unlabelled batch")
+        nsm = self.nsm(emb_l, labels_l)
+        with torch.no_grad():
+            probs_w = self.predict_proba(emb_w.detach())
+        tau = self.current_threshold(probs_w)
+        loss_c, mask, target = self.pseudo(self.scaled_cosines(emb_u), probs_w, tau)
+        with torch.no_grad():
+            self.pl_hist += torch.bincount(target[mask], minlength=self.num_classes)
+        w = self.ramp * self.params.consistency_weight
+        terms = {"total": nsm + w * loss_c, "nsm": nsm, "consistency": loss_c,
+                 "mask_rate": mask.float().mean()}
+        return self.extra_terms(terms, emb_u, emb_w)
+
+    def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
+        return terms
+
+    def epoch_stats(self) -> dict[str, Any]:
+        hist = self.pl_hist.tolist()
+        self.pl_hist.zero_()
+        return {"pseudo_label_hist": hist}
+
+
+class FreeMatch(FixMatch):
+    """FixMatch with FreeMatch's self-adaptive, per-class thresholds."""
+
+    name: ClassVar[str] = "freematch"
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
+        super().__init__(cfg, num_classes, labeled_labels)
+        self.adaptive = SelfAdaptiveThreshold(num_classes, self.params.freematch_ema)
+
+    def current_threshold(self, probs_weak: Tensor | None = None) -> float | Tensor:
+        if probs_weak is not None:
+            self.adaptive.update(probs_weak)
+        return self.adaptive.thresholds()
+
+    def _tau(self) -> float | Tensor:
+        return self.adaptive.thresholds()
+
+
+class HRMatch(FixMatch):
+    """FixMatch plus the high-rankness term: + ramp * lambda * BNM(P of the ``--hr-view``)."""
+
+    name: ClassVar[str] = "hr-match"
+
+    def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
+        super().__init__(cfg, num_classes, labeled_labels)
+        self.bnm = BatchNuclearNormLoss()
+
+    @property
+    def weak_needs_grad(self) -> bool:
+        return bool(self.params.hr_view == "weak")
+
+    def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
+        hr = self.bnm(self.predict_proba(emb_w if self.weak_needs_grad else emb_s))
+        return {**terms, "total": terms["total"] + self.reg_weight * hr, "hr": hr}

@@ -1,0 +1,158 @@
+"""FixMatch / FreeMatch / HR-Match: the pseudo-label loss against a plain loop, FreeMatch's
+thresholds against hand-computed values, and the methods end to end on tiny scenes (two views,
+statistics in the logs, exact resume, fast mode refused)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
+from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
+from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.methods.registry import check_method, create_method
+from rsdml.training.runner import train
+from rsdml.training.trainer import Trainer, TrainingInterrupted
+
+
+def test_pseudo_label_loss_equals_a_plain_loop():
+    torch.manual_seed(0)
+    logits = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
+    probs = torch.randn(9, 4, dtype=torch.float64).mul(3).softmax(1)
+    loss, mask, target = PseudoLabelLoss()(logits, probs, 0.7)
+    total = 0.0
+    for b in range(9):
+        conf, c = probs[b].max(0)
+        assert bool(mask[b]) == bool(conf >= 0.7) and int(target[b]) == int(c)
+        if conf >= 0.7:
+            total += -torch.log_softmax(logits[b], 0)[c]
+    assert 0 < int(mask.sum()) < 9  # the check means something: some rows in, some out
+    assert loss.detach().item() == pytest.approx(float(total) / 9, rel=1e-12)
+    loss.backward()
+    assert logits.grad is not None and logits.grad[~mask].abs().sum() == 0  # rejected: no gradient
+
+
+def test_pseudo_label_loss_takes_one_threshold_per_class():
+    probs = torch.tensor([[0.6, 0.4], [0.3, 0.7], [0.55, 0.45]])
+    _, mask, _ = PseudoLabelLoss()(torch.zeros(3, 2), probs, torch.tensor([0.58, 0.9]))
+    assert mask.tolist() == [True, False, False]
+
+
+def test_self_adaptive_threshold_by_hand():
+    t = SelfAdaptiveThreshold(num_classes=2, momentum=0.5)
+    assert t.thresholds().tolist() == pytest.approx([0.5, 0.5])  # tau = 1/C, p uniform
+    t.update(torch.tensor([[0.9, 0.1], [0.7, 0.3]]))
+    # tau = 0.5 * 0.5 + 0.5 * mean(0.9, 0.7) = 0.65; p = 0.5 * 0.5 + 0.5 * (0.8, 0.2) = (0.65, 0.35)
+    assert float(t.tau) == pytest.approx(0.65)
+    assert t.thresholds().tolist() == pytest.approx([0.65, 0.65 * 0.35 / 0.65])
+
+
+def _method(name: str, **params):
+    cfg = check_method(TrainConfig(method=name, embedding_dim=8).replace(method_params=params))
+    torch.manual_seed(0)
+    return create_method(cfg, 3, torch.tensor([0, 1, 2, 0]))
+
+
+def test_fixmatch_terms_and_statistics():
+    m = _method("fixmatch", threshold=0.5)
+    m.set_ramp(0.5)
+    emb = F.normalize(torch.randn(4, 8), dim=1)
+    weak = F.normalize(m.nsm.weight.detach()[[0, 1, 2, 0]] + 0.01, dim=1)  # confident
+    strong = F.normalize(torch.randn(4, 8), dim=1)
+    terms = m(emb, torch.tensor([0, 1, 2, 0]), torch.arange(4), strong, weak)
+    assert terms["mask_rate"].item() == 1.0
+    expected = F.cross_entropy(m.scaled_cosines(strong), torch.tensor([0, 1, 2, 0]))
+    assert terms["consistency"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["total"].item() == pytest.approx(terms["nsm"].item() + 0.5 * expected.item(), rel=1e-5)
+    assert m.epoch_stats() == {"pseudo_label_hist": [2, 1, 1]}
+    assert m.epoch_stats() == {"pseudo_label_hist": [0, 0, 0]}  # reset each epoch
+
+
+def test_hr_match_adds_the_nuclear_norm_of_the_chosen_view():
+    for view, needs in (("strong", False), ("weak", True)):
+        m = _method("hr-match", hr_view=view)
+        assert m.weak_needs_grad is needs
+        s, w = F.normalize(torch.randn(5, 8), dim=1), F.normalize(torch.randn(5, 8), dim=1)
+        terms = m(F.normalize(torch.randn(4, 8), dim=1), torch.tensor([0, 1, 2, 0]),
+                  torch.arange(4), s, w)
+        p = m.predict_proba(s if view == "strong" else w)
+        assert terms["hr"].item() == pytest.approx(-torch.linalg.svdvals(p).mean().item(), rel=1e-5)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), backbone="resnet18", pretrained="none", image_size=32,
+                epochs=2, batch_size=8, unlabeled_batch_size=8, eval_every=1, lr=0.003,
+                head_warmup_epochs=0.25, warmup_epochs=0.5, bnm_warmup_epochs=0.5,
+                device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False,
+                method="hr-match")
+    base.update(kw)
+    return TrainConfig(**base).replace(method_params={"threshold": 0.3})
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    return {**{f"model.{k}": v for k, v in state["model"].items()},
+            **{f"method.{k}": v for k, v in state["method"].items()}}
+
+
+def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, tmp_path):
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_scenes, straight, report=True))
+    assert (straight / "eval" / "pseudo_labels.png").is_file()
+    assert "Pseudo-labels" in (straight / "eval" / "report.html").read_text()
+    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    # an epoch is a pass over the unlabelled pool, not over the 12 labelled images
+    split = (straight / "split.csv").read_text().splitlines()[1:]
+    n_unl = sum(1 for r in split if r.endswith(",test"))
+    assert log[-1]["step"] == 2 * math.ceil(n_unl / 8) > 2 * math.ceil(12 / 8)
+    for row in log:
+        assert 0.0 <= row["mask_rate"] <= 1.0 and "loss_consistency" in row and "loss_hr" in row
+        assert len(row["pseudo_label_hist"]) == 4
+    assert sum(log[-1]["pseudo_label_hist"]) > 0  # threshold 0.3: some pseudo-labels accepted
+    metrics = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert {"clf_acc", "pl_mask_rate"} <= metrics[-1].keys()
+    # interrupted mid-epoch 2 and resumed: the same weights and method state (histogram)
+    resumed = tmp_path / "resumed"
+    original = Trainer.train_step
+    stop_at = log[0]["step"] + 1
+
+    def step_then_signal(self, batch, *a):
+        out = original(self, batch, *a)
+        if self.global_step == stop_at:
+            self._stop_signal = 2
+        return out
+
+    Trainer.train_step = step_then_signal  # type: ignore[method-assign]
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(_cfg(tiny_scenes, resumed))
+    finally:
+        Trainer.train_step = original  # type: ignore[method-assign]
+    assert load_checkpoint(resumed / "checkpoints" / "last.pt")["global_step"] == stop_at + 1
+    train(TrainConfig(), resume=resumed, overrides={})
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (straight / "train_log.jsonl").read_text() != ""
+    tail = [json.loads(line) for line in (resumed / "train_log.jsonl").read_text().splitlines()]
+    assert tail[-1]["pseudo_label_hist"] == log[-1]["pseudo_label_hist"]
+
+
+def test_freematch_state_is_checkpointed(tiny_scenes, tmp_path):
+    run = tmp_path / "fm"
+    train(_cfg(tiny_scenes, run, method="freematch", epochs=1, eval_every=5))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert float(state["method"]["adaptive.tau"]) > 1 / 4  # moved from 1/C
+
+
+def test_view_methods_refuse_fast_mode(tiny_scenes, tmp_path):
+    with pytest.raises(RsdmlError, match="fast mode"):
+        train(_cfg(tiny_scenes, tmp_path / "x", method="fixmatch", freeze_backbone=True))
+    assert not (tmp_path / "x").exists()
