@@ -69,7 +69,10 @@ class TrainConfig:
     seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
     strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
     # --- method and model
-    method: str = _opt("hr-s2dml", "Training method (`rsdml list` shows them).")
+    method: str = _opt(
+        "auto", "Training method (`rsdml list` shows them). auto = hr-match (pseudo-labels on "
+        "weak/strong views plus the high-rankness term) when the trunk trains, hr-s2dml in fast "
+        "mode (no pixels to augment); config.yaml records the one used.")
     backbone: str = _opt("resnet18", "CNN trunk (`rsdml list` shows them).")
     pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
     weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).")

@@ -89,7 +89,7 @@ def test_resume_config_bad_key_or_value(text, needles, saved_run, tmp_path, caps
 
 def test_resume_config_accepts_hyphenated_yaml_keys_and_yaml_numbers(saved_run, tmp_path):
     cfg = runner.resume_config(runner.RunDir(saved_run),
-                               {"eval-every": 5, "epochs": "1e1", "margin": "5e-1"})
+                               {"eval-every": 5, "epochs": "1e1", "margin": "5e-1"}, extend=True)
     assert cfg.eval_every == 5 and cfg.epochs == 10 and cfg.margin == 0.5
 
 
@@ -103,7 +103,7 @@ def test_resume_with_its_own_config_yaml_is_no_change(saved_run, tmp_path, capsy
 
     monkeypatch.setattr(runner, "_read_run_split", stop)
     code, _, err = run_cli(["train", "--resume", str(saved_run), "--config",
-                            str(saved_run / "config.yaml"), "--epochs", "4"], capsys)
+                            str(saved_run / "config.yaml"), "--epochs", "4", "--extend"], capsys)
     assert_one_line_error(code, err, "stop here")
     assert seen["cfg"].epochs == 4
 

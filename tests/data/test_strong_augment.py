@@ -103,7 +103,7 @@ def test_strong_view_draws_two_ops_uniformly_and_cutout_sizes():
         ops = (u[:, col] * len(RGB_OPS)).long()
         freq = torch.bincount(ops, minlength=len(RGB_OPS)).float() / len(ops)
         assert (freq - 1 / len(RGB_OPS)).abs().max() < 0.015
-    assert 0.0 <= float(u[:, sa._CUT_SIZE].min()) and float(u[:, sa._CUT_SIZE].max()) < 1.0
+    assert float(u[:, sa._CUT_SIZE].min()) >= 0.0 and float(u[:, sa._CUT_SIZE].max()) < 1.0
 
 
 def test_cutout_zeroes_a_square_of_the_drawn_side():

@@ -38,6 +38,17 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+#: ``--method auto``: resolved by :func:`check_method` and recorded in config.yaml.
+AUTO = "auto"
+
+
+def auto_method(cfg: TrainConfig) -> str:
+    """The default method: hr-match, which learnt most from the unlabelled images in the
+    measurements of docs/results.md ("Consistency methods"); fast mode has cached features and
+    no pixels for its views, so there the paper's hr-s2dml."""
+    return "hr-s2dml" if cfg.freeze_backbone else "hr-match"
+
+
 def param_classes() -> tuple[type, ...]:
     """The registered methods' parameter classes (each once), to pass to the options loader
     (``TrainConfig.from_dict(..., params=param_classes())``) and the CLI."""
@@ -72,6 +83,8 @@ def check_method(cfg: TrainConfig) -> TrainConfig:
     """The method is registered and its parameters are valid; returns the config with exactly
     the method's parameters (defaults filled in, so config.yaml records them). A parameter of
     another method is dropped, with a warning when it is not that method's default."""
+    if cfg.method == AUTO:
+        cfg = cfg.replace(method=auto_method(cfg))
     if cfg.method not in METHODS:
         raise RsdmlError(
             f"--method {cfg.method!r} is unknown; choose one of {', '.join(sorted(METHODS))}"
