@@ -101,7 +101,7 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
             **{f"method.{k}": v for k, v in state["method"].items()}}
 
 
-def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, tmp_path):
+def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(_cfg(tiny_scenes, straight, report=True))
     assert (straight / "eval" / "pseudo_labels.png").is_file()
@@ -128,12 +128,10 @@ def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, 
             self._stop_signal = 2
         return out
 
-    Trainer.train_step = step_then_signal  # type: ignore[method-assign]
-    try:
-        with pytest.raises(TrainingInterrupted):
-            train(_cfg(tiny_scenes, resumed))
-    finally:
-        Trainer.train_step = original  # type: ignore[method-assign]
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        train(_cfg(tiny_scenes, resumed))
+    monkeypatch.setattr(Trainer, "train_step", original)
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["global_step"] == stop_at + 1
     train(TrainConfig(), resume=resumed, overrides={})
     a, b = _params(straight), _params(resumed)

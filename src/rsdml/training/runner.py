@@ -131,6 +131,8 @@ def resume_config(run: RunDir, overrides: dict[str, Any], extend: bool = False) 
     cfg = load_run_config(run)
     overrides = config_values(overrides, "options", param_classes())
     saved = check_method(cfg)  # the method's parameters with their defaults, as run
+    if overrides.get("method") == "auto":  # the run's config.yaml given back: auto as resolved
+        overrides["method"] = saved.method
     allowed = RESUMABLE_KEYS | (BUDGET_KEYS if extend else frozenset())
     differs = {k for k, v in overrides.items() if not _same_value(k, saved.value(k), v)}
     budget = sorted(differs & BUDGET_KEYS)
