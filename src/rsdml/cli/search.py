@@ -108,8 +108,18 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
               help="Largest accepted upload (413 above).")
 @click.option("--max-pixels", type=int, default=50_000_000, show_default=True,
               help="Largest image (width x height) decoded; a decompression-bomb guard.")
+@click.option("--max-decoded-mb", type=float, default=256.0, show_default=True,
+              help="Largest decoded image (height x width x bands x bytes per sample); a "
+                   "multi-band decompression-bomb guard.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A further Host name the service answers (repeatable), e.g. the name a "
+                   "reverse proxy forwards; others get 400 (DNS-rebinding guard).")
+@click.option("--images", multiple=True, type=click.Path(file_okay=False), metavar="FOLDER",
+              help="An image folder of the index whose thumbnails may be shown (repeatable); "
+                   "folders you indexed on this machine are shown without it.")
 def serve(index_dir: str, host: str, port: int, run_dir: str | None, device: str | None,
-          workers: int, queue: int, max_upload_mb: float, max_pixels: int) -> None:
+          workers: int, queue: int, max_upload_mb: float, max_pixels: int,
+          max_decoded_mb: float, allow_hosts: tuple[str, ...], images: tuple[str, ...]) -> None:
     """Serve INDEX over HTTP: a search page at / and a JSON API under /api.
 
     Search by uploading an image or by clicking a result, mark results relevant or not and
@@ -119,9 +129,12 @@ def serve(index_dir: str, host: str, port: int, run_dir: str | None, device: str
     from rsdml.retrieval.server import Limits
     from rsdml.retrieval.server import serve as run_server
 
-    if max_upload_mb <= 0:
-        raise RsdmlError(f"--max-upload-mb {max_upload_mb} must be above 0")
+    for flag, mb in (("--max-upload-mb", max_upload_mb), ("--max-decoded-mb", max_decoded_mb)):
+        if mb <= 0:
+            raise RsdmlError(f"{flag} {mb} must be above 0")
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
+                    max_decoded_bytes=int(max_decoded_mb * 1024 * 1024),
                     workers=workers, queue=queue)
     run_server(index_dir, host=host, port=port, limits=limits, run_dir=run_dir, device=device,
+               allow_hosts=allow_hosts, images=images,
                log=lambda line: click.echo(line, err=True))

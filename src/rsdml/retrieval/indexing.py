@@ -17,6 +17,7 @@ from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, choose_kind, is_index
 from rsdml.retrieval.identity import ModelIdentity
 from rsdml.retrieval.index import l2_normalize
+from rsdml.retrieval.trusted import remember
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None
         index = ArchiveIndex.create(ident, chosen, [root], entries, vectors)
         if d.is_main:
             index.save(out)
+            remember(index.roots)  # `rsdml serve` shows thumbnails of folders indexed here
     return index
 
 
@@ -240,6 +242,7 @@ def add_to_index(index_dir: str | Path, data: str | Path, *, run_dir: str | Path
             index = index.extended(entries, vectors, replace)
             if d.is_main:  # under torchrun rank 0 writes
                 index.save(index_dir)
+                remember(index.roots)
     added = len(index) - n_before
     return index, added, seen - len(entries)
 

@@ -52,6 +52,11 @@ class RunDir:
         return self.root / "bands.json"
 
     @property
+    def preprocess(self) -> Path:
+        """How a file becomes the model's input (rsdml.data.preprocess.Preprocess)."""
+        return self.root / "preprocess.json"
+
+    @property
     def spectrum(self) -> Path:
         return self.root / "spectrum.json"
 

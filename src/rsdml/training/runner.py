@@ -31,7 +31,7 @@ from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
 from rsdml.training import distributed
-from rsdml.training.bands import run_input_spec
+from rsdml.training.bands import run_preprocess
 from rsdml.training.callbacks import (
     Callback,
     Checkpoints,
@@ -216,8 +216,8 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
 
     device = resolve_device(cfg.device)
     cache = load_cache(cfg, split, run)
-    spec = run_input_spec(cfg, run, split, cache, create=train)  # None for --bands rgb
-    normalizer = spec.normalizer() if spec is not None else None
+    preprocess = run_preprocess(cfg, run, split, cache, create=train)  # saved with the run
+    spec, normalizer = preprocess.spec, preprocess.normalizer()
     torch.manual_seed(cfg.seed)
     model = place_model(build_model(cfg, spec).to(device), device)
     if cfg.sync_bn and distributed.current().world_size > 1:
@@ -227,7 +227,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        feats = frozen_features(cfg, split, model, cache, device, normalizer)
+        feats = frozen_features(cfg, split, model, cache, device, preprocess)
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = train_augment(cfg, spec) if train else None
