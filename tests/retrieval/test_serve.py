@@ -24,7 +24,6 @@ from rsdml.retrieval.indexing import build_index
 from rsdml.retrieval.server import STATIC, Limits, create_app
 from rsdml.training.runner import train
 
-
 LOCAL = "http://localhost"  # the Host name a loopback server answers
 
 

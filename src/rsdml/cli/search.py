@@ -46,11 +46,12 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
         if out is not None or kind != "auto" or force:
             raise RsdmlError("--add extends an existing index; drop --out/--kind/--force (the "
                              "index keeps its kind)")
-        idx, added, skipped = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
-                                           device=device, batch_size=batch_size, quiet=quiet)
+        done = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
+                            device=device, batch_size=batch_size, quiet=quiet)
         if is_main():  # under torchrun rank 0 speaks
-            click.echo(f"added {added} images, skipped {skipped} already indexed -> {add_to} "
-                       f"({len(idx)} images, {idx.kind})")
+            replaced = f", replaced {done.replaced} changed" if done.replaced else ""
+            click.echo(f"added {done.added} images{replaced}, skipped {done.skipped} already "
+                       f"indexed -> {add_to} ({len(done.index)} images, {done.index.kind})")
         return
     if out is None:
         raise RsdmlError("--out is required: the index folder to write (or use --add INDEX to "
