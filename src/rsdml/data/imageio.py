@@ -36,9 +36,9 @@ MAX_PIXELS: int = 178_956_970
 """Decompression-bomb limit on width x height (Pillow's own hard limit, about 13,377^2).
 A scene tile is usually well below a megapixel; anything above this is refused."""
 
-BYTES_PER_PIXEL: int = 4
-"""The decoded-bytes limit is ``max_pixels`` x this unless given (``max_bytes``): what an
-8-bit RGBA image at the pixel limit takes. A multi-band TIFF passes the pixel check with every
+BYTES_PER_PIXEL: int = 8
+"""The decoded-bytes limit is ``max_pixels`` x this unless given (``max_bytes``): what a
+16-bit RGBA image at the pixel limit takes. A multi-band TIFF passes the pixel check with every
 band still to allocate (13 bands of uint16 are 26 bytes a pixel), so its decoded size, height x
 width x bands x bytes per sample, is checked against this from the header, before decoding."""
 
