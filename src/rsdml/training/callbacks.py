@@ -15,7 +15,10 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import numpy as np
+from torch import Tensor
 
 from rsdml.config import TrainConfig
 from rsdml.evaluation.knn import knn_accuracy
@@ -27,9 +30,7 @@ from rsdml.training.diagnostics import (
     prediction_diagnostics,
 )
 from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
-
-if TYPE_CHECKING:
-    from rsdml.training.trainer import LabeledSet, Trainer
+from rsdml.training.sets import LabeledSet
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,26 @@ class EpochEnd:
     start: bool = False
     evaluated: bool = False
     improved: bool = False
+
+
+class Trainer(Protocol):
+    """What a callback may see of the training loop: its position, the model and method to
+    save, embedding and the spectrum. :class:`rsdml.training.trainer.Trainer` is one; the
+    callbacks never import it (no import circle) and tests can hand them a stand-in."""
+
+    cfg: TrainConfig
+    epoch: int
+    global_step: int
+    elapsed: float  # seconds of training so far (evaluation adds its own time)
+    dist: Any  # rsdml.training.distributed.Dist: is_main
+    model: Any
+    method: Any
+
+    def embed(self, index: Tensor) -> np.ndarray: ...
+
+    def spectrum(self) -> list[float] | None: ...
+
+    def save(self) -> None: ...
 
 
 class Callback:
@@ -227,20 +248,22 @@ _NOT_METRICS = frozenset({"epoch", "step", "lr", "trunk_lr", "reg_weight", "seco
 
 
 class Console(Callback):
-    """One line per epoch on stderr."""
+    """One line per epoch on stderr. It reads what the row holds when it is called, so it
+    works with or without an Evaluation callback before it (it used to need one: KeyError
+    'knn_acc')."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.epochs = cfg.epochs
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
         row = end.row
+        acc = f"  knn_acc {row['knn_acc']:.4f}" if "knn_acc" in row else ""
+        val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
         if end.start:
-            print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
+            print(f"epoch 0 (before training){acc}{val}", file=sys.stderr, flush=True)
             return
         means = end.means
         terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
-        acc = f"  knn_acc {row['knn_acc']:.4f}" if end.evaluated else ""
-        val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
         print(f"epoch {trainer.epoch}/{self.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
               f"({terms}){acc}{val}  {trainer.elapsed:.1f}s", file=sys.stderr, flush=True)
 

@@ -61,12 +61,8 @@ from rsdml.training.run_dir import (
     remove_failed_start,
     write_json,
 )
-from rsdml.training.trainer import (
-    LabeledSet,
-    Trainer,
-    UnlabeledSet,
-    cpu_has_native_bf16,
-)
+from rsdml.training.sets import LabeledSet, UnlabeledSet
+from rsdml.training.trainer import Trainer, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
