@@ -73,10 +73,7 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str
     cfg = cfg.replace(quiet=quiet, **({"data": str(data)} if data is not None else {}),
                       **({"device": device} if device else {}),
                       **({"eval_batch_size": batch_size} if batch_size else {}))
-    ckpt = run.checkpoint(checkpoint)
-    if not ckpt.is_file():
-        raise RsdmlError(f"checkpoint {ckpt} does not exist; train the run first or choose "
-                         "another --checkpoint")
+    ckpt = run.existing_checkpoint(checkpoint)
     dev = resolve_device(cfg.device)
     preprocess = run_preprocess(cfg, run, None, None, create=False)
     model = build_model(cfg.replace(pretrained="none", weights=None), preprocess.spec).to(dev)

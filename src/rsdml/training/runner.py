@@ -509,7 +509,7 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 
     if trainer is None:
         trainer = make_trainer(s)
-    path = s.run.checkpoint(checkpoint)
+    path = s.run.existing_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location=s.device)
     s.model.load_state_dict(state["model"])
     which = checkpoint if checkpoint in ("last", "best") else (
