@@ -47,7 +47,9 @@ def _option(f: Any) -> Callable[[Callable[..., Any]], Any]:
     """The click option for an option field (default None = 'not given on the command line')."""
     ctype, is_flag = _click_type(f.type)
     flag = f.name.replace("_", "-")
-    help_text = f"{f.metadata.get('help', '')} [default: {f.default}]"
+    help_text = str(f.metadata.get("help", ""))
+    if f.default is not None and "default:" not in help_text:  # no "[default: None]"
+        help_text += f" [default: {f.default}]"
     if is_flag:
         return click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
     if f.metadata.get("choices"):
@@ -97,7 +99,7 @@ TORCHRUN_COMMANDS = ("train", "evaluate", "embed", "index")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
-    from rsdml.training.distributed import launched_by_torchrun
+    from rsdml.training.launch import launched_by_torchrun
 
     if launched_by_torchrun() and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise RsdmlError(f"rsdml {ctx.invoked_subcommand} runs as one process; run it without "
@@ -259,9 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except RsdmlError as e:
+        code = getattr(e, "exit_code", 2)
         if _is_main() or type(e).__name__ != "TrainingInterrupted":  # one line, not one a rank
-            click.echo(f"rsdml: error: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 2))
+            # a signal (exit 128 + N) stopped it: that is not an error of the user's
+            click.echo(f"rsdml: {e}" if code >= 128 else f"rsdml: error: {e}", err=True)
+        sys.exit(code)
     except KeyboardInterrupt:
         click.echo("rsdml: interrupted", err=True)
         sys.exit(130)
