@@ -249,10 +249,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     else:
         cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     with distributed.joined(resolve_device(cfg.device).type) as d:
-        if not d.enabled:
-            return _train_single(cfg, resume, t_start)
-        check_ranks(cfg, d)
-        return _train_ranked(cfg, resume, t_start)
+        if d.enabled:
+            check_ranks(cfg, d)
+        return _open_and_train(cfg, resume, t_start)
 
 
 def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
@@ -267,25 +266,11 @@ def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
         raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
 
 
-def _train_single(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
-    if resume is not None:
-        run = RunDir(Path(resume))
-        check_writable(run.root)
-        with RunLock(run.root):
-            split, cfg = _open_run_split(run, cfg, "--resume")
-            return _train(cfg, run, split, None, t_start)
-    if not cfg.data:
-        raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
-    split = build_split(cfg)
-    created = not (cfg.out and Path(cfg.out).exists())
-    run = prepare_new_run(cfg.out)
-    with RunLock(run.root) as lock:
-        return _train(cfg, run, split, (lock, created), t_start)
-
-
-def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
-    """One rank of a torchrun group: rank 0 makes (or reopens) and locks the run folder and
-    writes its files; the others wait for it, then read the split it wrote."""
+def _open_and_train(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
+    """Make (or reopen) and lock the run folder, then train in it. One path for one process
+    and for a torchrun group (the distributed helpers do nothing without torchrun): rank 0
+    makes the folder and writes its files; the other ranks wait for it, then read the split
+    it wrote."""
     main = distributed.current().is_main
     lock: RunLock | None = None
     new: tuple[RunLock, bool] | None = None
@@ -305,8 +290,9 @@ def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -
                 run = prepare_new_run(cfg.out)
                 lock = RunLock(run.root).acquire()
                 new = (lock, created)
-        # Absolute: across machines the ranks need not share a working folder.
-        root, cfg = distributed.broadcast((str(run.root.absolute()), cfg) if main else None)
+        # Absolute under torchrun: across machines the ranks need not share a working folder.
+        shared = str(run.root.absolute()) if distributed.current().enabled else str(run.root)
+        root, cfg = distributed.broadcast((shared, cfg) if main else None)
         run = RunDir(Path(root))
         return _train(cfg, run, split, new, t_start, resume=resume is not None)
     finally:
@@ -540,16 +526,13 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | No
     data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    with distributed.joined(resolve_device(cfg.device).type) as d:
-        if d.enabled:
-            return _evaluate_ranked(run, cfg, checkpoint)
-        with RunLock(run.root):
-            split, cfg = _open_run_split(run, cfg, "run folder")
-            session = build_session(cfg, run, split, train=False)
-            return evaluate_session(session, checkpoint)
+    with distributed.joined(resolve_device(cfg.device).type):
+        return _evaluate_locked(run, cfg, checkpoint)
 
 
-def _evaluate_ranked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+def _evaluate_locked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+    """Lock the run folder and evaluate; one path for one process and a torchrun group (rank
+    0 locks and builds first, the other ranks after it)."""
     main = distributed.is_main()
     lock: RunLock | None = None
     session: Session | None = None
