@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from rsdml.config import TrainConfig, config_values, load_yaml, option_fields
+from rsdml.config import DEVICES, TrainConfig, config_values, load_yaml, option_fields
 from rsdml.errors import RsdmlError
 
 
@@ -146,7 +146,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto (best where the protocol has a validation split) or a path.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Where the run's data set is now, if it moved (recorded in config.yaml); "
                    "a folder or a downloaded data set's name.")
@@ -170,7 +170,7 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Output .npz (embeddings, paths).")
 @click.option("--checkpoint", default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rsdml.config import DEVICES
 from rsdml.errors import RsdmlError
 
 _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
@@ -25,7 +26,7 @@ _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
                    "100000 vectors.")
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto or a path (a new index only).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--force", is_flag=True, help="Replace --out if it is an index already.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -74,7 +75,7 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
               show_default=True)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Where the index's run folder is now, if it moved (--image only).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt: str,
            run_dir: str | None, device: str | None) -> None:
     """Find the indexed images most similar to --image FILE or --id PATH (cosine similarity)."""
@@ -100,7 +101,7 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
               help="TCP port; 0 picks a free one (printed at start).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Where the index's run folder is now, if it moved.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Requests computed at once.")
 @click.option("--queue", type=int, default=16, show_default=True,

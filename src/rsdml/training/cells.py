@@ -17,15 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsdml.config import RUNTIME_KEYS as CONFIG_RUNTIME_KEYS
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 
-#: Options that cannot change a run's numbers: they may differ between the grid and a run
-#: folder made earlier, and are passed on when an interrupted cell resumes.
-RUNTIME_KEYS = frozenset({
-    "quiet", "device", "workers", "cache", "cache_dir", "cache_max_memory_gb",
-    "eval_batch_size", "compile", "checkpoint_every", "report",
-})
+#: Options that cannot change a run's numbers (``runtime=True`` on their fields): they may
+#: differ between the grid and a run folder made earlier, and are passed on when an
+#: interrupted cell resumes.
+RUNTIME_KEYS = CONFIG_RUNTIME_KEYS
 #: Keys a grid sets for each cell itself: its run folder and the shared split.
 RESERVED_KEYS = frozenset({"out", "split"})
 

@@ -174,7 +174,7 @@ def _check_split_options(split: Split, cfg: TrainConfig, what: str) -> None:
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Paths a run refers to later, made absolute: evaluate and resume work from any folder."""
     changes = {k: str(Path(v).expanduser().absolute())
-               for k in ("data", "split", "weights", "cache_dir") if (v := getattr(cfg, k))}
+               for k in sorted(PATH_FIELDS - {"out"}) if (v := getattr(cfg, k))}
     return cfg.replace(**changes)
 
 
