@@ -27,8 +27,9 @@ def tune(grid: str, out: str, folds: int, holdout: float, device: str | None,
 
     GRID is an experiment grid (`base:` + `grid:`, as for `rsdml experiment`); each
     combination is a candidate, trained once per fold with that fold of the labelled images
-    held out. The best mean held-out kNN accuracy wins: OUT/best.yaml is its `rsdml train
-    --config` file. See docs/experiments.md.
+    held out. The best held-out kNN accuracy, averaged over the folds and any seeds, wins:
+    OUT/best.yaml is its `rsdml train --config` file. labeled_fraction cannot be an axis.
+    A changed grid trains new runs; finished ones are reused. See docs/experiments.md.
     """
     from rsdml.training.tune import run_tune
 
