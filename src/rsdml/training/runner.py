@@ -290,9 +290,11 @@ def _open_and_train(cfg: TrainConfig, resume: str | Path | None, t_start: float)
                 run = prepare_new_run(cfg.out)
                 lock = RunLock(run.root).acquire()
                 new = (lock, created)
-        # Absolute under torchrun: across machines the ranks need not share a working folder.
-        shared = str(run.root.absolute()) if distributed.current().enabled else str(run.root)
-        root, cfg = distributed.broadcast((shared, cfg) if main else None)
+        shared = None
+        if main:  # absolute under torchrun: across machines ranks need not share a folder
+            where = run.root.absolute() if distributed.current().enabled else run.root
+            shared = (str(where), cfg)
+        root, cfg = distributed.broadcast(shared)
         run = RunDir(Path(root))
         return _train(cfg, run, split, new, t_start, resume=resume is not None)
     finally:
