@@ -109,3 +109,33 @@ def test_binary_config_file_is_a_one_line_error(tmp_path):
     p.write_bytes(b"\xff\xfe\x00\x81binary")
     with pytest.raises(RsdmlError, match="not a text"):
         TrainConfig.from_yaml(p)
+
+
+def test_option_sets_come_from_the_field_declarations():
+    """runtime/path sets are read from the fields' metadata, not listed a second time."""
+    from dataclasses import fields
+
+    from rsdml.config import PATH_FIELDS, RUNTIME_KEYS, TrainConfig, keys_with
+    from rsdml.training.cells import RUNTIME_KEYS as CELL_RUNTIME_KEYS
+
+    assert CELL_RUNTIME_KEYS == RUNTIME_KEYS == keys_with("runtime")
+    assert {"device", "quiet", "cache_dir"} <= RUNTIME_KEYS and "epochs" not in RUNTIME_KEYS
+    assert {f.name for f in fields(TrainConfig) if f.metadata.get("path")} == PATH_FIELDS
+    assert {"data", "split", "weights", "cache_dir"} <= PATH_FIELDS
+
+
+def test_every_device_option_offers_the_same_choices():
+    import click
+
+    from rsdml.cli.main import cli
+    from rsdml.config import DEVICES
+
+    seen = 0
+    ctx = click.Context(cli)
+    for name in cli.list_commands(ctx):
+        cmd = cli.get_command(ctx, name)
+        for p in cmd.get_params(click.Context(cmd)):
+            if p.name == "device":
+                assert tuple(p.type.choices) == DEVICES, name
+                seen += 1
+    assert seen >= 6

@@ -40,8 +40,11 @@ EPOCH_UNITS = ("pool", "labeled")
 
 def option(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field that is an option (flag and YAML key): its default, its help text and
-    optionally ``choices`` or bounds ``ge``/``gt``/``le``/``lt`` (checked by :func:`check_bounds`).
-    TrainConfig's fields and the methods' parameter classes are declared with it."""
+    optionally ``choices`` or bounds ``ge``/``gt``/``le``/``lt`` (checked by :func:`check_bounds`),
+    and the kinds it belongs to: ``runtime=True`` (cannot change a run's numbers) or
+    ``path=True`` (a file or folder, made absolute). TrainConfig's fields and the methods'
+    parameter classes are declared with it; the sets of options are read from it
+    (:func:`keys_with`), never listed again elsewhere."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -54,8 +57,8 @@ class TrainConfig:
 
     # --- data and split
     data: str | None = _opt(None, "Image folder with one sub-folder per class, or the name "
-                            "of a downloaded data set (`rsdml datasets list`).")
-    out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).")
+                            "of a downloaded data set (`rsdml datasets list`).", path=True)
+    out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).", path=True)
     protocol: str = _opt(
         "transductive",
         "transductive: unlabelled pool = test images (paper); inductive: disjoint "
@@ -65,7 +68,8 @@ class TrainConfig:
     labeled_fraction: float = _opt(0.2, "Fraction of each class that is labelled.")
     val_fraction: float = _opt(0.1, "Inductive protocol: fraction of each class for validation.")
     test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.")
-    split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).")
+    split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).",
+                             path=True)
     seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
     strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
     # --- method and model
@@ -75,7 +79,8 @@ class TrainConfig:
         "mode (no pixels to augment); config.yaml records the one used.")
     backbone: str = _opt("resnet18", "CNN trunk (`rsdml list` shows them).")
     pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
-    weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).")
+    weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).",
+                               path=True)
     embedding_dim: int = _opt(128, "Embedding dimension D.")
     mlp_head: bool = _opt(False, "Use a 2-layer MLP instead of one Linear layer as the head.")
     freeze_backbone: bool = _opt(
@@ -156,21 +161,25 @@ class TrainConfig:
         "(default: the first three bands).")
     extra_augment: bool = _opt(False, "Add RS augmentations: vertical flip, 90-degree rotations.")
     cache: str = _opt(
-        "auto", "Decoded-image cache: memory, mmap (file), or auto by size.", choices=CACHE_MODES
+        "auto", "Decoded-image cache: memory, mmap (file), or auto by size.", choices=CACHE_MODES,
+        runtime=True,
     )
-    cache_dir: str | None = _opt(None, "Cache folder (default ~/.cache/rsdml or $RSDML_CACHE).")
-    cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped file.")
+    cache_dir: str | None = _opt(None, "Cache folder (default ~/.cache/rsdml or $RSDML_CACHE).",
+                                 path=True, runtime=True)
+    cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped "
+                                      "file.", runtime=True)
     device_cache: str = _opt(
         "auto", "auto: on CUDA, hold the decoded images in GPU memory when they fit in a quarter "
         "of the free memory (no host copies per step); off: keep them in host memory.",
         choices=DEVICE_CACHE_MODES,
     )
-    workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).")
-    device: str = _opt("auto", "Training device.", choices=DEVICES)
+    workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).",
+                        runtime=True)
+    device: str = _opt("auto", "Training device.", choices=DEVICES, runtime=True)
     amp: str = _opt("auto", "Mixed precision: auto = bf16 autocast on CUDA GPUs with bf16, float32 "
                     "on a CPU; bf16 = bf16 also on a CPU (1.5-1.9x faster on CPUs with AMX or "
                     "AVX512-BF16); off = float32. Losses run in float32.", choices=AMP_MODES)
-    compile: bool = _opt(False, "torch.compile the network (CUDA).")
+    compile: bool = _opt(False, "torch.compile the network (CUDA).", runtime=True)
     sync_bn: bool = _opt(
         False, "Under torchrun on CUDA GPUs: BatchNorm statistics over the global batch "
         "(SyncBatchNorm) instead of each rank's slice; only matters while the trunk's "
@@ -178,10 +187,12 @@ class TrainConfig:
     )
     # --- evaluation and logging
     eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
-    eval_batch_size: int = _opt(256, "Batch size for embedding extraction.")
-    checkpoint_every: int = _opt(1, "Save RUN_DIR/checkpoints/last.pt every N epochs.")
-    report: bool = _opt(True, "Write eval/report.html with its figures at the end (t-SNE etc.).")
-    quiet: bool = _opt(False, "No progress bars.")
+    eval_batch_size: int = _opt(256, "Batch size for embedding extraction.", runtime=True)
+    checkpoint_every: int = _opt(1, "Save RUN_DIR/checkpoints/last.pt every N epochs.",
+                                 runtime=True)
+    report: bool = _opt(True, "Write eval/report.html with its figures at the end (t-SNE etc.).",
+                        runtime=True)
+    quiet: bool = _opt(False, "No progress bars.", runtime=True)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -329,9 +340,17 @@ def _flag(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- the one loader
+def keys_with(kind: str) -> frozenset[str]:
+    """TrainConfig's options declared with ``kind=True`` (``runtime``, ``path``)."""
+    return frozenset(f.name for f in fields(TrainConfig) if f.metadata.get(kind))
+
+
 #: Fields that hold a file or folder path: text in YAML (a path given as a Path object is
 #: accepted too), an empty value means "none" where the field is optional.
-PATH_FIELDS = frozenset({"data", "out", "split", "weights", "cache_dir"})
+PATH_FIELDS = keys_with("path")
+#: Options that cannot change a run's numbers (where it runs, how fast, what it prints): they
+#: may differ between a grid and a run folder made earlier.
+RUNTIME_KEYS = keys_with("runtime")
 _BAND_FIELDS = frozenset({"bands", "rgb_bands"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})

@@ -56,3 +56,13 @@ def test_the_walk_sees_the_commands_and_the_checker_can_fail():
     assert not _exists(["methods"]) and not _exists(["backbones"])
     assert not _exists(["cache", "purge"]) and _exists(["cache", "clear"])
     assert _exists(["train"]) and _exists(["list"])
+
+
+@pytest.mark.parametrize("path, cmd, ctx", ALL, ids=[" ".join(p) or "rsdml" for p, _, _ in ALL])
+def test_help_never_shows_default_none(path, cmd, ctx):
+    """An option without a default (None = 'not given') shows none, and one whose help text
+    states its default in prose does not repeat it as [default: ...]."""
+    text = cmd.get_help(ctx)
+    assert "[default: None]" not in text
+    for block in re.split(r"\n  (?=-)", text):
+        assert not ("(default:" in block and "[default:" in block), block

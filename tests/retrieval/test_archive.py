@@ -123,18 +123,57 @@ def test_add_skips_held_images_and_grows(run, tiny_scenes, tmp_path, caplog):
     with caplog.at_level("INFO", logger="rsdml"):
         build_index(half, out, run_dir=run, quiet=True)
     assert "index kind flat" in caplog.text
-    idx, added, skipped = add_to_index(out, full, quiet=True)
+    idx, added, skipped, _ = add_to_index(out, full, quiet=True)
     assert (len(idx), added, skipped) == (64, 32, 32)
-    idx, added, skipped = add_to_index(out, full, quiet=True)
+    idx, added, skipped, _ = add_to_index(out, full, quiet=True)
     assert (len(idx), added, skipped) == (64, 0, 64)
     reopened = ArchiveIndex.open(out)
     assert len(reopened) == 64 and len({e["path"] for e in reopened.entries}) == 64
-    # a changed file at a known path replaces its vector; the count stays
-    changed = full / reopened.entries[0]["path"]
-    shutil.copy(full / reopened.entries[40]["path"], changed)
-    idx, added, skipped = add_to_index(out, full, quiet=True)
-    assert (len(idx), added, skipped) == (64, 0, 63)
-    np.testing.assert_allclose(idx.vectors[0], idx.vectors[40], atol=1e-5)
+    # a changed file of an indexed folder replaces its vector; the count stays
+    assert reopened.entries[40]["root"] == 1  # full's own entry (its first half were copies)
+    shutil.copy(full / reopened.entries[50]["path"], full / reopened.entries[40]["path"])
+    idx, added, skipped, replaced = add_to_index(out, full, quiet=True)
+    assert (len(idx), added, skipped, replaced) == (64, 0, 63, 1)
+    np.testing.assert_allclose(idx.vectors[40], idx.vectors[50], atol=1e-5)
+    # full's copy of an image of half, once changed, is another image than half's: added
+    shutil.copy(full / reopened.entries[50]["path"], full / reopened.entries[0]["path"])
+    idx, added, skipped, replaced = add_to_index(out, full, quiet=True)
+    assert (len(idx), added, skipped, replaced) == (65, 1, 63, 0)
+
+
+def test_add_counts_a_folder_that_reuses_relative_paths(run, tiny_scenes, tmp_path):
+    """Another folder's class0/0.png is another image: added, not a silent replacement of the
+    indexed one ("added 0, skipped 0" before); an empty folder or an index folder is refused."""
+    from rsdml.errors import DatasetNotFoundError, RsdmlError
+
+    classes = sorted(p.name for p in tiny_scenes.iterdir() if p.is_dir())
+    first = _copy_classes(tiny_scenes, tmp_path / "first", classes[:2])
+    second = tmp_path / "second"  # the other classes' images under the first two's names
+    for mine, theirs in zip(classes[:2], classes[2:]):
+        (second / mine).mkdir(parents=True)
+        for f in sorted((tiny_scenes / theirs).iterdir()):
+            shutil.copy(f, second / mine / f.name.replace(theirs, mine))
+    out = tmp_path / "idx"
+    build_index(first, out, run_dir=run, quiet=True)
+    before = ArchiveIndex.open(out).vectors.copy()
+    done = add_to_index(out, second, quiet=True)
+    assert (len(done.index), done.added, done.skipped, done.replaced) == (64, 32, 0, 0)
+    reopened = ArchiveIndex.open(out)
+    np.testing.assert_array_equal(reopened.vectors[:32], before)  # nothing replaced
+    rel = reopened.entries[0]["path"]
+    with pytest.raises(RsdmlError, match="2 image folders"):
+        reopened.lookup(rel)
+    assert reopened.lookup(str((second / rel).resolve())) >= 32
+    assert reopened.lookup(str((first / rel).resolve())) == 0
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetNotFoundError, match="no images"):
+        add_to_index(out, tmp_path / "empty", quiet=True)
+    build_index(first, tmp_path / "other", run_dir=run, quiet=True)
+    with pytest.raises(RsdmlError, match="is an rsdml index"):
+        add_to_index(out, tmp_path / "other", quiet=True)
+    with pytest.raises(RsdmlError, match="the index itself"):
+        add_to_index(out, out, quiet=True)
+    assert len(ArchiveIndex.open(out)) == 64
 
 
 def test_add_extends_an_approximate_index(built, tiny_scenes, run, tmp_path):
@@ -143,7 +182,7 @@ def test_add_extends_an_approximate_index(built, tiny_scenes, run, tmp_path):
     rest = _copy_classes(tiny_scenes, tmp_path / "rest", classes[2:])
     out = tmp_path / "idx"
     build_index(half, out, run_dir=run, kind="ivf", quiet=True)
-    idx, added, _ = add_to_index(out, rest, quiet=True)
+    idx, added, _, _ = add_to_index(out, rest, quiet=True)
     assert (len(idx), added, idx.kind) == (64, 32, "ivf")
     reopened = ArchiveIndex.open(out)
     assert reopened.search(reopened.vectors[50], 1)[0].id == 50
@@ -162,7 +201,7 @@ def test_npz_input_and_foreign_models_refused(built, run, foreign_run, tiny_scen
     assert "\n" not in str(e.value)
     with pytest.raises(RsdmlError, match="another model"):
         add_to_index(built, tiny_scenes, run_dir=foreign_run, quiet=True)
-    idx, added, skipped = add_to_index(tmp_path / "from-npz", mine, quiet=True)
+    idx, added, skipped, _ = add_to_index(tmp_path / "from-npz", mine, quiet=True)
     assert (len(idx), added, skipped) == (64, 0, 64)
     legacy = tmp_path / "legacy.npz"
     with np.load(mine) as z:
@@ -172,7 +211,7 @@ def test_npz_input_and_foreign_models_refused(built, run, foreign_run, tiny_scen
     with np.load(mine) as z:
         np.savez(lost, embeddings=z["embeddings"], paths=z["paths"], model=z["model"],
                  root=np.asarray(str(tmp_path / "gone")))
-    idx, added, skipped = add_to_index(tmp_path / "from-npz", lost, quiet=True)
+    idx, added, skipped, _ = add_to_index(tmp_path / "from-npz", lost, quiet=True)
     assert (len(idx), added, skipped) == (64, 0, 64)
     with pytest.raises(RsdmlError, match="does not record which model"):
         build_index(legacy, tmp_path / "legacy-idx", quiet=True)

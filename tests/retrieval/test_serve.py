@@ -24,6 +24,8 @@ from rsdml.retrieval.indexing import build_index
 from rsdml.retrieval.server import STATIC, Limits, create_app
 from rsdml.training.runner import train
 
+LOCAL = "http://localhost"  # the Host name a loopback server answers
+
 
 @pytest.fixture(scope="module")
 def built(tiny_scenes, tmp_path_factory) -> Path:
@@ -45,7 +47,7 @@ def index(built) -> ArchiveIndex:
 @pytest.fixture(scope="module")
 def client(index):
     with TestClient(create_app(index, limits=Limits(max_upload_bytes=200_000,
-                                                    max_pixels=1_000_000))) as c:
+                                                    max_pixels=1_000_000)), base_url=LOCAL) as c:
         yield c
 
 
@@ -75,7 +77,10 @@ def test_healthz_info_page_and_openapi(client, index):
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/search", "/api/rerank", "/api/images/{image_id}", "/healthz"} <= set(paths)
     assert set(paths["/api/search"]) == {"get", "post"}
-    assert client.get("/docs").status_code == 200
+    body = paths["/api/search"]["post"]["requestBody"]["content"]
+    assert "file" in body["multipart/form-data"]["schema"]["properties"]
+    # no Swagger/ReDoc pages: FastAPI's load their scripts from a CDN
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
 
 
 def test_page_loads_nothing_from_elsewhere():
@@ -183,7 +188,10 @@ def test_thumbnail_never_leaves_the_indexed_folder(index, tmp_path):
                {"path": "x.png", "class": None, "root": 5}]
     crafted = ArchiveIndex(index.identity, "flat", [str(tmp_path / "images")], entries,
                            index.vectors[:3].copy())
-    with TestClient(create_app(crafted)) as c:
+    with TestClient(create_app(crafted), base_url=LOCAL) as c:  # an index handed over
+        r = c.get("/api/images/0")
+        assert r.status_code == 404 and "--images" in r.json()["detail"]
+    with TestClient(create_app(crafted, images=[tmp_path / "images"]), base_url=LOCAL) as c:
         assert c.get("/api/images/0").status_code == 200
         assert c.get("/api/images/1").status_code == 404
         assert c.get("/api/images/2").status_code == 404
@@ -245,7 +253,7 @@ def test_full_queue_answers_503_and_recovers(index):
     buf = io.BytesIO()
     Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "PNG")
     results: list[int] = []
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         t = threading.Thread(target=lambda: results.append(_upload(c, buf.getvalue()).status_code))
         t.start()
         deadline = time.monotonic() + 10
@@ -261,6 +269,90 @@ def test_full_queue_answers_503_and_recovers(index):
         assert results == [200]
         assert c.get("/api/search", params={"id": 1}).status_code == 200
         assert app.state.admission.active == 0
+
+
+def test_an_upload_waits_for_admission_before_its_body_is_read(index, monkeypatch):
+    """A full queue answers an upload 503 without reading (or spooling) its body."""
+    from starlette.requests import Request
+
+    release = threading.Event()
+
+    def slow_embed(pixels: np.ndarray) -> np.ndarray:
+        release.wait(10)
+        return index.vectors[0]
+
+    app = create_app(index, limits=Limits(workers=1, queue=0), embedder=slow_embed)
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(buf, "PNG")
+    forms: list[int] = []
+    real_form = Request.form
+
+    def counted_form(self, *args, **kwargs):
+        forms.append(1)
+        return real_form(self, *args, **kwargs)
+
+    monkeypatch.setattr(Request, "form", counted_form)
+    with TestClient(app, base_url=LOCAL) as c:
+        t = threading.Thread(target=lambda: _upload(c, buf.getvalue()))
+        t.start()
+        deadline = time.monotonic() + 10
+        while app.state.admission.active < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert forms == [1]
+        r = _upload(c, buf.getvalue())
+        assert r.status_code == 503
+        assert forms == [1]  # the second body was never parsed
+        release.set()
+        t.join(10)
+
+
+def test_multiband_tiff_bomb_refused_by_decoded_bytes(index):
+    """13 bands of uint16 pass the pixel check (1 MP) but decode to 26 MB: refused (413) from
+    the header, before any band is allocated."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((1000, 1000, 13), np.uint16), compression="zlib",
+                     photometric="minisblack", planarconfig="contig")
+    assert len(buf.getvalue()) < 200_000
+    limits = Limits(max_pixels=2_000_000, max_decoded_bytes=10_000_000)
+    with TestClient(create_app(index, limits=limits, embedder=lambda p: index.vectors[0]),
+                    base_url=LOCAL) as c:
+        r = _upload(c, buf.getvalue(), name="q.tif", ctype="image/tiff")
+    assert r.status_code == 413 and "26,000,000 bytes" in r.json()["detail"]
+
+
+def test_host_header_must_name_this_server(index):
+    """DNS rebinding: a page served as evil.example that resolves to 127.0.0.1 sends
+    Host: evil.example; only the loopback names (and --allow-host ones) are answered."""
+    from rsdml.retrieval.server import host_names, host_of
+
+    app = create_app(index, embedder=lambda p: index.vectors[0])
+    for url, status in (("http://evil.example", 400), ("http://localhost:8000", 200),
+                        ("http://127.0.0.1", 200), ("http://[::1]:8000", 200)):
+        with TestClient(app, base_url=url) as c:
+            assert c.get("/healthz").status_code == status, url
+    proxied = create_app(index, embedder=lambda p: index.vectors[0],
+                         allowed_hosts=["search.lab.example"])
+    with TestClient(proxied, base_url="http://search.lab.example") as c:
+        assert c.get("/healthz").status_code == 200
+    assert host_of("[::1]:8000") == "::1" and host_of("LocalHost:80") == "localhost"
+    assert "localhost" in host_names("127.0.0.1") and host_names("0.0.0.0") == ["*"]
+    assert host_names("0.0.0.0", ["a.example"]) == ["a.example"]
+
+
+def test_thumbnails_of_a_folder_of_symlinks(built, tiny_scenes, tmp_path):
+    """Training and indexing follow links; so do thumbnails (they used to be blank)."""
+    links = tmp_path / "links"
+    for f in sorted(tiny_scenes.rglob("*.png"))[:6]:
+        dst = links / f.relative_to(tiny_scenes)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(f)
+    idx = build_index(links, tmp_path / "idx", run_dir=built.parent / "run", quiet=True)
+    with TestClient(create_app(idx), base_url=LOCAL) as c:
+        for i in range(len(idx)):
+            r = c.get(f"/api/images/{i}")
+            assert r.status_code == 200 and r.content[:3] == b"\xff\xd8\xff", i
 
 
 def test_limits_are_checked():

@@ -384,3 +384,21 @@ def test_paper_config_is_the_papers_regime():
     assert (cfg.optimizer, cfg.base_lr, cfg.trunk_lr_factor, cfg.schedule) == ("sgd", 0.1, 1.0, "step")
     assert (cfg.warmup_epochs, cfg.head_warmup_epochs, cfg.bnm_warmup_epochs) == (0, 0, 0)
     assert (cfg.epochs, cfg.image_size, cfg.lr_step, cfg.lr_gamma, cfg.bn) == (130, 256, 30, 0.5, "train")
+
+
+def test_an_interrupt_is_not_reported_as_an_error(scenes, tmp_path, monkeypatch, capsys):
+    """Ctrl-C is the user's choice: "rsdml: interrupted ...", not "rsdml: error: ..."."""
+    trainer = pytest.importorskip("rsdml.training.trainer")
+    from rsdml.cli.main import main
+
+    def interrupted(cfg, resume=None, overrides=None):
+        raise trainer.TrainingInterrupted("got SIGINT; checkpoint saved", 2)
+
+    monkeypatch.setattr(ex, "train", interrupted)
+    p = tmp_path / "grid.yaml"
+    p.write_text(f"base:\n  data: {scenes}\n  epochs: 1\ngrid:\n  seed: [0]\n")
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", str(p), "--out", str(tmp_path / "exp"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 130
+    assert err.startswith("rsdml: interrupted in cell") and "error" not in err

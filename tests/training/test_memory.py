@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 import torch
@@ -70,7 +69,8 @@ def test_the_check_is_skippable_and_skipped_in_fast_mode(monkeypatch):
     assert memory.check_memory(cfg, _model(), CPU, None, True, True) is None
 
 
-def test_the_probe_is_cheap_scales_with_the_area_and_changes_nothing():
+def test_the_probe_scales_with_the_area_and_changes_nothing():
+    """(Its cost is timed in benchmarks/bench_memory_probe.py: no test asserts wall time.)"""
     model = _model()
     model.train()
     model.trunk.eval()  # a mix of modes, as during the head warm-up
@@ -79,10 +79,8 @@ def test_the_probe_is_cheap_scales_with_the_area_and_changes_nothing():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     modes = [m.training for m in model.modules()]
     rng = torch.get_rng_state()
-    t0 = time.perf_counter()
     small = memory.activation_bytes(model, 32, CPU, None, True)
     large = memory.activation_bytes(model, 64, CPU, None, True)
-    assert time.perf_counter() - t0 < 2.0
     assert 3.0 < large / small < 5.0  # activations grow with the image area
     assert large > 2 * 3 * 64 * 64 * 4  # at least the input images themselves
     after = model.state_dict()

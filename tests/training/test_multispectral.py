@@ -16,6 +16,7 @@ from PIL import Image
 
 from rsdml.config import TrainConfig
 from rsdml.data.bands import Bands, InputSpec
+from rsdml.data.preprocess import Preprocess
 from rsdml.models.embedding import build_model
 from rsdml.models.resnet import resnet18
 
@@ -93,6 +94,23 @@ def test_all_bands_from_scratch_train_evaluate_embed(eurosat_ms, tmp_path, capsy
     assert code == 0, err
     hit = json.loads(out)["results"][0]
     assert hit["path"].endswith("class1/3.tif") and hit["score"] == pytest.approx(1, abs=1e-4)
+    # the run keeps its preprocessing, and rsdml serve decodes uploads with it (it used to
+    # decode them as RGB: HTTP 400 for a 13-band upload)
+    assert Preprocess.load(run / "preprocess.json") == Preprocess(32, spec)
+    assert _served_top_hit(tmp_path / "idx", query) == ("class1/3.tif", pytest.approx(1, abs=1e-4))
+
+
+def _served_top_hit(index_dir: Path, query: Path) -> tuple[str, float]:
+    from fastapi.testclient import TestClient
+
+    from rsdml.retrieval.archive import ArchiveIndex
+    from rsdml.retrieval.server import create_app
+
+    with TestClient(create_app(ArchiveIndex.open(index_dir)), base_url="http://localhost") as c:
+        r = c.post("/api/search?k=1", files={"file": ("q.tif", query.read_bytes(), "image/tiff")})
+    assert r.status_code == 200, r.text
+    hit = r.json()["results"][0]
+    return hit["path"], hit["score"]
 
 
 def test_all_bands_from_an_imagenet_trunk(eurosat_ms, tmp_path, capsys):
@@ -117,10 +135,19 @@ def test_all_bands_from_an_imagenet_trunk(eurosat_ms, tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text())["bands"] == "all"
     assert json.loads((run / "final_metrics.json").read_text())["knn_acc"] >= 0
     # fast mode: the adapted trunk's features of the normalised bands, cached once
-    code, _, err = run_cli(["train", "--data", str(eurosat_ms), "--out", str(tmp_path / "fz"),
-                            "--bands", "all", "--rgb-bands", "4,3,2", "--weights", str(weights),
-                            "--freeze-backbone", *TINY], capsys)
-    assert code == 0, err
+    # Two inductive splits have different band statistics, so the features (of normalised bands) are
+    # cached once per run, not shared (the key used to hash the paths only).
+    cache = tmp_path / "cache"
+    for seed in ("0", "1"):
+        code, _, err = run_cli(["train", "--data", str(eurosat_ms), "--out",
+                                str(tmp_path / f"fz{seed}"), "--bands", "all", "--rgb-bands",
+                                "4,3,2", "--weights", str(weights), "--freeze-backbone",
+                                "--seed", seed, "--cache-dir", str(cache), "--protocol",
+                                "inductive", *TINY], capsys)
+        assert code == 0, err
+    stats = [InputSpec.load(tmp_path / f"fz{s}" / "bands.json").mean for s in "01"]
+    assert stats[0] != stats[1]
+    assert len(list(cache.glob("features-*.pt"))) == 2
 
 
 def test_band_list_on_8bit_data_equals_the_rgb_path(tmp_path, capsys):
@@ -139,6 +166,12 @@ def test_band_list_on_8bit_data_equals_the_rgb_path(tmp_path, capsys):
         results.append(np.load(run / "eval" / "embeddings.npz"))
     spec = InputSpec.load(tmp_path / "run-4,3,2" / "bands.json")
     assert spec.normalization == "imagenet" and spec.rgb == (0, 1, 2)
+    # serve decodes an upload with bands 4,3,2 (as RGB it took bands 1,2,3: a wrong top hit)
+    from rsdml.retrieval.indexing import build_index
+
+    build_index(ms, tmp_path / "idx", run_dir=tmp_path / "run-4,3,2", quiet=True)
+    query = ms / "class2" / "5.tif"
+    assert _served_top_hit(tmp_path / "idx", query) == ("class2/5.tif", pytest.approx(1, abs=1e-4))
     a, b = results
     for key in a.files:
         if key != "paths":

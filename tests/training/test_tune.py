@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,92 @@ def test_tune_end_to_end_picks_and_resumes(tiny_scenes, tmp_path):
     again = run_tune(grid, out, folds=2, overrides={"quiet": True}, echo=lines.append)
     assert again.rows == result.rows
     assert not any(line.startswith("[tune") for line in lines)  # nothing trained again
+
+
+class FoldFake:
+    """Stands in for runner.train in tune: writes the files tune reads. Held-out accuracy:
+    lr 0.001 is lucky on seed 1 only (0.5 / 0.9), lr 0.003 steady (0.75); +0.01 per epoch."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __call__(self, cfg, resume=None, overrides=None):
+        self.calls.append(cfg)
+        run = Path(cfg.out)
+        run.mkdir(parents=True)
+        cfg.save_yaml(run / "config.yaml")
+        acc = (0.9 if cfg.seed == 1 else 0.5) if cfg.lr == 0.001 else 0.75
+        acc += 0.01 * cfg.epochs
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": cfg.epochs, "knn_acc": acc}) + "\n")
+        (run / "final_metrics.json").write_text(json.dumps({"knn_acc": acc}))
+        return {"knn_acc": acc}
+
+
+@pytest.fixture
+def fold_fake(monkeypatch) -> FoldFake:
+    import rsdml.training.experiment as ex
+
+    f = FoldFake()
+    monkeypatch.setattr(ex, "train", f)
+    return f
+
+
+def _tune_grid(path: Path, data: Path, epochs: int = 1, **axes) -> Path:
+    path.write_text(yaml.safe_dump({
+        "base": {"data": str(data), "epochs": epochs, "labeled_fraction": 0.5},
+        "grid": axes or {"lr": [0.001, 0.003], "seed": [0, 1]}}))
+    return path
+
+
+def test_tune_averages_over_seeds_instead_of_choosing_one(tiny_scenes, tmp_path, fold_fake):
+    grid = _tune_grid(tmp_path / "grid.yaml", tiny_scenes)
+    result = run_tune(grid, tmp_path / "tune", folds=2, echo=lambda s: None)
+    assert len(fold_fake.calls) == 8  # 2 lr x 2 seeds x 2 folds
+    assert [r["lr"] for r in result.rows] == [0.001, 0.003] and "seed" not in result.rows[0]
+    assert result.rows[0]["seeds"] == [0, 1] and len(result.rows[0]["folds"]) == 4
+    assert result.rows[0]["heldout_knn_acc"] == pytest.approx(0.71)  # mean of 0.51 and 0.91
+    assert result.best["lr"] == 0.003  # not "lr 0.001 with seed 1"
+    chosen = yaml.safe_load(result.best_config.read_text())
+    assert chosen["lr"] == 0.003 and "seed" not in chosen
+
+
+def test_tune_trains_again_when_the_grid_or_holdout_changes(tiny_scenes, tmp_path, fold_fake):
+    out = tmp_path / "tune"
+    run_tune(_tune_grid(tmp_path / "g.yaml", tiny_scenes, lr=[0.003]), out, folds=2,
+             echo=lambda s: None)
+    assert len(fold_fake.calls) == 2
+    again = run_tune(_tune_grid(tmp_path / "g.yaml", tiny_scenes, epochs=3, lr=[0.003]), out,
+                     folds=2, echo=lambda s: None)
+    assert len(fold_fake.calls) == 4  # the fold runs of 1 epoch are not reused for 3
+    assert again.best["heldout_knn_acc"] == pytest.approx(0.78)
+    assert yaml.safe_load(again.best_config.read_text())["epochs"] == 3
+    run_tune(tmp_path / "g.yaml", out, folds=2, echo=lambda s: None)
+    assert len(fold_fake.calls) == 4  # unchanged: resumed from the finished runs
+    # --holdout names the one-part split and its runs
+    run_tune(tmp_path / "g.yaml", out, folds=1, holdout=0.25, echo=lambda s: None)
+    run_tune(tmp_path / "g.yaml", out, folds=1, holdout=0.5, echo=lambda s: None)
+    assert len(fold_fake.calls) == 6
+    splits = sorted(p.name for p in (out / "splits").glob("*fold1of1*.csv"))
+    assert len(splits) == 2 and any("holdout0.5" in s for s in splits)
+
+
+def test_tune_refuses_labeled_fraction_as_an_axis(tiny_scenes, tmp_path, fold_fake):
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"data": str(tiny_scenes)},
+                                    "grid": {"labeled_fraction": [0.1, 0.5]}}))
+    with pytest.raises(RsdmlError, match="labeled_fraction is not a hyper-parameter"):
+        run_tune(grid, tmp_path / "tune", folds=2, echo=lambda s: None)
+    assert fold_fake.calls == []
+
+
+def test_a_grid_accepts_a_data_set_name(tiny_scenes, tmp_path, fold_fake, monkeypatch):
+    import rsdml.data.datasets as datasets
+
+    real = datasets.resolve_data
+    monkeypatch.setattr(datasets, "resolve_data",
+                        lambda v: str(tiny_scenes) if v == "ucmerced" else real(v))
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump({"base": {"data": "ucmerced", "labeled_fraction": 0.5},
+                                    "grid": {"lr": [0.003]}}))
+    run_tune(grid, tmp_path / "tune", folds=2, echo=lambda s: None)
+    assert {c.data for c in fold_fake.calls} == {str(tiny_scenes)}

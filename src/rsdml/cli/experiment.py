@@ -6,13 +6,15 @@ from typing import Any
 
 import click
 
+from rsdml.config import DEVICES
+
 
 @click.command()
 @click.argument("grid", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Experiment folder: runs/, splits/, results.csv, results.md, results.png. "
                    "Run the same command again to resume.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default=None,
               help="Training device for every cell (overrides the grid file).")
 @click.option("--quiet", is_flag=True, help="No per-run progress bars (the cell lines stay).")
 @click.option("--keep-going", is_flag=True,

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from rsdml.config import TrainConfig, config_values, load_yaml, option_fields
+from rsdml.config import DEVICES, TrainConfig, config_values, load_yaml, option_fields
 from rsdml.errors import RsdmlError
 
 
@@ -47,7 +47,9 @@ def _option(f: Any) -> Callable[[Callable[..., Any]], Any]:
     """The click option for an option field (default None = 'not given on the command line')."""
     ctype, is_flag = _click_type(f.type)
     flag = f.name.replace("_", "-")
-    help_text = f"{f.metadata.get('help', '')} [default: {f.default}]"
+    help_text = str(f.metadata.get("help", ""))
+    if f.default is not None and "default:" not in help_text:  # no "[default: None]"
+        help_text += f" [default: {f.default}]"
     if is_flag:
         return click.option(f"--{flag}/--no-{flag}", f.name, default=None, help=help_text)
     if f.metadata.get("choices"):
@@ -97,7 +99,7 @@ TORCHRUN_COMMANDS = ("train", "evaluate", "embed", "index")
 @click.pass_context
 def cli(ctx: click.Context) -> None:
     """Semi-supervised deep metric learning for remote-sensing scene images (HR-S2DML)."""
-    from rsdml.training.distributed import launched_by_torchrun
+    from rsdml.training.launch import launched_by_torchrun
 
     if launched_by_torchrun() and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
         raise RsdmlError(f"rsdml {ctx.invoked_subcommand} runs as one process; run it without "
@@ -149,7 +151,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto (best where the protocol has a validation split) or a path.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--data", type=click.Path(file_okay=False), default=None,
               help="Where the run's data set is now, if it moved (recorded in config.yaml); "
                    "a folder or a downloaded data set's name.")
@@ -173,7 +175,7 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Output .npz (embeddings, paths).")
 @click.option("--checkpoint", default="auto", show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 @click.option("--quiet", is_flag=True)
@@ -264,9 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         e.show()
         sys.exit(e.exit_code)
     except RsdmlError as e:
+        code = getattr(e, "exit_code", 2)
         if _is_main() or type(e).__name__ != "TrainingInterrupted":  # one line, not one a rank
-            click.echo(f"rsdml: error: {e}", err=True)
-        sys.exit(getattr(e, "exit_code", 2))
+            # a signal (exit 128 + N) stopped it: that is not an error of the user's
+            click.echo(f"rsdml: {e}" if code >= 128 else f"rsdml: error: {e}", err=True)
+        sys.exit(code)
     except KeyboardInterrupt:
         click.echo("rsdml: interrupted", err=True)
         sys.exit(130)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rsdml.config import DEVICES
 from rsdml.errors import RsdmlError
 
 _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
@@ -25,7 +26,7 @@ _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
                    "100000 vectors.")
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto or a path (a new index only).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--force", is_flag=True, help="Replace --out if it is an index already.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -46,11 +47,12 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
         if out is not None or kind != "auto" or force:
             raise RsdmlError("--add extends an existing index; drop --out/--kind/--force (the "
                              "index keeps its kind)")
-        idx, added, skipped = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
-                                           device=device, batch_size=batch_size, quiet=quiet)
+        done = add_to_index(add_to, data, run_dir=run_dir, checkpoint=checkpoint,
+                            device=device, batch_size=batch_size, quiet=quiet)
         if is_main():  # under torchrun rank 0 speaks
-            click.echo(f"added {added} images, skipped {skipped} already indexed -> {add_to} "
-                       f"({len(idx)} images, {idx.kind})")
+            replaced = f", replaced {done.replaced} changed" if done.replaced else ""
+            click.echo(f"added {done.added} images{replaced}, skipped {done.skipped} already "
+                       f"indexed -> {add_to} ({len(done.index)} images, {done.index.kind})")
         return
     if out is None:
         raise RsdmlError("--out is required: the index folder to write (or use --add INDEX to "
@@ -73,7 +75,7 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
               show_default=True)
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Where the index's run folder is now, if it moved (--image only).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt: str,
            run_dir: str | None, device: str | None) -> None:
     """Find the indexed images most similar to --image FILE or --id PATH (cosine similarity)."""
@@ -99,7 +101,7 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
               help="TCP port; 0 picks a free one (printed at start).")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
               help="Where the index's run folder is now, if it moved.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Requests computed at once.")
 @click.option("--queue", type=int, default=16, show_default=True,
@@ -108,8 +110,18 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
               help="Largest accepted upload (413 above).")
 @click.option("--max-pixels", type=int, default=50_000_000, show_default=True,
               help="Largest image (width x height) decoded; a decompression-bomb guard.")
+@click.option("--max-decoded-mb", type=float, default=256.0, show_default=True,
+              help="Largest decoded image (height x width x bands x bytes per sample); a "
+                   "multi-band decompression-bomb guard.")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="A further Host name the service answers (repeatable), e.g. the name a "
+                   "reverse proxy forwards; others get 400 (DNS-rebinding guard).")
+@click.option("--images", multiple=True, type=click.Path(file_okay=False), metavar="FOLDER",
+              help="An image folder of the index whose thumbnails may be shown (repeatable); "
+                   "folders you indexed on this machine are shown without it.")
 def serve(index_dir: str, host: str, port: int, run_dir: str | None, device: str | None,
-          workers: int, queue: int, max_upload_mb: float, max_pixels: int) -> None:
+          workers: int, queue: int, max_upload_mb: float, max_pixels: int,
+          max_decoded_mb: float, allow_hosts: tuple[str, ...], images: tuple[str, ...]) -> None:
     """Serve INDEX over HTTP: a search page at / and a JSON API under /api.
 
     Search by uploading an image or by clicking a result, mark results relevant or not and
@@ -119,9 +131,12 @@ def serve(index_dir: str, host: str, port: int, run_dir: str | None, device: str
     from rsdml.retrieval.server import Limits
     from rsdml.retrieval.server import serve as run_server
 
-    if max_upload_mb <= 0:
-        raise RsdmlError(f"--max-upload-mb {max_upload_mb} must be above 0")
+    for flag, mb in (("--max-upload-mb", max_upload_mb), ("--max-decoded-mb", max_decoded_mb)):
+        if mb <= 0:
+            raise RsdmlError(f"{flag} {mb} must be above 0")
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_pixels=max_pixels,
+                    max_decoded_bytes=int(max_decoded_mb * 1024 * 1024),
                     workers=workers, queue=queue)
     run_server(index_dir, host=host, port=port, limits=limits, run_dir=run_dir, device=device,
+               allow_hosts=allow_hosts, images=images,
                log=lambda line: click.echo(line, err=True))

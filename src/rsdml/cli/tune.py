@@ -6,6 +6,8 @@ from typing import Any
 
 import click
 
+from rsdml.config import DEVICES
+
 
 @click.command()
 @click.argument("grid", type=click.Path(dir_okay=False))
@@ -16,7 +18,7 @@ import click
               help="Stratified folds of the labelled images; 1 = one held-out part (--holdout).")
 @click.option("--holdout", type=float, default=0.25, show_default=True,
               help="With --folds 1: the fraction of each class's labelled images held out.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default=None,
               help="Training device for every run (overrides the grid file).")
 @click.option("--quiet", is_flag=True, help="No per-run progress bars.")
 def tune(grid: str, out: str, folds: int, holdout: float, device: str | None,
@@ -25,8 +27,9 @@ def tune(grid: str, out: str, folds: int, holdout: float, device: str | None,
 
     GRID is an experiment grid (`base:` + `grid:`, as for `rsdml experiment`); each
     combination is a candidate, trained once per fold with that fold of the labelled images
-    held out. The best mean held-out kNN accuracy wins: OUT/best.yaml is its `rsdml train
-    --config` file. See docs/experiments.md.
+    held out. The best held-out kNN accuracy, averaged over the folds and any seeds, wins:
+    OUT/best.yaml is its `rsdml train --config` file. labeled_fraction cannot be an axis.
+    A changed grid trains new runs; finished ones are reused. See docs/experiments.md.
     """
     from rsdml.training.tune import run_tune
 

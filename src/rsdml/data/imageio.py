@@ -36,6 +36,12 @@ MAX_PIXELS: int = 178_956_970
 """Decompression-bomb limit on width x height (Pillow's own hard limit, about 13,377^2).
 A scene tile is usually well below a megapixel; anything above this is refused."""
 
+BYTES_PER_PIXEL: int = 8
+"""The decoded-bytes limit is ``max_pixels`` x this unless given (``max_bytes``): what a
+16-bit RGBA image at the pixel limit takes. A multi-band TIFF passes the pixel check with every
+band still to allocate (13 bands of uint16 are 26 bytes a pixel), so its decoded size, height x
+width x bands x bytes per sample, is checked against this from the header, before decoding."""
+
 STRETCH_PERCENTILES: tuple[float, float] = (2.0, 98.0)
 """Per-band linear stretch applied to 16-bit, 32-bit and float data (docs/data.md)."""
 
@@ -127,6 +133,19 @@ def _reset_warnings() -> None:
 def _too_large(w: int, h: int, max_pixels: int) -> str | None:
     if w * h > max_pixels:
         return f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (MAX_PIXELS)"
+    return None
+
+
+def _byte_limit(max_pixels: int, max_bytes: int | None) -> int:
+    return max_pixels * BYTES_PER_PIXEL if max_bytes is None else max_bytes
+
+
+def _too_many_bytes(shape: tuple[int, ...], itemsize: int, max_bytes: int) -> str | None:
+    n = math.prod(shape) * itemsize
+    if n > max_bytes:
+        dims = "x".join(str(d) for d in shape)
+        return (f"{dims} samples of {itemsize} byte(s) decode to {n:,} bytes, above the limit "
+                f"of {max_bytes:,}")
     return None
 
 
@@ -235,7 +254,8 @@ def _tiff_photometric(page: Any) -> str:
         return "UNKNOWN"
 
 
-def _check_tiff(path: Path, size: int, max_pixels: int, codec_check: bool = True) -> None:
+def _check_tiff(path: Path, size: int, max_pixels: int, codec_check: bool = True,
+                max_bytes: int | None = None) -> None:
     """Header-only TIFF check: readable tags, sane shape and dtype, data inside the file.
 
     ``codec_check``: for a compression tifffile cannot decode alone, decode it with Pillow
@@ -253,6 +273,9 @@ def _check_tiff(path: Path, size: int, max_pixels: int, codec_check: bool = True
                 raise ImageReadError(path, "corrupt", f"damaged TIFF (image shape {shape})")
             h, w, _ = _tiff_layout(shape, series.axes)
             if (msg := _too_large(w, h, max_pixels)) is not None:
+                raise ImageReadError(path, "too_large", msg)
+            limit = _byte_limit(max_pixels, max_bytes)
+            if (msg := _too_many_bytes(shape, np.dtype(series.dtype).itemsize, limit)):
                 raise ImageReadError(path, "too_large", msg)
             pages = [p for p in series.pages if p is not None]
             if not pages or sum(math.prod(p.shape) for p in pages) != math.prod(shape):
@@ -305,10 +328,11 @@ def _no_codec(path: Path, page: Any, pil_error: ImageReadError) -> ImageReadErro
     )
 
 
-def _read_tiff(path: Path, size: int, max_pixels: int, raw: bool = False) -> np.ndarray:
+def _read_tiff(path: Path, size: int, max_pixels: int, raw: bool = False,
+               max_bytes: int | None = None) -> np.ndarray:
     """The TIFF as H x W x 3 uint8 by the RGB rules, or (``raw``) as H x W x bands in its own
     dtype (for the multispectral path; a TIFF only Pillow decodes comes back as RGB)."""
-    _check_tiff(path, size, max_pixels, codec_check=False)
+    _check_tiff(path, size, max_pixels, codec_check=False, max_bytes=max_bytes)
     try:
         with _quiet_tifffile(), tifffile.TiffFile(path) as tf:
             series = tf.series[0]
@@ -527,18 +551,19 @@ def check_image(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> str | None
     return None if err is None else f"{err.kind}: {err.detail}"
 
 
-def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_rgb(path: str | Path, *, max_pixels: int = MAX_PIXELS,
+             max_bytes: int | None = None) -> np.ndarray:
     """Decode ``path`` to an H x W x 3 uint8 array by the documented conversion rules."""
-    return _decode(Path(path), max_pixels, raw=False)
+    return _decode(Path(path), max_pixels, raw=False, max_bytes=max_bytes)
 
 
-def _decode(path: Path, max_pixels: int, *, raw: bool) -> np.ndarray:
+def _decode(path: Path, max_pixels: int, *, raw: bool, max_bytes: int | None = None) -> np.ndarray:
     """A TIFF by tifffile (``raw``: its bands as stored), anything else by Pillow as RGB; every
     failure becomes one ImageReadError that says what is wrong with the file."""
     head, size, _ = _sniff(path)
     try:
         if head.startswith(_TIFF_MAGIC):
-            return _read_tiff(path, size, max_pixels, raw=raw)
+            return _read_tiff(path, size, max_pixels, raw=raw, max_bytes=max_bytes)
         return _read_pil(path, max_pixels)
     except ImageReadError:
         raise
@@ -548,12 +573,13 @@ def _decode(path: Path, max_pixels: int, *, raw: bool) -> np.ndarray:
         raise ImageReadError(path, "corrupt", f"cannot decode ({_short(e)})") from None
 
 
-def read_bands(path: str | Path, bands: Bands, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_bands(path: str | Path, bands: Bands, *, max_pixels: int = MAX_PIXELS,
+               max_bytes: int | None = None) -> np.ndarray:
     """Decode ``path`` to H x W x C keeping the selected bands at the file's bit depth
     (uint8 or uint16): the multispectral input (``--bands all|LIST``). A file that is not a
     TIFF is read as RGB (3 bands, uint8) by the RGB rules."""
     path = Path(path)
-    arr = _decode(path, max_pixels, raw=True)
+    arr = _decode(path, max_pixels, raw=True, max_bytes=max_bytes)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     if arr.dtype.name not in BAND_DTYPES:
@@ -574,7 +600,7 @@ def read_rgb_bands(path: str | Path, rgb: Sequence[int], *,
 
 
 def read_resized_bands(path: str | Path, size: int, bands: Bands, *,
-                       max_pixels: int = MAX_PIXELS) -> np.ndarray:
+                       max_pixels: int = MAX_PIXELS, max_bytes: int | None = None) -> np.ndarray:
     """:func:`read_bands` resized to ``size`` x ``size`` band by band, in the same dtype.
 
     8-bit bands are resized in Pillow's mode L, which gives exactly the pixels of the RGB
@@ -583,7 +609,7 @@ def read_resized_bands(path: str | Path, size: int, bands: Bands, *,
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    arr = read_bands(path, bands, max_pixels=max_pixels)
+    arr = read_bands(path, bands, max_pixels=max_pixels, max_bytes=max_bytes)
     if arr.shape[:2] == (size, size):
         return arr
     out = np.empty((int(size), int(size), arr.shape[2]), dtype=arr.dtype)
@@ -598,7 +624,8 @@ def read_resized_bands(path: str | Path, size: int, bands: Bands, *,
     return out
 
 
-def read_resized(path: str | Path, size: int, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def read_resized(path: str | Path, size: int, *, max_pixels: int = MAX_PIXELS,
+                 max_bytes: int | None = None) -> np.ndarray:
     """Decode and resize to ``size`` x ``size`` (bilinear, antialiased): the cached input.
 
     Deterministic (Pillow's fixed-point resampling of the uint8 RGB array), so the cache and
@@ -606,7 +633,7 @@ def read_resized(path: str | Path, size: int, *, max_pixels: int = MAX_PIXELS) -
     """
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive integer, got {size!r}")
-    rgb = read_rgb(path, max_pixels=max_pixels)
+    rgb = read_rgb(path, max_pixels=max_pixels, max_bytes=max_bytes)
     im = Image.fromarray(rgb)
     if im.size != (size, size):
         im = im.resize((int(size), int(size)), Image.BILINEAR)

@@ -85,9 +85,13 @@ class ArchiveIndex:
         self.roots = roots
         self.entries = entries
         self.vectors = vectors
-        self.by_path = {e["path"]: i for i, e in enumerate(entries)}
-        if len(self.by_path) != len(entries):
-            raise ValueError("duplicate paths in an index")
+        # An image is its folder and its path in it: two folders may reuse relative paths.
+        self.by_key = {(e.get("root", 0), e["path"]): i for i, e in enumerate(entries)}
+        if len(self.by_key) != len(entries):
+            raise ValueError("duplicate (folder, path) entries in an index")
+        self.by_path: dict[str, list[int]] = {}
+        for i, e in enumerate(entries):
+            self.by_path.setdefault(e["path"], []).append(i)
         self.searcher = searcher if searcher is not None else self._build_searcher()
 
     def __len__(self) -> int:
@@ -238,12 +242,22 @@ class ArchiveIndex:
         return Hit(i, score, e["path"], e.get("class"))
 
     def lookup(self, path: str) -> int:
-        """The id of the entry with relative path ``path``."""
-        key = Path(path).as_posix()
-        if key not in self.by_path:
+        """The id of the entry with relative path ``path`` (or a full path below one of the
+        index's image folders, where several folders hold that relative path)."""
+        p = Path(path)
+        if p.is_absolute():
+            for r, root in enumerate(self.roots):
+                if p.is_relative_to(root) and (r, p.relative_to(root).as_posix()) in self.by_key:
+                    return self.by_key[(r, p.relative_to(root).as_posix())]
+        ids = self.by_path.get(p.as_posix(), [])
+        if not ids:
             raise RsdmlError(f"{path!r} is not in the index; give a relative path as `rsdml "
                              "search --format csv` lists them, or use --image FILE")
-        return self.by_path[key]
+        if len(ids) > 1:
+            folders = ", ".join(str(self.roots[self.entries[i].get("root", 0)]) for i in ids)
+            raise RsdmlError(f"{path!r} is in {len(ids)} image folders of the index ({folders});"
+                             " give the full path of the one you mean")
+        return ids[0]
 
 
 def is_index(folder: Path) -> bool:

@@ -77,9 +77,21 @@ class ModelIdentity:
                 return f"{name} {short(a)} != {short(b)}"
         return None
 
+    def same_run(self, other: ModelIdentity) -> bool:
+        """The same run folder and checkpoint file (the model in it may have changed)."""
+        shape = ("image_size", "embedding_dim", "preprocessing", "backbone")
+        return (Path(self.run).resolve() == Path(other.run).resolve()
+                and Path(self.checkpoint).name == Path(other.checkpoint).name
+                and all(getattr(self, f) == getattr(other, f) for f in shape))
+
     def check_same(self, other: ModelIdentity, what: str) -> None:
         """Refuse ``what`` (embeddings or a run) from another model than this index's."""
         diff = self.difference(other)
+        if diff is not None and diff.startswith("checkpoint_sha256") and self.same_run(other):
+            raise RsdmlError(f"the run {other.run} was trained further since the index was made "
+                             f"(its {Path(self.checkpoint).name} changed: {diff}); rebuild the "
+                             "index with `rsdml index ... --force` to search with the new "
+                             "model, or restore the old checkpoint")
         if diff is not None:
             raise RsdmlError(f"{what} comes from another model than the index's ({diff}); "
                              f"use the run the index was built with ({self.run}) or build a "

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, choose_kind, is_index
 from rsdml.retrieval.identity import ModelIdentity
 from rsdml.retrieval.index import l2_normalize
+from rsdml.retrieval.trusted import remember
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,9 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
     if not data.is_dir():
         raise DatasetNotFoundError(f"{data} is neither an image folder nor an .npz from "
                                    "`rsdml embed`; check the path")
+    if is_index(data):
+        raise RsdmlError(f"{data} is an rsdml index, not an image folder; give the image folder "
+                         "(or the `rsdml embed` .npz) to index")
     from rsdml.training.embed import embed_paths_sharded, list_images
 
     if index is None:
@@ -156,7 +160,7 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
     paths, bad = list_images(root)
     if bad:
         log.warning("skipped %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
-    if not paths and index is None:
+    if not paths:
         raise DatasetNotFoundError(f"no images found under {data}; check the folder")
     rid = index.root_id(str(root)) if index is not None else 0
     entries = {p: image_entry(root, p, rid) for p in paths}
@@ -170,14 +174,18 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
 
 
 def _held(index: ArchiveIndex, entry: dict[str, Any], vector: np.ndarray | None = None) -> bool:
-    """Whether ``index`` holds this image unchanged: same relative path, and the same file
-    size and mtime, or (an .npz whose image files cannot be found) the same vector."""
-    i = index.by_path.get(entry["path"])
-    if i is None:
-        return False
-    if entry.get("bytes") is not None:
-        return _same_file(index.entries[i], entry)
-    return vector is not None and bool(np.allclose(index.vectors[i], vector, atol=1e-6))
+    """Whether ``index`` holds this image unchanged: at the same relative path (in its own
+    image folder or, copied, in another) with the same file size and mtime, or (an .npz whose
+    image files cannot be found) with the same vector. A changed file in its own folder is
+    not held (its vector is replaced); one in another folder is another image (added)."""
+    own = index.by_key.get((entry["root"], entry["path"]))
+    for i in ([own] if own is not None else index.by_path.get(entry["path"], [])):
+        if entry.get("bytes") is not None:
+            if _same_file(index.entries[i], entry):
+                return True
+        elif vector is not None and np.allclose(index.vectors[i], vector, atol=1e-6):
+            return True
+    return False
 
 
 def _data_path(data: str | Path) -> Path:
@@ -214,32 +222,47 @@ def build_index(data: str | Path, out: str | Path, *, run_dir: str | Path | None
         index = ArchiveIndex.create(ident, chosen, [root], entries, vectors)
         if d.is_main:
             index.save(out)
+            remember(index.roots)  # `rsdml serve` shows thumbnails of folders indexed here
     return index
+
+
+class Added(NamedTuple):
+    """What ``rsdml index --add`` did: images new to the index, images whose changed file
+    replaced their vector, images it held unchanged."""
+
+    index: ArchiveIndex
+    added: int
+    skipped: int
+    replaced: int
 
 
 def add_to_index(index_dir: str | Path, data: str | Path, *, run_dir: str | Path | None = None,
                  checkpoint: str = "auto", device: str | None = None,
-                 batch_size: int | None = None, quiet: bool = False) -> tuple[ArchiveIndex, int, int]:
-    """Extend an index with DATA's images it does not hold unchanged: (index, added, skipped).
+                 batch_size: int | None = None, quiet: bool = False) -> Added:
+    """Extend an index with DATA's images it does not hold unchanged.
 
-    An image at a known relative path whose file changed replaces the old vector.
+    An image of an indexed folder whose file changed replaces its old vector; an image of
+    another folder is added even where its relative path is one the index holds already.
     """
     from rsdml.training import distributed
     from rsdml.training.embed import run_device_type
 
     index = ArchiveIndex.open(index_dir)
     n_before = len(index)
+    data_path = _data_path(data)
+    if data_path.is_dir() and data_path.resolve() == Path(index_dir).resolve():
+        raise RsdmlError(f"{data} is the index itself; give the image folder to add")
     run = run_dir if run_dir is not None else index.identity.run
     with distributed.joined(run_device_type(device, run if Path(run).is_dir() else None)) as d:
-        _, _, entries, vectors, seen = _gather(_data_path(data), index, run_dir, checkpoint=checkpoint,
+        _, _, entries, vectors, seen = _gather(data_path, index, run_dir, checkpoint=checkpoint,
                                                device=device, batch_size=batch_size,
                                                quiet=quiet or not d.is_main)
-        replace = {index.by_path[e["path"]]: r for r, e in enumerate(entries)
-                   if e["path"] in index.by_path}
+        replace = {index.by_key[(e["root"], e["path"])]: r for r, e in enumerate(entries)
+                   if (e["root"], e["path"]) in index.by_key}
         if entries:
             index = index.extended(entries, vectors, replace)
             if d.is_main:  # under torchrun rank 0 writes
                 index.save(index_dir)
-    added = len(index) - n_before
-    return index, added, seen - len(entries)
+                remember(index.roots)
+    return Added(index, len(index) - n_before, seen - len(entries), len(replace))
 

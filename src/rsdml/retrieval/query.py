@@ -42,37 +42,29 @@ def model_for(identity: ModelIdentity, run: str | None = None, device: str | Non
 
 def embed_image(loaded: Any, path: str | Path) -> np.ndarray:
     """One image file's embedding, decoded, resized and normalised exactly as evaluation does
-    (imageio.read_resized, augment.normalize, the same layout and precision)."""
-    from rsdml.data.imageio import read_resized
-
+    (the run's Preprocess; the same layout and precision)."""
     path = Path(path)
     if not path.is_file():
         raise RsdmlError(f"--image {path} does not exist; check the path")
-    spec = getattr(loaded, "spec", None)
-    if spec is not None:  # a multispectral run: the bands it was trained on
-        from rsdml.data.bands import Bands
-        from rsdml.data.imageio import read_resized_bands
-
-        return embed_pixels(loaded, read_resized_bands(path, int(loaded.cfg.image_size),
-                                                       Bands(spec.bands)))
-    return embed_pixels(loaded, read_resized(path, int(loaded.cfg.image_size)))
+    return embed_pixels(loaded, loaded.preprocess.read(path))
 
 
 def embed_pixels(loaded: Any, img: np.ndarray) -> np.ndarray:
-    """The embedding of one image already decoded and resized by ``read_resized`` (S x S x 3
-    uint8); ``rsdml serve`` decodes uploads itself, with its own pixel limit."""
+    """The embedding of one image already decoded and resized by the run's
+    ``Preprocess.read`` (S x S x C); ``rsdml serve`` decodes uploads itself, with its own
+    limits."""
     from rsdml.training.inputs import ImageInputs, embed_batches, uses_channels_last
     from rsdml.training.trainer import autocast_dtype
 
     cfg, dev = loaded.cfg, loaded.device
-    spec = getattr(loaded, "spec", None)
-    channels = spec.channels if spec is not None else 3
+    preprocess = loaded.preprocess
+    channels = preprocess.channels
     if img.ndim != 3 or img.shape[2] != channels:
         raise RsdmlError(f"the image has {img.shape[2] if img.ndim == 3 else 1} band(s), but "
                          f"this model takes {channels} (the bands it was trained on)")
     images = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))[None]
     inputs = ImageInputs(_Stack(images), dev, channels_last=uses_channels_last(dev),  # type: ignore[arg-type]
-                         normalizer=spec.normalizer() if spec is not None else None)
+                         normalizer=preprocess.normalizer())
     return embed_batches(loaded.model, inputs, torch.arange(1), 1, autocast_dtype(cfg.amp, dev),
                          False, cfg.embedding_dim)[0]
 

@@ -8,36 +8,46 @@ Endpoints (docs/retrieval.md has the details)::
     POST /api/rerank            Rocchio relevance feedback (rsdml.retrieval.feedback)
     GET  /api/images/{id}       a JPEG thumbnail of indexed image ``id``
     GET  /api/info, /healthz    what is served / liveness
-    GET  /openapi.json, /docs   the OpenAPI schema and FastAPI's Swagger page
+    GET  /openapi.json          the OpenAPI schema (no /docs page: Swagger UI loads from a CDN)
 
-Safety: requests name images by index id only, never by a path; an upload is refused above
-``max_upload_bytes`` (413, counted while the body streams in), above ``max_pixels`` (413,
-before decoding) and when it is not an image (415); at most ``workers`` requests compute at a
-time and ``queue`` more wait, any further one is answered 503 at once.
+Uploads are decoded by the model's own :class:`~rsdml.data.preprocess.Preprocess` (the run's
+bands, size and normalisation), exactly as ``rsdml search --image`` and evaluation decode.
+
+Safety: requests name images by index id only, never by a path; a request whose Host header
+is not one of ``allowed_hosts`` is answered 400 (DNS rebinding); an upload is admitted to the
+queue before its body is read, refused above ``max_upload_bytes`` (413, counted while the body
+streams in), above ``max_pixels`` or ``max_decoded_bytes`` (413, from the header, before
+decoding) and when it is not an image (415); at most ``workers`` requests compute at a time and
+``queue`` more wait, any further one is answered 503 at once. Thumbnails are read only from the
+image folders the user allowed (see :func:`thumbnail_roots`), never from a folder an index file
+alone names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rsdml.data.preprocess import Preprocess
 from rsdml.errors import RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, Hit
 from rsdml.retrieval.feedback import ALPHA, BETA, GAMMA, rocchio
@@ -47,6 +57,8 @@ STATIC = Path(__file__).with_name("static")
 PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
             "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
 _MULTIPART_SLACK = 64 * 1024  # boundary lines and part headers around the uploaded file
+#: Host header names a loopback-bound server answers (anything else may be DNS rebinding).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class Limits:
     max_upload_bytes: int = 20 * 1024 * 1024
     #: width x height; a 20 MB PNG can decode to gigabytes (a decompression bomb)
     max_pixels: int = 50_000_000
+    #: height x width x bands x bytes per sample: a small multi-band TIFF passes the pixel
+    #: check and still allocates every band
+    max_decoded_bytes: int = 256 * 1024 * 1024
     workers: int = 2
     queue: int = 16
     max_k: int = 100
@@ -63,7 +78,8 @@ class Limits:
     max_feedback: int = 1000
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "workers", "max_k", "thumbnail_px"):
+        for name in ("max_upload_bytes", "max_pixels", "max_decoded_bytes", "workers", "max_k",
+                     "thumbnail_px"):
             if getattr(self, name) < 1:
                 raise RsdmlError(f"--{name.replace('_', '-')} must be at least 1")
         if self.queue < 0:
@@ -146,6 +162,37 @@ class BodyLimit:
             await _too_large(self.limit)(scope, receive, send)
 
 
+def host_of(header: str) -> str:
+    """The host name of a Host header, without the port (``[::1]:8000`` -> ``::1``)."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host header is not an allowed name is answered 400.
+    A web page can make a browser resolve its own name to 127.0.0.1 (DNS rebinding) and then
+    read a loopback service as its own origin; the Host header still carries that page's name.
+    ``"*"`` allows every name."""
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = {h.strip("[]").lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or "*" in self.allowed:
+            await self.app(scope, receive, send)
+            return
+        host = host_of(dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1"))
+        if host not in self.allowed:
+            await JSONResponse({"detail": f"Host {host!r} is not served here; open the page by "
+                                          "an allowed name (rsdml serve --allow-host)"},
+                               status_code=400)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def _too_large(limit: int) -> JSONResponse:
     return JSONResponse({"detail": f"request body larger than {limit:,} bytes; send a smaller "
                                    "image"}, status_code=413)
@@ -165,6 +212,11 @@ class Embedder:
         return model_for(self.index.identity, self.run_dir, self.device)
 
     @property
+    def preprocess(self) -> Preprocess:
+        """How the model turns a file into its input (the run's bands, size, statistics)."""
+        return self.load().preprocess
+
+    @property
     def image_size(self) -> int:
         return int(self.index.identity.image_size)
 
@@ -178,24 +230,35 @@ class Embedder:
 
 class Thumbnails:
     """JPEG thumbnails of indexed images, kept in a bounded LRU (a page shows the same ones
-    again after every re-rank)."""
+    again after every re-rank). ``roots``: the numbers of the index's image folders that may
+    be read (see :func:`rsdml.retrieval.trusted.allowed_roots`)."""
 
-    def __init__(self, index: ArchiveIndex, px: int, max_pixels: int, keep: int = 4096) -> None:
+    def __init__(self, index: ArchiveIndex, px: int, max_pixels: int, roots: set[int],
+                 max_bytes: int | None = None, keep: int = 4096) -> None:
         self.index, self.px, self.max_pixels, self.keep = index, px, max_pixels, keep
+        self.roots, self.max_bytes = roots, max_bytes
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
     def file_of(self, i: int) -> Path:
-        """The image file of entry ``i``, from the index's own records; only a file inside its
-        indexed folder is ever opened."""
+        """The image file of entry ``i``: its relative path below an allowed image folder.
+
+        Containment is checked on the path as written (no ``..``, not absolute), not after
+        following links: a folder of symlinks is indexed and trained on through its links, so
+        its thumbnails are shown through them too."""
         e = self.index.entries[i]
         roots = self.index.roots
         r = e.get("root", 0)
         if not isinstance(r, int) or not 0 <= r < len(roots):
             raise HTTPException(404, f"image {i} has no image folder on this machine")
-        root = Path(roots[r]).resolve()
-        path = (root / e["path"]).resolve()
-        if not path.is_relative_to(root) or not path.is_file():
+        if r not in self.roots:
+            raise HTTPException(404, f"the image folder of image {i} is not served; start rsdml "
+                                     f"serve with --images {roots[r]} to show it")
+        rel = PurePosixPath(str(e["path"]))
+        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+            raise HTTPException(404, f"image {i} has no path inside its image folder")
+        path = Path(roots[r]) / rel
+        if not path.is_file():
             raise HTTPException(404, f"the file of image {i} is not on this machine")
         return path
 
@@ -217,7 +280,7 @@ class Thumbnails:
         from rsdml.data.imageio import ImageReadError, read_rgb
 
         try:
-            rgb = read_rgb(path, max_pixels=self.max_pixels)
+            rgb = read_rgb(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
         except ImageReadError as e:
             raise HTTPException(404, f"this image cannot be shown ({e.detail})") from None
         im = Image.fromarray(rgb)
@@ -242,6 +305,13 @@ class RerankRequest(BaseModel):
     gamma: float = Field(GAMMA, ge=0, le=100, description="weight of the non-relevant mean")
 
 
+_UPLOAD_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {
+        "type": "object", "required": ["file"],
+        "properties": {"file": {"type": "string", "format": "binary",
+                                "description": "PNG, JPEG or TIFF"}}}}}}}
+
+
 def _hits_json(hits: list[Hit]) -> list[dict[str, Any]]:
     return [{"rank": r, "id": h.id, "score": round(h.score, 6), "path": h.path, "class": h.cls}
             for r, h in enumerate(hits, 1)]
@@ -249,37 +319,63 @@ def _hits_json(hits: list[Hit]) -> list[dict[str, Any]]:
 
 def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: str | None = None,
                device: str | None = None,
-               embedder: Callable[[np.ndarray], np.ndarray] | None = None) -> FastAPI:
+               embedder: Callable[[np.ndarray], np.ndarray] | None = None,
+               preprocess: Preprocess | None = None,
+               allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+               images: Iterable[str | Path] = ()) -> FastAPI:
     """The service over one open index. ``embedder`` (pixels -> vector) defaults to the index's
-    model; tests pass their own to hold a worker busy."""
+    model and ``preprocess`` to that model's (tests pass their own embedder to hold a worker
+    busy; with it, ``preprocess`` defaults to 8-bit RGB at the index's image size).
+    ``allowed_hosts``: the Host header names answered; ``images``: image folders thumbnails
+    may be read from besides those this user indexed."""
+    from rsdml.retrieval.trusted import allowed_roots
+
     limits = limits or Limits()
-    embed = embedder if embedder is not None else Embedder(index, run_dir, device)
-    image_size = int(index.identity.image_size)
+    model = Embedder(index, run_dir, device) if embedder is None else None
+    embed = embedder if embedder is not None else model
+    assert embed is not None
     admission = Admission(limits.workers, limits.queue)
-    thumbs = Thumbnails(index, limits.thumbnail_px, limits.max_pixels)
+    thumbs = Thumbnails(index, limits.thumbnail_px, limits.max_pixels,
+                        allowed_roots(index.roots, images), limits.max_decoded_bytes)
     classes = sorted({e.get("class") for e in index.entries if e.get("class") is not None})
     # Thumbnails are cached by URL for an hour; a rebuilt index can give an id to another
     # image, so the page adds this per-process revision to their URLs.
     revision = uuid.uuid4().hex[:12]
 
-    app = FastAPI(title="rsdml serve", version="1",
+    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (offline they are
+    # blank, online the CDN sees every visit); /openapi.json is the same content.
+    app = FastAPI(title="rsdml serve", version="1", docs_url=None, redoc_url=None,
                   description="Search an rsdml index by image upload or by indexed image.")
     app.state.index, app.state.limits, app.state.admission = index, limits, admission
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + _MULTIPART_SLACK)
+    app.add_middleware(HostCheck, allowed=allowed_hosts)  # outermost: checked first
+
+    def input_preprocess() -> Preprocess:
+        if preprocess is not None:
+            return preprocess
+        if model is not None:
+            return model.preprocess
+        return Preprocess(int(index.identity.image_size))
 
     @app.exception_handler(RsdmlError)
     async def _user_error(request: Request, e: RsdmlError) -> JSONResponse:
         return JSONResponse({"detail": str(e)}, status_code=400)
 
-    async def compute(fn: Callable[..., Any], *args: Any) -> Any:
+    @contextlib.asynccontextmanager
+    async def admitted() -> AsyncIterator[None]:
+        """A place in the bounded queue, or 503 at once."""
         if not admission.try_enter():
             raise HTTPException(503, f"busy: {limits.workers} searches running and "
                                      f"{limits.queue} waiting; retry shortly",
                                 headers={"Retry-After": "1"})
         try:
-            return await run_in_threadpool(admission.run, fn, *args)
+            yield
         finally:
             admission.leave()
+
+    async def compute(fn: Callable[..., Any], *args: Any) -> Any:
+        async with admitted():
+            return await run_in_threadpool(admission.run, fn, *args)
 
     def check_k(k: int) -> int:
         if k > limits.max_k:
@@ -292,19 +388,26 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
         return i
 
     def decode(data: bytes) -> np.ndarray:
-        from rsdml.data.imageio import ImageReadError, read_resized
+        """The upload as the model's pixels, decoded by the model's own preprocessing."""
+        from rsdml.data.imageio import ImageReadError
 
         with tempfile.TemporaryDirectory(prefix="rsdml-upload-") as tmp:
             path = Path(tmp) / "upload"
             path.write_bytes(data)
             try:
-                return read_resized(path, image_size, max_pixels=limits.max_pixels)
+                return input_preprocess().read(path, max_pixels=limits.max_pixels,
+                                               max_bytes=limits.max_decoded_bytes)
             except ImageReadError as e:
                 detail = e.detail.replace(str(path), "upload")
                 if e.kind == "too_large":
                     raise HTTPException(413, f"image too large: {detail}") from None
+                if e.kind == "unsupported" or "asks for band" in detail:
+                    raise HTTPException(415, f"not an image this model can read ({detail})"
+                                        ) from None
                 raise HTTPException(415, f"not an image rsdml can read ({detail}); send a "
                                          "PNG, JPEG or TIFF") from None
+            except RsdmlError as e:  # e.g. too few bands for the run's band selection
+                raise HTTPException(415, str(e).replace(str(path), "upload")) from None
 
     def by_upload(data: bytes, k: int) -> dict[str, Any]:
         vec = np.asarray(embed(decode(data)), dtype=np.float32)
@@ -330,22 +433,33 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
         ident = index.identity
         return {"images": len(index), "kind": index.kind, "classes": classes,
                 "model": {"backbone": ident.backbone, "image_size": ident.image_size,
-                          "embedding_dim": ident.embedding_dim},
+                          "embedding_dim": ident.embedding_dim,
+                          "input": input_preprocess().describe()},
                 "limits": asdict(limits),
                 "rocchio": {"alpha": ALPHA, "beta": BETA, "gamma": GAMMA},
                 "revision": revision}
 
-    @app.post("/api/search", tags=["search"])
-    async def search_upload(file: Annotated[UploadFile, File(description="PNG, JPEG or TIFF")],
-                            k: int = Query(10, ge=1)) -> JSONResponse:
-        """The k indexed images nearest to an uploaded image, and its unit query vector."""
+    @app.post("/api/search", tags=["search"], openapi_extra=_UPLOAD_BODY)
+    async def search_upload(request: Request, k: int = Query(10, ge=1)) -> JSONResponse:
+        """The k indexed images nearest to an uploaded image (multipart field ``file``: PNG,
+        JPEG or TIFF), and its unit query vector. The request takes its place in the queue
+        (or is answered 503) before its body is read."""
         check_k(k)
-        data = await file.read(limits.max_upload_bytes + 1)
-        if len(data) > limits.max_upload_bytes:
-            raise HTTPException(413, f"upload larger than {limits.max_upload_bytes:,} bytes")
-        if not data:
-            raise HTTPException(400, "the uploaded file is empty")
-        return JSONResponse(await compute(by_upload, data, k))
+        async with admitted():
+            try:
+                form = await request.form(max_files=1, max_fields=8)
+            except Exception:  # not multipart, or a malformed body
+                raise HTTPException(422, "send the image as multipart/form-data field "
+                                         "'file'") from None
+            file = form.get("file")
+            if not isinstance(file, UploadFile):
+                raise HTTPException(422, "send the image as multipart/form-data field 'file'")
+            data = await file.read(limits.max_upload_bytes + 1)
+            if len(data) > limits.max_upload_bytes:
+                raise HTTPException(413, f"upload larger than {limits.max_upload_bytes:,} bytes")
+            if not data:
+                raise HTTPException(400, "the uploaded file is empty")
+            return JSONResponse(await run_in_threadpool(admission.run, by_upload, data, k))
 
     @app.get("/api/search", tags=["search"])
     async def search_id(id: int = Query(..., ge=0, description="index id of the query image"),
@@ -410,8 +524,27 @@ def _quiet_signals() -> Iterator[None]:
         yield
 
 
+def host_names(bound: str, extra: Sequence[str] = ()) -> list[str]:
+    """The Host header names a server bound to address ``bound`` answers: the loopback names
+    for a loopback address, the address and this machine's names for another one, any name
+    for a wildcard address unless ``extra`` (``--allow-host``) lists the names."""
+    import ipaddress
+    import socket
+
+    try:
+        ip = ipaddress.ip_address(bound.strip("[]"))
+    except ValueError:
+        return [bound, *extra]
+    if ip.is_loopback:
+        return [*LOOPBACK_HOSTS, *extra]
+    if ip.is_unspecified:
+        return list(extra) or ["*"]
+    return [str(ip), socket.gethostname(), socket.getfqdn(), *extra]
+
+
 def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           limits: Limits | None = None, run_dir: str | None = None, device: str | None = None,
+          allow_hosts: Sequence[str] = (), images: Sequence[str] = (),
           log: Callable[[str], None] = print) -> None:
     """Open the index, load its model, bind the port (errors are one line before anything
     runs), then serve until interrupted."""
@@ -419,9 +552,14 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
 
     import uvicorn
 
+    from rsdml.retrieval.trusted import allowed_roots
+
     limits = limits or Limits()
     index = ArchiveIndex.open(index_dir)
-    app = create_app(index, limits=limits, run_dir=run_dir, device=device)
+    for folder in images:
+        if not Path(folder).is_dir():
+            raise RsdmlError(f"--images {folder} is not a folder; give the image folder the "
+                             "index was built from")
     Embedder(index, run_dir, device).load()  # a missing run fails now, not on the first upload
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -434,12 +572,20 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
                          "--port or --host") from None
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    hosts = host_names(bound_host, allow_hosts)
+    app = create_app(index, limits=limits, run_dir=run_dir, device=device, allowed_hosts=hosts,
+                     images=images)
+    hidden = [r for i, r in enumerate(index.roots) if i not in allowed_roots(index.roots, images)]
+    if hidden:
+        log(f"rsdml: thumbnails of {', '.join(hidden)} are not shown: this user did not index "
+            "that folder on this machine; pass --images FOLDER to show them")
     if not sock.getsockname()[0].startswith(("127.", "::1")):
         log(f"rsdml: warning: listening on {bound_host}, reachable from other machines; the "
             "service has no authentication")
     log(f"rsdml: serving {index_dir} ({len(index)} images, {index.kind}) on "
         f"http://{shown}:{bound_port}/ (Ctrl+C stops)")
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
-                            limit_concurrency=limits.workers + limits.queue + 64)
+                            limit_concurrency=limits.workers + limits.queue + 64,
+                            timeout_graceful_shutdown=1)
     with _quiet_signals():
         uvicorn.Server(config).run(sockets=[sock])

@@ -14,6 +14,7 @@ from rsdml.data.augment import TrainAugment
 from rsdml.data.band_augment import BandAugment
 from rsdml.data.bands import BandNormalize, Bands, InputSpec
 from rsdml.data.cache import ImageCache
+from rsdml.data.preprocess import Preprocess
 from rsdml.data.split import Split
 from rsdml.errors import RsdmlError
 from rsdml.training.run_dir import RunDir
@@ -50,6 +51,27 @@ def run_input_spec(cfg: TrainConfig, run: RunDir, split: Split | None, cache: Im
                 f"on {spec.channels} of {spec.dtype} ({run.bands}); use the data it was "
                 "trained on")
     return spec
+
+
+def run_preprocess(cfg: TrainConfig, run: RunDir, split: Split | None, cache: ImageCache | None,
+                   *, create: bool) -> Preprocess:
+    """The run's :class:`~rsdml.data.preprocess.Preprocess`: with ``create`` (training) made
+    from the config and the band statistics and saved as ``preprocess.json``; otherwise read
+    from there (a run trained before that file existed: made from config.yaml and bands.json).
+    """
+    spec = run_input_spec(cfg, run, split, cache, create=create)
+    made = Preprocess(int(cfg.image_size), spec)
+    if create:
+        if not run.preprocess.is_file() or Preprocess.load(run.preprocess) != made:
+            made.save(run.preprocess)
+        return made
+    if not run.preprocess.is_file():
+        return made
+    saved = Preprocess.load(run.preprocess)
+    if saved != made:
+        raise RsdmlError(f"{run.preprocess} does not match the run's config.yaml and bands.json "
+                         "(image size or bands differ); restore the run's files or train again")
+    return saved
 
 
 def band_selection(cfg: TrainConfig, spec: InputSpec | None) -> Bands | None:

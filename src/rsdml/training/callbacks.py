@@ -15,7 +15,10 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import numpy as np
+from torch import Tensor
 
 from rsdml.config import TrainConfig
 from rsdml.evaluation.knn import knn_accuracy
@@ -27,9 +30,7 @@ from rsdml.training.diagnostics import (
     prediction_diagnostics,
 )
 from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
-
-if TYPE_CHECKING:
-    from rsdml.training.trainer import LabeledSet, Trainer
+from rsdml.training.sets import LabeledSet
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,26 @@ class EpochEnd:
     start: bool = False
     evaluated: bool = False
     improved: bool = False
+
+
+class Trainer(Protocol):
+    """What a callback may see of the training loop: its position, the model and method to
+    save, embedding and the spectrum. :class:`rsdml.training.trainer.Trainer` is one; the
+    callbacks never import it (no import circle) and tests can hand them a stand-in."""
+
+    cfg: TrainConfig
+    epoch: int
+    global_step: int
+    elapsed: float  # seconds of training so far (evaluation adds its own time)
+    dist: Any  # rsdml.training.distributed.Dist: is_main
+    model: Any
+    method: Any
+
+    def embed(self, index: Tensor) -> np.ndarray: ...
+
+    def spectrum(self) -> list[float] | None: ...
+
+    def save(self) -> None: ...
 
 
 class Callback:

@@ -31,6 +31,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rsdml.errors import RsdmlError
+from rsdml.training.launch import launched_by_torchrun  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,6 @@ TIMEOUT_MINUTES = 120
 _current = Dist()
 #: This process's rank in the group it last left (``rsdml train`` prints its summary after).
 _last_rank = 0
-
-
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
 def current() -> Dist:

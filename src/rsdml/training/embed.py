@@ -14,14 +14,15 @@ import numpy as np
 import torch
 
 from rsdml.config import TrainConfig
-from rsdml.data.bands import Bands, InputSpec
+from rsdml.data.bands import InputSpec
 from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
+from rsdml.data.preprocess import Preprocess
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
 from rsdml.training import distributed
-from rsdml.training.bands import run_input_spec
+from rsdml.training.bands import run_preprocess
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_dir import RunDir
@@ -52,7 +53,12 @@ class LoadedModel:
     cfg: TrainConfig
     device: torch.device
     checkpoint: Path
-    spec: InputSpec | None = None  # the run's N-band input (RUN_DIR/bands.json); None = RGB
+    preprocess: Preprocess  # how a file becomes the model's input (RUN_DIR/preprocess.json)
+
+    @property
+    def spec(self) -> InputSpec | None:
+        """The run's N-band input (RUN_DIR/bands.json); None = RGB."""
+        return self.preprocess.spec
 
 
 def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str | None = None,
@@ -67,18 +73,15 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str
     cfg = cfg.replace(quiet=quiet, **({"data": str(data)} if data is not None else {}),
                       **({"device": device} if device else {}),
                       **({"eval_batch_size": batch_size} if batch_size else {}))
-    ckpt = run.checkpoint(checkpoint)
-    if not ckpt.is_file():
-        raise RsdmlError(f"checkpoint {ckpt} does not exist; train the run first or choose "
-                         "another --checkpoint")
+    ckpt = run.existing_checkpoint(checkpoint)
     dev = resolve_device(cfg.device)
-    spec = run_input_spec(cfg, run, None, None, create=False)
-    model = build_model(cfg.replace(pretrained="none", weights=None), spec).to(dev)
+    preprocess = run_preprocess(cfg, run, None, None, create=False)
+    model = build_model(cfg.replace(pretrained="none", weights=None), preprocess.spec).to(dev)
     state = load_checkpoint(ckpt, map_location=dev)
     model.load_state_dict(state["model"])
     model = place_model(model, dev)
     model.eval()
-    return LoadedModel(model, cfg, dev, ckpt, spec)
+    return LoadedModel(model, cfg, dev, ckpt, preprocess)
 
 
 def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
@@ -94,7 +97,7 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
                                 cache_dir=cfg.cache_dir,
                                 max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
                                 workers=cfg.workers, progress=not quiet,
-                                bands=Bands(loaded.spec.bands) if loaded.spec else None)
+                                bands=loaded.preprocess.bands)
 
     try:
         cache = cache_of(paths)
@@ -107,7 +110,7 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
         cache = cache_of(paths)
     # As evaluation embeds: the same precision, memory layout and batch loop.
     inputs = image_inputs(cache, dev, cfg.device_cache,
-                          normalizer=loaded.spec.normalizer() if loaded.spec else None)
+                          normalizer=loaded.preprocess.normalizer())
     emb = embed_batches(loaded.model, inputs, torch.arange(len(paths)), cfg.eval_batch_size,
                         autocast_dtype(cfg.amp, dev), not quiet, cfg.embedding_dim)
     return emb, paths

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -32,19 +31,21 @@ from typing import Any
 from rsdml.config import TrainConfig, convert_value, load_yaml, option_name
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import write_json
+from rsdml.training.cells import (
+    RESERVED_KEYS,
+    RUNTIME_KEYS,
+    Cell,
+    check_same_config,
+    duration,
+    is_interrupt,
+    run_cell,
+    text,
+)
 
 log = logging.getLogger(__name__)
 
 #: Keys that every cell has a value for (from the grid, the base, or the TrainConfig default).
 CELL_KEYS = ("method", "labeled_fraction", "seed")
-#: Keys the experiment sets itself: each cell's run folder and the shared split.
-RESERVED_KEYS = frozenset({"out", "split"})
-#: Options that cannot change a run's numbers: they may differ between the grid and a run
-#: folder made earlier, and are passed on when an interrupted cell resumes.
-RUNTIME_KEYS = frozenset({
-    "quiet", "device", "workers", "cache", "cache_dir", "cache_max_memory_gb",
-    "eval_batch_size", "compile", "checkpoint_every", "report",
-})
 #: Values of final_metrics.json that are not metrics.
 NON_METRIC_KEYS = frozenset({"checkpoint", "epoch", "wall_seconds"})
 CELL_FILE = "cell.json"  # written into a run folder by the experiment once the cell is finished
@@ -153,33 +154,6 @@ def expand_grid(grid: Grid) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- cells
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid: its grid values, its full validated config and its folders."""
-
-    index: int  # 1-based position in run order
-    values: dict[str, Any]  # grid.columns -> value
-    config: TrainConfig  # out and split already set
-    run_dir: Path
-    split_path: Path
-
-    @property
-    def label(self) -> str:
-        return " ".join(
-            f"{'frac' if k == 'labeled_fraction' else k}={_text(v)}" for k, v in self.values.items()
-        )
-
-    def state(self) -> str:
-        """``done``, ``resume`` (has a checkpoint), ``restart`` (killed before one) or ``new``."""
-        if (self.run_dir / "final_metrics.json").is_file():
-            return "done"
-        if (self.run_dir / "checkpoints" / "last.pt").is_file():
-            return "resume"
-        if self.run_dir.exists():
-            return "restart"
-        return "new"
-
-
 def plan_cells(grid: Grid, out_dir: str | Path,
                overrides: dict[str, Any] | None = None) -> list[Cell]:
     """Every cell with a validated config; checks that run folders made earlier match the grid.
@@ -200,11 +174,11 @@ def plan_cells(grid: Grid, out_dir: str | Path,
     cells: list[Cell] = []
     for i, values in enumerate(expanded, start=1):
         merged = {**grid.base, **values, **overrides}
-        label = " ".join(f"{k}={_text(v)}" for k, v in values.items())
+        label = " ".join(f"{k}={text(v)}" for k, v in values.items())
         where = f"{grid.source}, cell {label}"
         if not merged.get("data"):
             raise RsdmlError(f"{grid.source}: no data folder; add `data: FOLDER` under `base:`")
-        merged["data"] = str(Path(merged["data"]).expanduser().absolute())
+        merged["data"] = _data_folder(merged["data"])
         try:
             probe = validate_config(TrainConfig.from_dict(merged, source=where, params=params))
         except RsdmlError as e:
@@ -215,25 +189,25 @@ def plan_cells(grid: Grid, out_dir: str | Path,
         cells.append(Cell(i, values, cfg, run_dir, split_path))
     for cell in cells:
         if cell.state() in ("done", "resume"):
-            _check_same_config(cell, grid.source)
+            check_same_config(cell, grid.source, params)
     return cells
 
 
-def _text(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "none"
-    return str(v)
+def _data_folder(value: Any) -> str:
+    """A grid's ``data``: a folder, or a data set name (``ucmerced``) resolved to its
+    downloaded copy, as ``rsdml train --data`` does; absolute either way."""
+    from rsdml.data.datasets import resolve_data
+
+    return str(Path(resolve_data(str(value)) or str(value)).expanduser().absolute())
 
 
 def _slug(v: Any) -> str:
     """A folder-name-safe form of a value; a path becomes its name plus a short hash."""
-    text = _text(v)
-    if isinstance(v, str) and ("/" in text or "\\" in text):
-        digest = hashlib.sha1(text.encode()).hexdigest()[:6]
-        text = f"{Path(text).name or 'root'}-{digest}"
-    return re.sub(r"[^A-Za-z0-9._+=-]", "_", text)
+    shown = text(v)
+    if isinstance(v, str) and ("/" in shown or "\\" in shown):
+        digest = hashlib.sha1(shown.encode()).hexdigest()[:6]
+        shown = f"{Path(shown).name or 'root'}-{digest}"
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", shown)
 
 
 def _cell_folder(grid: Grid, values: dict[str, Any]) -> Path:
@@ -247,10 +221,8 @@ def _cell_folder(grid: Grid, values: dict[str, Any]) -> Path:
 
 def _data_slugs(grid: Grid, expanded: list[dict[str, Any]]) -> dict[str, str]:
     """Readable names of the data folders for split file names (a hash only where two clash)."""
-    folders = sorted({
-        str(Path(v.get("data") or grid.base.get("data") or "").expanduser().absolute())
-        for v in expanded
-    })
+    folders = sorted({_data_folder(v.get("data") or grid.base.get("data") or "")
+                      for v in expanded})
     names = {f: re.sub(r"[^A-Za-z0-9._+-]", "_", Path(f).name or "data") for f in folders}
     clash = {n for n in names.values() if list(names.values()).count(n) > 1}
     return {
@@ -261,44 +233,12 @@ def _data_slugs(grid: Grid, expanded: list[dict[str, Any]]) -> dict[str, str]:
 
 def _split_name(cfg: TrainConfig, data_slug: str) -> str:
     """Every value the split depends on, readable (the scan also depends on --strict)."""
-    name = f"{data_slug}-{cfg.protocol}-frac{_text(cfg.labeled_fraction)}-seed{cfg.seed}"
+    name = f"{data_slug}-{cfg.protocol}-frac{text(cfg.labeled_fraction)}-seed{cfg.seed}"
     if cfg.protocol == "inductive":
-        name += f"-val{_text(cfg.val_fraction)}-test{_text(cfg.test_fraction)}"
+        name += f"-val{text(cfg.val_fraction)}-test{text(cfg.test_fraction)}"
     if cfg.strict:
         name += "-strict"
     return name + ".csv"
-
-
-def _check_same_config(cell: Cell, source: str) -> None:
-    """A run folder made earlier must have been made with this cell's result-relevant options."""
-    saved_path = cell.run_dir / "config.yaml"
-    if not saved_path.is_file():
-        raise RsdmlError(
-            f"{cell.run_dir} has a checkpoint but no config.yaml; delete that folder to run the "
-            "cell again"
-        )
-    from rsdml.training.methods.registry import check_method
-
-    # The saved options as run (the method's parameters with their defaults, others dropped).
-    saved = check_method(TrainConfig.from_yaml(saved_path, params=_param_classes()))
-    diffs = []
-    names = dict.fromkeys([*saved.to_dict(), *cell.config.to_dict()])
-    for name in names:
-        if name in RUNTIME_KEYS or name in RESERVED_KEYS:
-            continue
-        old, new = saved.value(name), cell.config.value(name)
-        if name == "data" and old and new:
-            same = Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
-        else:
-            same = old == new
-        if not same:
-            diffs.append(f"{name} {old!r} -> {new!r}")
-    if diffs:
-        raise RsdmlError(
-            f"{cell.run_dir} was made with other options than {source} now gives "
-            f"({'; '.join(diffs)}); choose another --out, or delete that run folder to redo "
-            "the cell"
-        )
 
 
 # --------------------------------------------------------------------------- splits
@@ -395,19 +335,14 @@ def run_experiment(
             say(f"{head} — finished earlier, skipped")
             continue
         state = cell.state()
-        eta = _duration(sum(durations) / len(durations) * pending, eta=True) if durations else "?"
+        eta = duration(sum(durations) / len(durations) * pending, eta=True) if durations else "?"
         what = " (resuming)" if state == "resume" else ""
-        say(f"{head}{what} — elapsed {_duration(time.monotonic() - t0)}, ETA {eta}")
+        say(f"{head}{what} — elapsed {duration(time.monotonic() - t0)}, ETA {eta}")
         start = time.monotonic()
         try:
-            if state == "resume":
-                result = train(TrainConfig(), resume=cell.run_dir, overrides=dict(runtime))
-            else:
-                if state == "restart":
-                    _remove_unfinished(cell.run_dir)
-                result = train(cell.config)
+            result = run_cell(cell, train, runtime)
         except RsdmlError as e:
-            if _is_interrupt(e):  # Ctrl-C / SIGTERM: stop the grid, keep-going or not
+            if is_interrupt(e):  # Ctrl-C / SIGTERM: stop the grid, keep-going or not
                 stop = RsdmlError(f"interrupted in cell {cell.label} (a checkpoint was saved); run "
                                   "the same `rsdml experiment` command again to resume the grid")
                 stop.exit_code = e.exit_code
@@ -431,30 +366,13 @@ def run_experiment(
     if ran == 0:  # nothing ran: still (re)write the tables from the finished cells
         write_results(rows(), grid.columns, out)
     say(f"{len(rows_at)}/{n} cells finished in {out} (ran {ran}, skipped {skipped}); total "
-        f"{_duration(time.monotonic() - t0)}; table: {paths[1]}")
+        f"{duration(time.monotonic() - t0)}; table: {paths[1]}")
     if failed:
         raise RsdmlError(
             f"{len(failed)} cell(s) failed: {'; '.join(failed)}; see the warnings above, fix the "
             "cause and run the same command again (finished cells are kept)"
         )
     return ExperimentResult(rows(), ran, skipped, failed, *paths)
-
-
-def _is_interrupt(e: BaseException) -> bool:
-    """A TrainingInterrupted (its module is loaded whenever one was raised)."""
-    trainer = sys.modules.get("rsdml.training.trainer")
-    return trainer is not None and isinstance(e, trainer.TrainingInterrupted)
-
-
-def _remove_unfinished(run_dir: Path) -> None:
-    """Remove a cell folder killed before its first checkpoint, but never nested runs."""
-    nested = [p for p in run_dir.rglob("config.yaml") if p.parent != run_dir]
-    if nested:
-        raise RsdmlError(
-            f"{run_dir} has no checkpoint but holds other run folders ({nested[0].parent}); "
-            "move them away or choose another --out"
-        )
-    shutil.rmtree(run_dir)
 
 
 def _row(cell: Cell, metrics: dict[str, Any], wall: float | None, out: Path) -> dict[str, Any]:
@@ -513,16 +431,3 @@ def write_results(rows: list[dict[str, Any]], columns: list[str], out_dir: str |
         plot_results(summaries, png_path)
     except Exception as e:  # the numbers are written; a plotting failure must not stop the grid
         log.warning("could not draw %s (%s: %s)", png_path, type(e).__name__, e)
-
-
-def _duration(seconds: float, eta: bool = False) -> str:
-    """4m10s for elapsed times; an ETA above a minute rounds to the minute (9m, 1h05m)."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if eta:
-        h, m = divmod(int(round(s / 60)), 60)
-        return f"{h}h{m:02d}m" if h else f"{m}m"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"

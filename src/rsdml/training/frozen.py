@@ -19,6 +19,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.data.augment import normalize
 from rsdml.data.cache import ImageCache, default_cache_dir
+from rsdml.data.preprocess import Preprocess
 from rsdml.data.split import Split
 from rsdml.fsutil import touch
 from rsdml.models.embedding import EmbeddingNet
@@ -26,10 +27,13 @@ from rsdml.progress import progress
 from rsdml.training.inputs import uses_channels_last
 
 log = logging.getLogger(__name__)
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2  # 2: the Preprocess fingerprint (band statistics included) in the key
 
 
-def feature_key(cfg: TrainConfig, split: Split) -> str:
+def feature_key(cfg: TrainConfig, split: Split, preprocess: Preprocess) -> str:
+    """What the cached trunk features depend on: the images, the trunk's weights and the
+    model's input (``preprocess``: bands, size and the normalisation statistics, which under
+    ``--bands`` come from each run's own training images)."""
     weights = None
     if cfg.weights:
         p = Path(cfg.weights)
@@ -43,10 +47,8 @@ def feature_key(cfg: TrainConfig, split: Split) -> str:
         "weights": weights,
         # A randomly initialised trunk depends on the seed.
         "seed": cfg.seed if cfg.pretrained == "none" and not cfg.weights else None,
-        "image_size": cfg.image_size,
+        "preprocess": preprocess.fingerprint(),
     }
-    if cfg.bands != "rgb":  # absent for RGB, so the keys of earlier caches stay valid
-        ident["bands"] = [cfg.bands, cfg.rgb_bands]
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -66,10 +68,9 @@ def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.devic
 
 
 def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
-                    device: torch.device,
-                    normalizer: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+                    device: torch.device, preprocess: Preprocess) -> Tensor:
     folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    path = folder / f"features-{feature_key(cfg, split)}.pt"
+    path = folder / f"features-{feature_key(cfg, split, preprocess)}.pt"
     if path.is_file():
         try:
             feats = torch.load(path, weights_only=True)
@@ -79,7 +80,8 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
         except Exception:
             pass
         log.warning("feature cache %s is damaged; computing the features again", path)
-    feats = compute_features(model, cache, device, cfg.eval_batch_size, not cfg.quiet, normalizer)
+    feats = compute_features(model, cache, device, cfg.eval_batch_size, not cfg.quiet,
+                             preprocess.normalizer())
     try:
         import io
 

@@ -52,6 +52,11 @@ class RunDir:
         return self.root / "bands.json"
 
     @property
+    def preprocess(self) -> Path:
+        """How a file becomes the model's input (rsdml.data.preprocess.Preprocess)."""
+        return self.root / "preprocess.json"
+
+    @property
     def spectrum(self) -> Path:
         return self.root / "spectrum.json"
 
@@ -82,6 +87,32 @@ class RunDir:
         if which in ("last", "best"):
             return getattr(self, which)
         return Path(which)
+
+    def existing_checkpoint(self, which: str) -> Path:
+        """:meth:`checkpoint`, or a one-line error that says why it is missing."""
+        path = self.checkpoint(which)
+        if path.is_file():
+            return path
+        if which == "best" and self.last.is_file():
+            protocol = _saved_protocol(self.config)
+            why = ("a transductive run has no validation images by design, so there is no best "
+                   "epoch to keep" if protocol == "transductive" else
+                   "it is written only when the validation accuracy improves, which it did not "
+                   "yet (or the run has no validation images)")
+            raise RsdmlError(f"{self.root} has no checkpoints/best.pt: {why}; use --checkpoint "
+                             "last (or auto)")
+        raise RsdmlError(f"checkpoint {path} does not exist; train the run first or choose "
+                         "another --checkpoint")
+
+
+def _saved_protocol(config: Path) -> str | None:
+    try:
+        import yaml
+
+        value = yaml.safe_load(config.read_text()).get("protocol")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(value) if value is not None else None
 
 
 LOCK_NAME = ".rsdml.lock"

@@ -31,7 +31,7 @@ from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
 from rsdml.training import distributed
-from rsdml.training.bands import run_input_spec
+from rsdml.training.bands import run_preprocess
 from rsdml.training.callbacks import (
     Callback,
     Checkpoints,
@@ -66,12 +66,8 @@ from rsdml.training.run_dir import (
     remove_failed_start,
     write_json,
 )
-from rsdml.training.trainer import (
-    LabeledSet,
-    Trainer,
-    UnlabeledSet,
-    cpu_has_native_bf16,
-)
+from rsdml.training.sets import LabeledSet, UnlabeledSet
+from rsdml.training.trainer import Trainer, cpu_has_native_bf16
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +219,7 @@ def _check_split_options(split: Split, cfg: TrainConfig, what: str) -> None:
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Paths a run refers to later, made absolute: evaluate and resume work from any folder."""
     changes = {k: str(Path(v).expanduser().absolute())
-               for k in ("data", "split", "weights", "cache_dir") if (v := getattr(cfg, k))}
+               for k in sorted(PATH_FIELDS - {"out"}) if (v := getattr(cfg, k))}
     return cfg.replace(**changes)
 
 
@@ -261,8 +257,8 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
 
     device = resolve_device(cfg.device)
     cache = load_cache(cfg, split, run)
-    spec = run_input_spec(cfg, run, split, cache, create=train)  # None for --bands rgb
-    normalizer = spec.normalizer() if spec is not None else None
+    preprocess = run_preprocess(cfg, run, split, cache, create=train)  # saved with the run
+    spec, normalizer = preprocess.spec, preprocess.normalizer()
     torch.manual_seed(cfg.seed)
     model = place_model(build_model(cfg, spec).to(device), device)
     if cfg.sync_bn and distributed.current().world_size > 1:
@@ -272,7 +268,7 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        feats = frozen_features(cfg, split, model, cache, device, normalizer)
+        feats = frozen_features(cfg, split, model, cache, device, preprocess)
         inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
     else:
         augment = train_augment(cfg, spec) if train else None
@@ -303,10 +299,9 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     else:
         cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     with distributed.joined(resolve_device(cfg.device).type) as d:
-        if not d.enabled:
-            return _train_single(cfg, resume, t_start)
-        check_ranks(cfg, d)
-        return _train_ranked(cfg, resume, t_start)
+        if d.enabled:
+            check_ranks(cfg, d)
+        return _open_and_train(cfg, resume, t_start)
 
 
 def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
@@ -321,25 +316,11 @@ def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
         raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
 
 
-def _train_single(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
-    if resume is not None:
-        run = RunDir(Path(resume))
-        check_writable(run.root)
-        with RunLock(run.root):
-            split, cfg = _open_run_split(run, cfg, "--resume")
-            return _train(cfg, run, split, None, t_start)
-    if not cfg.data:
-        raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
-    split = build_split(cfg)
-    created = not (cfg.out and Path(cfg.out).exists())
-    run = prepare_new_run(cfg.out)
-    with RunLock(run.root) as lock:
-        return _train(cfg, run, split, (lock, created), t_start)
-
-
-def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
-    """One rank of a torchrun group: rank 0 makes (or reopens) and locks the run folder and
-    writes its files; the others wait for it, then read the split it wrote."""
+def _open_and_train(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
+    """Make (or reopen) and lock the run folder, then train in it. One path for one process
+    and for a torchrun group (the distributed helpers do nothing without torchrun): rank 0
+    makes the folder and writes its files; the other ranks wait for it, then read the split
+    it wrote."""
     main = distributed.current().is_main
     lock: RunLock | None = None
     new: tuple[RunLock, bool] | None = None
@@ -359,8 +340,11 @@ def _train_ranked(cfg: TrainConfig, resume: str | Path | None, t_start: float) -
                 run = prepare_new_run(cfg.out)
                 lock = RunLock(run.root).acquire()
                 new = (lock, created)
-        # Absolute: across machines the ranks need not share a working folder.
-        root, cfg = distributed.broadcast((str(run.root.absolute()), cfg) if main else None)
+        shared = None
+        if main:  # absolute under torchrun: across machines ranks need not share a folder
+            where = run.root.absolute() if distributed.current().enabled else run.root
+            shared = (str(where), cfg)
+        root, cfg = distributed.broadcast(shared)
         run = RunDir(Path(root))
         return _train(cfg, run, split, new, t_start, resume=resume is not None)
     finally:
@@ -566,7 +550,7 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
 
     if trainer is None:
         trainer = make_trainer(s)
-    path = s.run.checkpoint(checkpoint)
+    path = s.run.existing_checkpoint(checkpoint)
     state = load_checkpoint(path, map_location=s.device)
     s.model.load_state_dict(state["model"])
     which = checkpoint if checkpoint in ("last", "best") else (
@@ -597,16 +581,13 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | No
     data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    with distributed.joined(resolve_device(cfg.device).type) as d:
-        if d.enabled:
-            return _evaluate_ranked(run, cfg, checkpoint)
-        with RunLock(run.root):
-            split, cfg = _open_run_split(run, cfg, "run folder")
-            session = build_session(cfg, run, split, train=False)
-            return evaluate_session(session, checkpoint)
+    with distributed.joined(resolve_device(cfg.device).type):
+        return _evaluate_locked(run, cfg, checkpoint)
 
 
-def _evaluate_ranked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+def _evaluate_locked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
+    """Lock the run folder and evaluate; one path for one process and a torchrun group (rank
+    0 locks and builds first, the other ranks after it)."""
     main = distributed.is_main()
     lock: RunLock | None = None
     session: Session | None = None

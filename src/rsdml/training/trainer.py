@@ -23,7 +23,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,7 @@ from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_
 from rsdml.training.methods.base import Method
 from rsdml.training.optim import Schedule, make_optimizer
 from rsdml.training.run_dir import RunDir
+from rsdml.training.sets import LabeledSet, UnlabeledSet
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,6 @@ class TrainingInterrupted(RsdmlError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
-
-
-@dataclass(frozen=True)
-class LabeledSet:
-    index: Tensor  # positions in the inputs (the run's image list)
-    labels: Tensor
-
-
-@dataclass(frozen=True)
-class UnlabeledSet:
-    """Images whose labels training must never see: this type has no place for them."""
-
-    index: Tensor
 
 
 def derived_seed(seed: int, *key: int) -> int:

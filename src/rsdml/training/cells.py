@@ -1,0 +1,155 @@
+"""One cell of a grid (``rsdml experiment``, ``rsdml tune``): its state, the check that a run
+folder made earlier was made with the cell's options, and running it (new, resumed or started
+again). Both commands go through :func:`run_cell`, so a rule fixed here holds for both.
+
+Why: ``rsdml tune`` used to keep its own copy of this loop without the options check, and
+reused fold runs trained with other epochs than the grid now gave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rsdml.config import RUNTIME_KEYS as CONFIG_RUNTIME_KEYS
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
+
+#: Options that cannot change a run's numbers (``runtime=True`` on their fields): they may
+#: differ between the grid and a run folder made earlier, and are passed on when an
+#: interrupted cell resumes.
+RUNTIME_KEYS = CONFIG_RUNTIME_KEYS
+#: Keys a grid sets for each cell itself: its run folder and the shared split.
+RESERVED_KEYS = frozenset({"out", "split"})
+
+TrainFn = Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: its grid values, its full validated config and its folders."""
+
+    index: int  # 1-based position in run order
+    values: dict[str, Any]  # grid.columns -> value
+    config: TrainConfig  # out and split already set
+    run_dir: Path
+    split_path: Path
+
+    @property
+    def label(self) -> str:
+        return " ".join(
+            f"{'frac' if k == 'labeled_fraction' else k}={text(v)}" for k, v in self.values.items()
+        )
+
+    def state(self) -> str:
+        """``done``, ``resume`` (has a checkpoint), ``restart`` (killed before one) or ``new``."""
+        if (self.run_dir / "final_metrics.json").is_file():
+            return "done"
+        if (self.run_dir / "checkpoints" / "last.pt").is_file():
+            return "resume"
+        if self.run_dir.exists():
+            return "restart"
+        return "new"
+
+
+def text(v: Any) -> str:
+    """A grid value as people write it (true, none, 0.1)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def result_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The options a run's numbers depend on (runtime options and the folders left out)."""
+    return {k: v for k, v in cfg.to_dict().items()
+            if k not in RUNTIME_KEYS and k not in RESERVED_KEYS}
+
+
+def fingerprint(cfg: TrainConfig, *parts: Any) -> str:
+    """A short hash of a run's result options and ``parts`` (e.g. how its split was made)."""
+    data = json.dumps([result_options(cfg), *parts], sort_keys=True, default=str)
+    return hashlib.sha256(data.encode()).hexdigest()[:8]
+
+
+def check_same_config(cell: Cell, source: str, params: tuple[type, ...]) -> None:
+    """A run folder made earlier must have been made with this cell's result options."""
+    saved_path = cell.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise RsdmlError(
+            f"{cell.run_dir} has a checkpoint but no config.yaml; delete that folder to run the "
+            "cell again"
+        )
+    from rsdml.training.methods.registry import check_method
+
+    # The saved options as run (the method's parameters with their defaults, others dropped).
+    saved = check_method(TrainConfig.from_yaml(saved_path, params=params))
+    diffs = []
+    names = dict.fromkeys([*saved.to_dict(), *cell.config.to_dict()])
+    for name in names:
+        if name in RUNTIME_KEYS or name in RESERVED_KEYS:
+            continue
+        old, new = saved.value(name), cell.config.value(name)
+        if name == "data" and old and new:
+            same = Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
+        else:
+            same = old == new
+        if not same:
+            diffs.append(f"{name} {old!r} -> {new!r}")
+    if diffs:
+        raise RsdmlError(
+            f"{cell.run_dir} was made with other options than {source} now gives "
+            f"({'; '.join(diffs)}); choose another --out, or delete that run folder to redo "
+            "the cell"
+        )
+
+
+def remove_unfinished(run_dir: Path) -> None:
+    """Remove a cell folder killed before its first checkpoint, but never nested runs."""
+    nested = [p for p in run_dir.rglob("config.yaml") if p.parent != run_dir]
+    if nested:
+        raise RsdmlError(
+            f"{run_dir} has no checkpoint but holds other run folders ({nested[0].parent}); "
+            "move them away or choose another --out"
+        )
+    shutil.rmtree(run_dir)
+
+
+def is_interrupt(e: BaseException) -> bool:
+    """A TrainingInterrupted (its module is loaded whenever one was raised)."""
+    trainer = sys.modules.get("rsdml.training.trainer")
+    return trainer is not None and isinstance(e, trainer.TrainingInterrupted)
+
+
+def run_cell(cell: Cell, train: TrainFn, runtime: dict[str, Any]) -> dict[str, Any]:
+    """Train a cell that is not done: resume it from its checkpoint (with the ``runtime``
+    options of this call), or start it (again, removing what a run killed before its first
+    checkpoint left). Returns the run's final metrics."""
+    state = cell.state()
+    if state == "done":
+        raise ValueError(f"cell {cell.label} is finished")
+    if state == "resume":
+        return train(TrainConfig(), resume=cell.run_dir, overrides=dict(runtime))
+    if state == "restart":
+        remove_unfinished(cell.run_dir)
+    return train(cell.config)
+
+
+def duration(seconds: float, eta: bool = False) -> str:
+    """4m10s for elapsed times; an ETA above a minute rounds to the minute (9m, 1h05m)."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if eta:
+        h, m = divmod(int(round(s / 60)), 60)
+        return f"{h}h{m:02d}m" if h else f"{m}m"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
