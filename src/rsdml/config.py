@@ -63,6 +63,9 @@ class TrainConfig:
     val_fraction: float = _opt(0.1, "Inductive protocol: fraction of each class for validation.")
     test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.")
     split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).")
+    labels: str | None = _opt(
+        None, "CSV of labelled images (columns path,class; `rsdml label` writes it): those rows "
+        "are labelled, every other image under --data is unlabelled (no test labels).")
     seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
     strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
     # --- method and model
@@ -253,6 +256,9 @@ class TrainConfig:
             raise RsdmlError(
                 f"--labeled-fraction {self.labeled_fraction} must be in (0, 1), e.g. 0.2"
             )
+        if self.labels and (self.split or self.protocol != "transductive"):
+            raise RsdmlError("--labels makes its own split (the file's rows labelled, the rest "
+                             "unlabelled, transductive): drop --split and --protocol")
         if self.protocol == "inductive":
             for name in ("val_fraction", "test_fraction"):
                 v = getattr(self, name)
@@ -316,7 +322,7 @@ def _flag(name: str) -> str:
 # --------------------------------------------------------------------------- the one loader
 #: Fields that hold a file or folder path: text in YAML (a path given as a Path object is
 #: accepted too), an empty value means "none" where the field is optional.
-PATH_FIELDS = frozenset({"data", "out", "split", "weights", "cache_dir"})
+PATH_FIELDS = frozenset({"data", "out", "split", "labels", "weights", "cache_dir"})
 _BAND_FIELDS = frozenset({"bands", "rgb_bands"})
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})

@@ -136,6 +136,9 @@ def _print_summary(result: dict[str, Any]) -> None:
         return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
+    if not parts:  # --labels: no image outside the labels file has a label to test against
+        parts = ["no test labels (trained from --labels); the report shows the predictions "
+                 "per class, `rsdml predict` lists them"]
     click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
                + ", ".join(parts))
 

@@ -96,7 +96,10 @@ class Evaluation(Callback):
         ref = trainer.embed(ev.reference.index)
         ref_y = ev.reference.labels.numpy()
         test = trainer.embed(ev.test.index)
-        out = {"knn_acc": knn_accuracy(ref, ref_y, test, ev.test.labels.numpy(), k=10)}
+        test_y = ev.test.labels.numpy()
+        # --labels: the test images have no labels (-1); only the diagnostics can be computed
+        out = {"knn_acc": knn_accuracy(ref, ref_y, test, test_y, k=10)} \
+            if len(test_y) and test_y.min() >= 0 else {}
         if ev.val is not None and len(ev.val.index):
             out["val_knn_acc"] = knn_accuracy(ref, ref_y, trainer.embed(ev.val.index),
                                               ev.val.labels.numpy(), k=10)
@@ -235,11 +238,12 @@ class Console(Callback):
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
         row = end.row
         if end.start:
-            print(f"epoch 0 (before training)  knn_acc {row['knn_acc']:.4f}", file=sys.stderr, flush=True)
+            acc = f"  knn_acc {row['knn_acc']:.4f}" if "knn_acc" in row else ""
+            print(f"epoch 0 (before training){acc}", file=sys.stderr, flush=True)
             return
         means = end.means
         terms = ", ".join(f"{k[5:]} {v:.4f}" for k, v in means.items() if k != "loss_total")
-        acc = f"  knn_acc {row['knn_acc']:.4f}" if end.evaluated else ""
+        acc = f"  knn_acc {row['knn_acc']:.4f}" if end.evaluated and "knn_acc" in row else ""
         val = f"  val_knn_acc {row['val_knn_acc']:.4f}" if "val_knn_acc" in row else ""
         print(f"epoch {trainer.epoch}/{self.epochs}  loss {means.get('loss_total', float('nan')):.4f} "
               f"({terms}){acc}{val}  {trainer.elapsed:.1f}s", file=sys.stderr, flush=True)

@@ -147,6 +147,10 @@ def build_split(cfg: TrainConfig) -> Split:
         if split.contract is None:  # an older file: record what this run now knows of it
             split = dataclasses.replace(split, contract=SplitContract(
                 cfg.protocol, data_root=str(Path(cfg.data).expanduser().resolve())))
+    elif cfg.labels:
+        from rsdml.training.labelled import split_from_labels
+
+        split = split_from_labels(cfg)
     else:
         scan = scan_image_folder(cfg.data, strict=cfg.strict, progress=not cfg.quiet,
                                  min_per_class=2 if cfg.protocol == "inductive" else 1)
@@ -178,7 +182,8 @@ def _check_split_options(split: Split, cfg: TrainConfig, what: str) -> None:
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Paths a run refers to later, made absolute: evaluate and resume work from any folder."""
     changes = {k: str(Path(v).expanduser().absolute())
-               for k in ("data", "split", "weights", "cache_dir") if (v := getattr(cfg, k))}
+               for k in ("data", "split", "labels", "weights", "cache_dir")
+               if (v := getattr(cfg, k))}
     return cfg.replace(**changes)
 
 
