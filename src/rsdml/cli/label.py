@@ -54,3 +54,34 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
     write_predictions(out_file, pred)
     click.echo(f"predicted {len(pred.paths)} image(s), {len(pred.classes)} classes -> {out_file} "
                "(least certain first)")
+
+
+@click.command()
+@click.argument("data", type=click.Path())
+@click.option("--labels", "labels_file", required=True, type=click.Path(dir_okay=False),
+              help="The labels file to write (path,class); created if missing, every label "
+                   "saved at once (a journal beside it survives a killed server).")
+@click.option("--suggestions", type=click.Path(dir_okay=False), default=None,
+              help="`rsdml suggest` CSV: the order to label in (default: TypiClust's choice).")
+@click.option("--predictions", type=click.Path(dir_okay=False), default=None,
+              help="`rsdml predict` CSV: the review view (accept or correct the least certain).")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Search with a trained run's embeddings (default: the pretrained trunk's).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; the default answers this machine only (no "
+                   "authentication).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8001, show_default=True,
+              help="TCP port; 0 picks a free one (printed at start).")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def label(data: str, labels_file: str, suggestions: str | None, predictions: str | None,
+          run_dir: str | None, host: str, port: int, device: str, quiet: bool) -> None:
+    """A labelling page for the images under DATA, writing --labels FILE.csv."""
+    from rsdml.retrieval.labelling import open_session, serve_labelling
+
+    def log(line: str) -> None:
+        click.echo(line, err=True)
+
+    session = open_session(data, labels_file, run=run_dir, suggestions=suggestions,
+                           predictions=predictions, device=device, quiet=quiet, log=log)
+    serve_labelling(session, host=host, port=port, log=log)

@@ -212,7 +212,7 @@ def _register() -> None:
     from rsdml.cli.cache import cache
     from rsdml.cli.datasets import datasets, split
     from rsdml.cli.experiment import experiment
-    from rsdml.cli.label import predict, suggest
+    from rsdml.cli.label import label, predict, suggest
     from rsdml.cli.search import index, search, serve
     from rsdml.cli.tune import tune
 
@@ -225,6 +225,7 @@ def _register() -> None:
     cli.add_command(search)
     cli.add_command(serve)
     cli.add_command(suggest)
+    cli.add_command(label)
     cli.add_command(predict)
 
 
