@@ -3,7 +3,8 @@
 Method-agnostic, so it works for every method and for classes created after training (a new
 class in the labels file gets a prototype at once): the probability of class c is the softmax
 over classes of cos(x, mean unit embedding of the images labelled c) / temperature; the kNN
-agreement is the fraction of the K nearest labelled images that have the predicted class. The
+agreement is the share of the distance-weighted vote of the K nearest labelled images (as the
+kNN evaluation votes) that goes to the predicted class. The
 two disagree where an image sits between classes or in a class that has few labels: those are
 the predictions worth reviewing first (lowest probability first, then lowest agreement).
 """
@@ -19,7 +20,8 @@ import numpy as np
 
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import atomic_write_bytes
-from rsdml.retrieval.index import ExactIndex, l2_normalize
+from rsdml.evaluation.knn import knn_predict
+from rsdml.retrieval.index import l2_normalize
 
 #: The softmax temperature of the loss (TrainConfig.temperature's default).
 TEMPERATURE = 0.05
@@ -75,8 +77,8 @@ def predict(vectors: np.ndarray, paths: list[str], labels: dict[str, str], *,
     logits -= logits.max(axis=1, keepdims=True)
     proba = np.exp(logits)
     proba /= proba.sum(axis=1, keepdims=True)
-    _, nbr = ExactIndex(x[li], normalized=True).search(x[unl], k, normalized=True)
-    agree = (ly[nbr] == proba.argmax(axis=1)[:, None]).mean(axis=1)
+    _, votes = knn_predict(x[li], ly, x[unl], k=k, num_classes=len(classes))
+    agree = votes[np.arange(len(unl)), proba.argmax(axis=1)]
     return Predictions([paths[i] for i in unl], classes, proba, agree)
 
 
