@@ -161,7 +161,7 @@ class LabelStore:
             log.info("recovered %d change(s) from %s", replayed, self.journal)
         self.journal.unlink(missing_ok=True)  # the CSV now holds everything
         fsync_dir(self.path.parent)
-        self._fh = open(self.journal, "ab")
+        self._fh = open(self.journal, "ab")  # noqa: SIM115 (open for the store's life; close())
 
     def _replay(self) -> int:
         if not self.journal.is_file():

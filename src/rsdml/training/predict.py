@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from rsdml.errors import RsdmlError
-from rsdml.fsutil import atomic_write_bytes
 from rsdml.evaluation.knn import knn_predict
+from rsdml.fsutil import atomic_write_bytes
 from rsdml.retrieval.index import l2_normalize
 
 #: The softmax temperature of the loss (TrainConfig.temperature's default).
