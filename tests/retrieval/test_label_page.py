@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pytest
@@ -141,7 +142,7 @@ def test_a_killed_server_keeps_every_acknowledged_label(label_server, tiny_scene
 
 def _playwright_or_skip():
     """Skipped without a browser locally; CI (.ci/run sets RSDML_CI) must run it."""
-    def missing(why: str) -> None:
+    def missing(why: str) -> NoReturn:
         if os.environ.get("RSDML_CI"):
             pytest.fail(f"the browser test must run in CI: {why}")
         pytest.skip(why)
