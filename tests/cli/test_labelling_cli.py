@@ -125,3 +125,13 @@ def test_labels_with_split_is_refused(tiny_scenes, tmp_path, capsys):
     code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--labels", str(labels),
                             "--split", str(labels), "--out", str(tmp_path / "r"), *TINY], capsys)
     assert_one_line_error(code, err, "--labels makes its own split")
+
+
+def test_label_page_input_errors_come_before_it_listens(tiny_scenes, tmp_path, capsys):
+    code, _, err = run_cli(["label", str(tiny_scenes), "--labels", str(tmp_path / "l.csv"),
+                            "--suggestions", str(tmp_path / "none.csv")], capsys)
+    assert_one_line_error(code, err, "none.csv does not exist", "rsdml suggest")
+    bad = _labels(tmp_path, [*GOOD, GOOD[0]])
+    code, _, err = run_cli(["label", str(tiny_scenes), "--labels", str(bad), "--quiet",
+                            "--device", "cpu"], capsys)
+    assert_one_line_error(code, err, "labelled again")

@@ -65,3 +65,12 @@ def test_journal_is_replayed_and_a_torn_line_ignored(tmp_path):
     assert store.snapshot() == {"a/2.png": "A"}
     assert read_labels(p, IMAGES) == {"a/2.png": "A"}  # the CSV holds the replay
     store.close()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    p = tmp_path / "labels.csv"
+    first = LabelStore(p, IMAGES)
+    with pytest.raises(RsdmlError, match="another process"):
+        LabelStore(p, IMAGES)
+    first.close()
+    LabelStore(p, IMAGES).close()  # free again

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rsdml.errors import RsdmlError
-from rsdml.fsutil import atomic_write_bytes, fsync_dir
+from rsdml.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -152,16 +152,22 @@ class LabelStore:
         self.images = set(images) if images is not None else None
         if not self.path.parent.is_dir():
             raise RsdmlError(f"--labels folder {self.path.parent} does not exist; create it first")
-        self.labels = read_labels(self.path, self.images, allow_empty=True) \
-            if self.path.exists() else {}
-        replayed = self._replay()
-        if replayed or not self.path.exists():
-            write_labels(self.path, self.labels)
-        if replayed:
-            log.info("recovered %d change(s) from %s", replayed, self.journal)
-        self.journal.unlink(missing_ok=True)  # the CSV now holds everything
-        fsync_dir(self.path.parent)
-        self._fh = open(self.journal, "ab")  # noqa: SIM115 (open for the store's life; close())
+        # Held for the store's life: an exclusive lock on it keeps a second writer out.
+        self._fh = open(self.journal, "a+b")  # noqa: SIM115 (closed by close())
+        try:
+            _lock_exclusive(self._fh, self.path)
+            self.labels = read_labels(self.path, self.images, allow_empty=True) \
+                if self.path.exists() else {}
+            replayed = self._replay()
+            if replayed or not self.path.exists():
+                write_labels(self.path, self.labels)
+            if replayed:
+                log.info("recovered %d change(s) from %s", replayed, self.journal)
+            self._fh.truncate(0)  # the CSV now holds everything
+            os.fsync(self._fh.fileno())
+        except BaseException:
+            self._fh.close()
+            raise
 
     def _replay(self) -> int:
         if not self.journal.is_file():
@@ -236,5 +242,19 @@ class LabelStore:
     def close(self) -> None:
         """The CSV holds every change: the journal is no longer needed."""
         with self._lock:
-            self._fh.close()
+            if self._fh.closed:
+                return
             self.journal.unlink(missing_ok=True)
+            self._fh.close()
+
+
+def _lock_exclusive(fh: io.BufferedRandom, path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, one writer is the user's to ensure
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        raise RsdmlError(f"another process (an `rsdml label` still running?) is writing {path}; "
+                         "stop it first, or label into another --labels file") from None

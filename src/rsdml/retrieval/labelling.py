@@ -264,10 +264,13 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
     from rsdml.training.archive_vectors import run_vectors, trunk_vectors
     from rsdml.training.suggest import read_suggestions, suggest
 
+    order = read_suggestions(suggestions) if suggestions else []  # bad files fail before
+    if predictions and not Path(predictions).is_file():           # the features are computed
+        raise RsdmlError(f"--predictions {predictions} does not exist; make it with `rsdml "
+                         "predict RUN DATA --out FILE.csv`")
     vec = run_vectors(run, data, device=None if device == "auto" else device, quiet=quiet) \
         if run is not None else trunk_vectors(data, device=device, quiet=quiet)
     store = LabelStore(labels_file, vec.paths)
-    order = read_suggestions(suggestions) if suggestions else []
     if not order:  # nothing given: TypiClust's choice among the unlabelled images
         labels = store.snapshot()
         lab = np.asarray([i for i, p in enumerate(vec.paths) if p in labels], np.int64)
