@@ -51,6 +51,25 @@ def test_api_labels_undo_skip_and_the_queue(tmp_path):
     assert read_labels(tmp_path / "labels.csv", allow_empty=True) == {}
 
 
+def test_review_lists_predictions_and_accepting_writes_the_label(tmp_path):
+    from rsdml.retrieval.labelling import read_review
+
+    paths = [f"x/{i}.png" for i in range(6)]
+    pred = tmp_path / "pred.csv"
+    pred.write_text("path,class,probability,knn_agreement,margin\n"
+                    "x/3.png,Beach,0.41,0.30,0.05\nx/4.png,Forest,0.90,1.00,0.80\n"
+                    "elsewhere/9.png,Beach,0.5,0.5,0.1\n")
+    s = _session(tmp_path, np.random.default_rng(0).normal(size=(6, 8)), paths)
+    s.review = read_review(pred, set(paths))
+    c = TestClient(create_label_app(s))
+    review = c.get("/api/state").json()["review"]
+    assert [(r["path"], r["predicted"]) for r in review] == [("x/3.png", "Beach"), ("x/4.png", "Forest")]
+    after = c.post("/api/label", json={"ids": [3], "class": "Beach"}).json()  # accept
+    assert [r["path"] for r in after["review"]] == ["x/4.png"]
+    c.post("/api/label", json={"ids": [4], "class": "Meadow"})  # correct
+    assert read_labels(tmp_path / "labels.csv") == {"x/3.png": "Beach", "x/4.png": "Meadow"}
+
+
 def test_rerank_brings_in_images_not_among_the_first_results(tmp_path):
     """The first results are 5 of the 10 images of group B; ticking them and re-ranking
     searches the whole folder again and brings the other 5 in."""
