@@ -376,7 +376,7 @@ def _start(cfg: TrainConfig, run: RunDir, split: Split,
             try:
                 session = build_session(cfg, run, split, train=True)
             except UndecodableImagesError as e:
-                if new is None or cfg.split or cfg.strict:  # the images are fixed: report them
+                if new is None or cfg.split or cfg.labels or cfg.strict:  # fixed: report them
                     raise
                 # The fast check before training cannot see damage inside compressed data: skip
                 # such images like the other unusable ones and make the split without them.
