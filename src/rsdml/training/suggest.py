@@ -24,6 +24,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import atomic_write_bytes
@@ -63,6 +64,11 @@ def _typicality(z: np.ndarray) -> np.ndarray:
     if n < 2:
         return np.ones(n)
     k = min(TYPICALITY_K, n - 1)
+    if n <= 2000:  # a cluster: all pairs in numpy, no index to build
+        sq = (z * z).sum(axis=1)
+        d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0))
+        np.fill_diagonal(d, np.inf)
+        return 1.0 / (np.partition(d, k - 1, axis=1)[:, :k].mean(axis=1) + 1e-8)
     index = faiss.IndexFlatL2(z.shape[1])
     index.add(np.ascontiguousarray(z, np.float32))
     d2, _ = index.search(np.ascontiguousarray(z, np.float32), k + 1)
@@ -153,6 +159,14 @@ def suggest(x: np.ndarray, labelled: np.ndarray, n: int, *, strategy: str = "typ
     if len(labelled) >= len(x):
         raise RsdmlError("every image is labelled already: nothing left to suggest")
     n = min(n, len(x) - len(labelled))
+    # One thread: the products are small, and idle-spinning OpenMP / BLAS pools made this
+    # orders of magnitude slower on a busy 2-core machine.
+    with threadpool_limits(limits=1):
+        return _suggest(x, labelled, n, strategy, seed, margin)
+
+
+def _suggest(x: np.ndarray, labelled: np.ndarray, n: int, strategy: str, seed: int,
+             margin: np.ndarray | None) -> list[int]:
     if strategy == "typiclust":
         return typiclust(x, labelled, n, seed)
     if strategy == "uncertain":
