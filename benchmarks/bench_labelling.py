@@ -85,6 +85,7 @@ def train_round(root: Path, labels_csv: Path, out: Path, args: argparse.Namespac
     cfg = TrainConfig(data=str(root), labels=str(labels_csv), out=str(out), seed=seed,
                       backbone="efficientnet_lite0", freeze_backbone=True,
                       image_size=args.image_size, epochs=args.epochs, eval_every=args.epochs,
+                      checkpoint_every=args.epochs,
                       device=args.device, report=False, quiet=True)
     train(cfg)
 
