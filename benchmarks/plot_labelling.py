@@ -64,7 +64,7 @@ def main() -> None:
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
     ax.set_xlabel("labels per class (x 30 classes, chosen by the arm)")
     ax.set_ylabel("kNN accuracy (K=10) on the unlabelled images")
-    ax.set_title("AID, fast mode: the labelling curve (mean of seeds; dots: each seed)")
+    ax.set_title("AID, fast mode (lines: mean of seeds; dots: each seed)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
