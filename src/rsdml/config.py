@@ -70,6 +70,10 @@ class TrainConfig:
     test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.")
     split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).",
                              path=True)
+    labels: str | None = _opt(
+        None, "CSV of labelled images (columns path,class; `rsdml label` writes it): those rows "
+        "are labelled, every other image under --data is unlabelled (no test labels).",
+        path=True)
     seed: int = _opt(0, "Seed for the split, initialisation, sampling and augmentation.")
     strict: bool = _opt(False, "Fail on corrupt images or empty class folders instead of skipping.")
     # --- method and model
@@ -279,6 +283,9 @@ class TrainConfig:
             raise RsdmlError(
                 f"--labeled-fraction {self.labeled_fraction} must be in (0, 1), e.g. 0.2"
             )
+        if self.labels and (self.split or self.protocol != "transductive"):
+            raise RsdmlError("--labels makes its own split (the file's rows labelled, the rest "
+                             "unlabelled, transductive): drop --split and --protocol")
         if self.protocol == "inductive":
             for name in ("val_fraction", "test_fraction"):
                 v = getattr(self, name)

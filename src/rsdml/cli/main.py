@@ -143,6 +143,9 @@ def _print_summary(result: dict[str, Any]) -> None:
         return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
+    if not parts:  # --labels: no image outside the labels file has a label to test against
+        parts = ["no test labels (trained from --labels); the report shows the predictions "
+                 "per class, `rsdml predict` lists them"]
     click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
                + ", ".join(parts))
 
@@ -216,6 +219,7 @@ def _register() -> None:
     from rsdml.cli.cache import cache
     from rsdml.cli.datasets import datasets, split
     from rsdml.cli.experiment import experiment
+    from rsdml.cli.label import label, predict, suggest
     from rsdml.cli.search import index, search, serve
     from rsdml.cli.tune import tune
 
@@ -227,6 +231,9 @@ def _register() -> None:
     cli.add_command(index)
     cli.add_command(search)
     cli.add_command(serve)
+    cli.add_command(suggest)
+    cli.add_command(label)
+    cli.add_command(predict)
 
 
 _register()

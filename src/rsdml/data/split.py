@@ -50,6 +50,10 @@ class SplitContract:
     val_fraction: float | None = None  # inductive only
     test_fraction: float | None = None  # inductive only
     data_root: str | None = None  # absolute, symlinks resolved
+    #: ``--labels FILE.csv``: the labels came from this file (absolute) with this checksum;
+    #: every other image is unlabelled and has no label at all (-1 in split.csv)
+    labels: str | None = None
+    labels_sha256: str | None = None
 
     def fractions(self) -> dict[str, float]:
         """The fractions the split was made with (those that are known and matter)."""
@@ -143,6 +147,29 @@ def make_split(
     return Split(protocol, list(classes), list(paths), labels, roles.astype(str), contract)
 
 
+def labels_split(paths: Sequence[str], labels: dict[str, str], *,
+                 data_root: str | Path, labels_file: str | Path) -> Split:
+    """The split of ``rsdml train --labels``: the rows of the labels file are ``labeled``,
+    every other image is unlabelled (role ``test`` of the transductive protocol, label -1:
+    there is no label to hold). Classes are the file's, sorted by name."""
+    classes = sorted(set(labels.values()))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.asarray([index[labels[p]] if p in labels else -1 for p in paths], dtype=np.int64)
+    roles = np.where(y >= 0, "labeled", "test").astype(str)
+    labels_file = Path(labels_file).expanduser().resolve()
+    contract = SplitContract(
+        "transductive", data_root=str(Path(data_root).expanduser().resolve()),
+        labels=str(labels_file), labels_sha256=hashlib.sha256(labels_file.read_bytes()).hexdigest(),
+    )
+    return Split("transductive", classes, list(paths), y, roles, contract)
+
+
+def has_test_labels(split: Split) -> bool:
+    """Whether the test images carry labels (not under ``--labels``, where none has one)."""
+    test = split.index("test")
+    return bool(len(test)) and bool((split.labels[test] >= 0).all())
+
+
 def contract_path(path: str | Path) -> Path:
     """The sidecar of a split file: ``split.csv`` -> ``split.json``."""
     return Path(path).with_suffix(".json")
@@ -155,7 +182,7 @@ def write_split_csv(split: Split, path: Path) -> None:
     w = csv.writer(buf)
     w.writerow(SPLIT_COLUMNS)
     for p, y, r in zip(split.paths, split.labels, split.roles):
-        w.writerow((p, split.classes[int(y)], int(y), r))
+        w.writerow((p, split.classes[int(y)] if y >= 0 else "", int(y), r))
     data = buf.getvalue().encode("utf-8")
     contract = split.contract or SplitContract(split.protocol)
     if contract.protocol != split.protocol:
@@ -198,7 +225,8 @@ def read_split(path: str | Path, *, protocol: str | None = None,
             f"{what} is not a split.csv (not UTF-8 text); give the split.csv of an earlier run"
         ) from None
     contract = _read_contract(path, data, what)
-    classes, paths, labels, roles_arr = _parse_rows(text, what)
+    classes, paths, labels, roles_arr = _parse_rows(
+        text, what, unlabeled_test=contract is not None and contract.labels is not None)
     if contract is not None:
         if protocol is not None and protocol != contract.protocol:
             raise RsdmlError(
@@ -248,7 +276,10 @@ def _read_contract(path: Path, data: bytes, what: str) -> SplitContract | None:
     return contract
 
 
-def _parse_rows(text: str, what: str) -> tuple[list[str], list[str], list[int], np.ndarray]:
+def _parse_rows(text: str, what: str, unlabeled_test: bool = False,
+                ) -> tuple[list[str], list[str], list[int], np.ndarray]:
+    """The rows of a split.csv; ``unlabeled_test``: test rows may have no label (-1, class
+    name empty), as a split made from a labels file has."""
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         fieldnames = reader.fieldnames
@@ -275,6 +306,11 @@ def _parse_rows(text: str, what: str) -> tuple[list[str], list[str], list[int], 
             raise RsdmlError(
                 f"{what} line {i}: role {row['role']!r} is not one of {', '.join(ROLES)}"
             )
+        if y == -1 and unlabeled_test and row["role"] == "test" and not row["class_name"]:
+            paths.append(row["path"])
+            labels.append(y)
+            roles.append(row["role"])
+            continue
         if classes.setdefault(y, row["class_name"]) != row["class_name"]:
             raise RsdmlError(f"{what} line {i}: label {y} names two classes")
         paths.append(row["path"])

@@ -230,6 +230,15 @@ def _section_metrics(inputs: _Inputs) -> str:
     parts = [('<section><h2>Metrics</h2><p class="small">Definitions: docs/metrics.md. '
               "Queries are the test images; the kNN references and the <i>labelled</i> gallery "
               "are the labelled images; the <i>archive</i> gallery is every other image.</p>")]
+    if m.get("test_labels") is False:
+        parts.append(f"<p><b>No test labels.</b> {_e(str(m.get('note', '')).capitalize())}.</p>")
+        names = m.get("class_names") or []
+        pred, lab = m.get("predicted_per_class") or [], m.get("labeled_per_class") or []
+        rows = "".join(f"<tr><th>{_e(str(c))}</th><td>{lab[i] if i < len(lab) else ''}</td>"
+                       f"<td>{pred[i] if i < len(pred) else ''}</td></tr>"
+                       for i, c in enumerate(names))
+        parts.append("<table><tr><th>class</th><th>labelled</th><th>unlabelled images "
+                     f"predicted (kNN, K=10)</th></tr>{rows}</table>")
     counts = m.get("counts") or {}
     if counts:
         parts.append("<p>Images per role: " + _e(_counts_text(counts, inputs.protocol)) + "</p>")

@@ -54,6 +54,8 @@ def _evaluate(embeddings, labels, roles, seed: int) -> dict[str, Any]:
         raise RsdmlError("evaluation needs images with role 'labeled' (kNN references); none found")
     if len(test) == 0:
         raise RsdmlError("evaluation needs images with role 'test' (queries); none found")
+    if (y[test] < 0).all() and y[ref].min() >= 0:
+        return _evaluate_without_test_labels(x, y, r, ref, test, seed)
     if y[ref].min() < 0 or y[test].min() < 0:
         raise RsdmlError("labelled and test images need class ids >= 0")
     x = l2_normalize(x)
@@ -89,6 +91,32 @@ def _evaluate(embeddings, labels, roles, seed: int) -> dict[str, Any]:
             "seed": seed,
         }
     )
+
+
+#: What metrics.json and the report say when the test images have no labels (--labels).
+NO_TEST_LABELS = (
+    "this run was trained from a labels file: no image outside it has a label, so kNN "
+    "accuracy, clustering and retrieval scores cannot be measured. Shown instead: how the "
+    "unlabelled images are predicted (kNN, K=10, against the labelled images) per class, and "
+    "the training curves and collapse diagnostics; `rsdml predict RUN DATA --out FILE.csv` "
+    "lists each image's predicted class, least certain first, to review"
+)
+
+
+def _evaluate_without_test_labels(x, y, r, ref, test, seed: int) -> dict[str, Any]:
+    """The label-free part of the evaluation: the kNN predictions of the unlabelled images."""
+    x = l2_normalize(x)
+    num_classes = int(y.max()) + 1
+    (pred, _), = knn_predict_many(x[ref], y[ref], x[test], (CONFUSION_K,), num_classes).values()
+    return _jsonable({
+        "test_labels": False,
+        "note": NO_TEST_LABELS,
+        "predicted_per_class": np.bincount(pred, minlength=num_classes).tolist(),
+        "labeled_per_class": np.bincount(y[ref], minlength=num_classes).tolist(),
+        "counts": {role: int((r == role).sum()) for role in ROLES},
+        "num_classes": num_classes,
+        "seed": seed,
+    })
 
 
 def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:

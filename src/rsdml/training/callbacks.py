@@ -117,7 +117,10 @@ class Evaluation(Callback):
         ref = trainer.embed(ev.reference.index)
         ref_y = ev.reference.labels.numpy()
         test = trainer.embed(ev.test.index)
-        out = {"knn_acc": knn_accuracy(ref, ref_y, test, ev.test.labels.numpy(), k=10)}
+        test_y = ev.test.labels.numpy()
+        # --labels: the test images have no labels (-1); only the diagnostics can be computed
+        out = {"knn_acc": knn_accuracy(ref, ref_y, test, test_y, k=10)} \
+            if len(test_y) and test_y.min() >= 0 else {}
         if ev.val is not None and len(ev.val.index):
             out["val_knn_acc"] = knn_accuracy(ref, ref_y, trainer.embed(ev.val.index),
                                               ev.val.labels.numpy(), k=10)

@@ -188,6 +188,10 @@ def build_split(cfg: TrainConfig) -> Split:
         if split.contract is None:  # an older file: record what this run now knows of it
             split = dataclasses.replace(split, contract=SplitContract(
                 cfg.protocol, data_root=str(Path(cfg.data).expanduser().resolve())))
+    elif cfg.labels:
+        from rsdml.training.labelled import split_from_labels
+
+        split = split_from_labels(cfg)
     else:
         scan = scan_image_folder(cfg.data, strict=cfg.strict, progress=not cfg.quiet,
                                  min_per_class=2 if cfg.protocol == "inductive" else 1)
@@ -408,7 +412,7 @@ def _start(cfg: TrainConfig, run: RunDir, split: Split,
             try:
                 session = build_session(cfg, run, split, train=True)
             except UndecodableImagesError as e:
-                if new is None or cfg.split or cfg.strict:  # the images are fixed: report them
+                if new is None or cfg.split or cfg.labels or cfg.strict:  # fixed: report them
                     raise
                 # The fast check before training cannot see damage inside compressed data: skip
                 # such images like the other unusable ones and make the split without them.

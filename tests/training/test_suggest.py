@@ -1,0 +1,76 @@
+"""Choosing what to label: every strategy skips labelled images; TypiClust and k-centre cover
+well-separated groups, where random choice leaves some out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rsdml.errors import RsdmlError
+from rsdml.retrieval.index import l2_normalize
+from rsdml.training.predict import predict
+from rsdml.training.suggest import resolve_strategy, suggest
+
+
+def _blobs(n_groups: int = 6, per: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_groups, 16)) * 4
+    y = np.repeat(np.arange(n_groups), per)
+    return l2_normalize(centres[y] + rng.normal(size=(len(y), 16)) * 0.3), y
+
+
+@pytest.mark.parametrize("strategy", ["typiclust", "kcentre", "random"])
+def test_never_suggests_labelled_images(strategy):
+    x, _ = _blobs()
+    labelled = np.arange(0, 240, 3)
+    picks = suggest(x, labelled, 30, strategy=strategy, seed=1)
+    assert len(picks) == len(set(picks)) == 30
+    assert not set(picks) & set(labelled.tolist())
+
+
+@pytest.mark.parametrize("strategy", ["typiclust", "kcentre"])
+def test_one_pick_per_group_covers_every_group(strategy):
+    x, y = _blobs()
+    picks = suggest(x, np.array([], np.int64), 6, strategy=strategy, seed=0)
+    assert sorted(y[picks].tolist()) == list(range(6))
+
+
+def test_typiclust_picks_typical_images_not_outliers():
+    x, y = _blobs(n_groups=2, per=50)
+    outlier = l2_normalize(np.full((1, 16), 5.0))
+    x = np.concatenate([x, outlier])
+    picks = suggest(x, np.array([], np.int64), 2, strategy="typiclust", seed=0)
+    assert len(x) - 1 not in picks
+    assert sorted(y[picks].tolist()) == [0, 1]
+
+
+def test_uncertain_picks_the_image_between_two_classes():
+    x, y = _blobs(n_groups=2, per=30)
+    mid = l2_normalize(x[y == 0].mean(0, keepdims=True) + x[y == 1].mean(0, keepdims=True))
+    x = np.concatenate([x, mid])
+    paths = [f"{i}.png" for i in range(len(x))]
+    labels = {paths[0]: "a", paths[30]: "b"}
+    pred = predict(x, paths, labels)
+    assert pred.paths[int(np.argmin(pred.margin))] == paths[-1]
+    margin = np.ones(len(x))
+    margin[[paths.index(p) for p in pred.paths]] = pred.margin
+    picks = suggest(x, np.array([0, 30]), 1, strategy="uncertain", margin=margin)
+    assert picks and picks[0] not in (0, 30)
+
+
+def test_uncertain_without_predictions_is_a_user_error():
+    with pytest.raises(RsdmlError, match="needs predictions"):
+        resolve_strategy("uncertain", has_predictions=False)
+    assert resolve_strategy("auto", has_predictions=False) == "typiclust"
+    assert resolve_strategy("auto", has_predictions=True) == "uncertain"
+
+
+def test_predictions_agree_with_well_separated_labels():
+    x, y = _blobs(n_groups=3, per=20)
+    paths = [f"{i}.png" for i in range(len(x))]
+    labels = {paths[i]: "abc"[y[i]] for i in (0, 1, 20, 21, 40, 41)}
+    pred = predict(x, paths, labels)
+    truth = np.asarray(["abc"[y[paths.index(p)]] for p in pred.paths])
+    assert (np.asarray(pred.classes)[pred.predicted] == truth).all()
+    assert (pred.knn_agreement > 0.5).all()
+    assert np.allclose(pred.proba.sum(1), 1)
