@@ -49,7 +49,7 @@ def test_train_from_a_labels_file_records_it_and_reports_without_test_labels(
     assert metrics["test_labels"] is False and "knn" not in metrics
     assert sum(metrics["predicted_per_class"]) == 60
     assert "No test labels" in (run / "eval" / "report.html").read_text()
-    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "3", "--quiet"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "3", "--extend", "--quiet"], capsys)
     assert code == 0, err  # the split with unlabelled rows reads back
 
     preds = tmp_path / "pred.csv"

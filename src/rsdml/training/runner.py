@@ -280,7 +280,9 @@ def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -
         if train and METHODS[cfg.method].uses_views:
             from rsdml.data.strong_augment import ViewAugment
 
-            views = (ViewAugment(False, normalizer), ViewAugment(True, normalizer))
+            # 8-bit RGB (ImageNet statistics): RandAugment's colour operations; else band ones
+            band_norm = spec.normalizer() if spec is not None else None
+            views = (ViewAugment(False, band_norm), ViewAugment(True, band_norm))
         inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer, views)
     return Session(cfg, run, split, device, model, inputs)
 
