@@ -55,7 +55,7 @@ def test_relative_data_works_from_any_folder_and_follows_a_moved_copy(tiny_scene
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(moved)
 
     moved.rename(tmp_path / "moved-again")
-    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--quiet",
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "2", "--extend", "--quiet",
                             "--data", str(tmp_path / "moved-again")], capsys)
     assert code == 0, err
     assert yaml.safe_load((run / "config.yaml").read_text())["data"] == str(tmp_path / "moved-again")
@@ -94,12 +94,12 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     run.mkdir()
     runner.TrainConfig(data=str(tmp_path), out=str(run)).save_yaml(run / "config.yaml")
     with RunLock(run):
-        code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5"], capsys)
+        code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5", "--extend"], capsys)
         assert "in use by another rsdml process" in _error_line(code, err)
         code, _, err = run_cli(["evaluate", str(run)], capsys)
         assert "in use by another rsdml process" in _error_line(code, err)
     # released: the resume gets past the lock (and stops at the missing split.csv)
-    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5"], capsys)
+    code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5", "--extend"], capsys)
     assert "split.csv is missing" in _error_line(code, err)
 
 

@@ -361,7 +361,9 @@ def test_shipped_grids_are_valid_fast_mode_grids(name, n_cells, tmp_path):
     if name == "grid_aid_fast.yaml":
         from rsdml.training.methods.registry import METHODS
 
-        assert {c.config.method for c in cells} == set(METHODS)
+        # every method that fast mode can run (the view methods need pixels)
+        assert {c.config.method for c in cells} == {n for n, c in METHODS.items()
+                                                     if not c.uses_views}
         assert {c.config.labeled_fraction for c in cells} == {0.05, 0.1, 0.2}
         assert {c.config.seed for c in cells} == {0, 1, 2}
 

@@ -218,7 +218,7 @@ def test_disk_nearly_full_stops_before_training_and_leaves_nothing(scenes, tmp_p
 def test_resume_on_a_full_disk_stops_before_touching_the_run(run_copy, monkeypatch, capsys):
     before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*")}
     monkeypatch.setattr(run_dir.shutil, "disk_usage", _disk_with_free(2**20))
-    code, _, err = run_main(["train", "--resume", str(run_copy), "--epochs", "4"], capsys)
+    code, _, err = run_main(["train", "--resume", str(run_copy), "--epochs", "4", "--extend"], capsys)
     assert code == 2 and "only 1 MiB free" in _one_error_line(err)
     assert {p: p.stat().st_mtime_ns for p in run_copy.rglob("*")} == before
 

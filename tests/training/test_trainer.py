@@ -23,7 +23,7 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
                 # every phase inside two epochs: head warm-up, trunk warm-up, ramp, decay
                 head_warmup_epochs=0.5, warmup_epochs=1.0, bnm_warmup_epochs=1.5,
                 device="cpu", quiet=True, seed=0, eval_batch_size=64, report=False,
-                epoch_unit="labeled")
+                epoch_unit="labeled", method="hr-s2dml")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -248,7 +248,7 @@ def test_resume_refuses_a_changed_config(tiny_scenes, tmp_path):
     run = tmp_path / "run"
     train(_cfg(tiny_scenes, run, epochs=1))
     with pytest.raises(RsdmlError, match="--margin"):
-        train(TrainConfig(), resume=run, overrides={"margin": 0.3, "epochs": 2})
+        train(TrainConfig(), resume=run, overrides={"margin": 0.3, "epochs": 2}, extend=True)
 
 
 def test_existing_run_folder_is_not_overwritten(tiny_scenes, tmp_path):
@@ -310,17 +310,19 @@ def test_bn_mode_decides_whether_running_statistics_move(tiny_scenes, tmp_path, 
 
 
 def test_logged_rates_follow_the_schedule(tiny_scenes, tmp_path):
-    from rsdml.training.optim import lr_factors, regularizer_weight
+    from rsdml.training.optim import Schedule
 
     cfg = _cfg(tiny_scenes, tmp_path / "sched", epochs=3, head_warmup_epochs=1.0,
                warmup_epochs=1.0, bnm_warmup_epochs=2.0, trunk_lr_mult=0.5)
     train(cfg)
     rows = [json.loads(l) for l in (tmp_path / "sched" / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    sch = Schedule.of(cfg, steps_per_epoch=2)  # 12 labelled images, batch 8
     for r in rows:
-        f = lr_factors(cfg, float(r["epoch"]))
+        last = r["step"] - 1  # the rates logged are those of the epoch's last step
+        f = sch.lr_factors(last)
         assert r["lr"] == pytest.approx(0.003 * f["head"])
         assert r["trunk_lr"] == pytest.approx(0.003 * 0.5 * f["trunk"])
-        assert r["reg_weight"] == pytest.approx(regularizer_weight(cfg, float(r["epoch"])))
+        assert r["reg_weight"] == pytest.approx(sch.regularizer_weight(last))
     assert rows[0]["trunk_lr"] == 0.0 and rows[1]["trunk_lr"] > 0  # after the head warm-up
     assert rows[0]["reg_weight"] == pytest.approx(0.5)
