@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--labeled-fraction", "0.5", "--epochs", "3",
         "--device", "cpu", "--quiet", "--eval-batch-size", "64", "--no-report",
-        "--epoch-unit", "labeled"]
+        "--epoch-unit", "labeled", "--method", "hr-s2dml"]
 STEPS_PER_EPOCH = 3  # 4 classes x 6 labelled images, batch 8
 TIMEOUT = 180.0
 

@@ -77,7 +77,9 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
                              progress=not quiet)
     torch.manual_seed(0)
     model = place_model(build_model(cfg).to(dev), dev)
-    feats = frozen_features(cfg, split, model, cache, dev).numpy()
+    from rsdml.data.preprocess import Preprocess
+
+    feats = frozen_features(cfg, split, model, cache, dev, Preprocess(image_size)).numpy()
     return ArchiveVectors(root, paths, l2_normalize(feats.astype(np.float32)),
                           f"trunk:{backbone}@{image_size}")
 
