@@ -247,7 +247,7 @@ def test_sigterm_then_sigint_save_exit_cleanly_and_resume_exactly(scenes, refere
     no_traceback(out, err)
     assert code == 130, err
     assert f"--resume {run}" in _last_line(err)
-    assert position(run) == (1, 3, 6)
+    assert position(run) == (2, 0, 6)  # the position is the step: the end of epoch 2
     code, out, err = cli(["train", "--resume", str(run)], tmp_path)
     assert code == 0, err
     no_traceback(out, err)

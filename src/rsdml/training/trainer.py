@@ -390,6 +390,15 @@ class Trainer:
             with self._signals():
                 while self.global_step < self.total_steps:
                     self._run_epoch()
+                    stop = self._stop_requested()
+                    if stop is not None and self.global_step < self.total_steps:
+                        for cb in self.callbacks:
+                            cb.on_interrupt(self)
+                        distributed.barrier()
+                        raise TrainingInterrupted(
+                            f"interrupted after epoch {self.epoch_done} at step "
+                            f"{self.global_step}; checkpoint saved to {self.run.last}; continue "
+                            f"with `rsdml train --resume {self.run.root}`", stop)
             for cb in self.callbacks:
                 cb.on_train_end(self)
         finally:
@@ -416,7 +425,9 @@ class Trainer:
         for s in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{self.num_epochs}",
                           enabled=not cfg.quiet):
             self.run_step(self.labeled_batch(s), epoch, s)
-            stop = self._stop_requested()
+            # At an epoch's last step the epoch ends first (logs, evaluation, checkpoint): the
+            # position is the step, so a checkpoint there must not skip the epoch's end.
+            stop = self._stop_requested() if s + 1 < end else None
             if stop is not None:
                 self.flush_losses()
                 self.elapsed += time.monotonic() - t0
