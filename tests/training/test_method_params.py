@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -15,8 +16,16 @@ from torch import Tensor
 from rsdml.cli.main import main
 from rsdml.config import TrainConfig, option
 from rsdml.errors import RsdmlError
+from rsdml.training.methods import params as catalogue
 from rsdml.training.methods.margin_softmax import NSMMargin
-from rsdml.training.methods.registry import METHODS, check_method, create_method, param_classes
+from rsdml.training.methods.registry import (
+    METHODS,
+    check_method,
+    create_method,
+    param_classes,
+    register,
+    registered,
+)
 
 TINY = ["--backbone", "resnet18", "--pretrained", "none", "--image-size", "32",
         "--batch-size", "8", "--unlabeled-batch-size", "8", "--epochs", "1", "--device", "cpu",
@@ -50,10 +59,11 @@ class Toy(NSMMargin):
 
 
 @pytest.fixture
-def toy(monkeypatch: pytest.MonkeyPatch) -> type[Toy]:
-    monkeypatch.setitem(METHODS, "toy", Toy)  # the one registry line, for this test only
+def toy() -> Iterator[type[Toy]]:
     Toy.seen.clear()
-    return Toy
+    with registered("toy", Toy):  # the one registry line, for this test only
+        yield Toy
+    assert "toy" not in METHODS and "toy" not in catalogue.CATALOGUE
 
 
 def test_a_method_registered_in_a_test_trains_through_the_cli_with_its_parameter(
@@ -129,3 +139,34 @@ def test_config_imports_neither_torch_nor_the_registries():
             "sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_torch_free_catalogue_and_the_registry_agree():
+    assert list(catalogue.CATALOGUE) == list(METHODS)
+    assert {n: c.params_class for n, c in METHODS.items()} == catalogue.CATALOGUE
+    assert catalogue.param_classes() == param_classes()
+    assert catalogue.param_owners()["threshold"] == ["fixmatch", "freematch", "hr-match"]
+
+
+def test_registering_a_method_adds_its_flags_and_a_clashing_flag_is_refused(toy):
+    assert "toy" in catalogue.CATALOGUE and ToyParams in param_classes()
+    assert catalogue.param_owners()["toy_scale"] == ["toy"]
+
+    @dataclass(frozen=True)
+    class Clash:
+        toy_scale: float = option(2.0, "clash: the toy's flag again.")
+
+    class Other(Toy):
+        params_class: ClassVar[type | None] = Clash
+
+    with pytest.raises(RuntimeError, match="toy_scale"):
+        register("other", Other)
+    assert "other" not in METHODS and "other" not in catalogue.CATALOGUE
+    assert METHODS["toy"] is Toy  # the refused one left the registry as it was
+
+
+def test_the_method_parameter_classes_import_without_torch():
+    code = ("import sys, rsdml.training.methods.params as p; p.param_classes(); "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "False", res.stdout + res.stderr

@@ -66,7 +66,7 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _method_params() -> tuple[type, ...]:
-    from rsdml.training.methods.registry import param_classes
+    from rsdml.training.methods.params import param_classes
 
     return param_classes()
 

@@ -120,7 +120,7 @@ def parse_grid(values: dict[str, Any], source: str = "grid") -> Grid:
 
 def _param_classes() -> tuple[type, ...]:
     """The methods' parameter classes (their options may appear in a grid)."""
-    from rsdml.training.methods.registry import param_classes
+    from rsdml.training.methods.params import param_classes
 
     return param_classes()
 

@@ -51,7 +51,7 @@ from rsdml.training.cells import (
     run_cell,
     text,
 )
-from rsdml.training.methods.registry import param_classes
+from rsdml.training.methods.params import param_classes
 
 log = logging.getLogger(__name__)
 

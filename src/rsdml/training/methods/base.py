@@ -20,8 +20,9 @@ class Method(nn.Module):
     """Base class: subclasses set ``name`` and implement :meth:`forward`."""
 
     name: ClassVar[str] = ""
-    #: The method's own hyper-parameters: a dataclass of :func:`rsdml.config.option` fields,
-    #: next to the method (e.g. ``TripletParams``). Its fields become flags and YAML keys
+    #: The method's own hyper-parameters: a dataclass of :func:`rsdml.config.option` fields
+    #: in :mod:`rsdml.training.methods.params` (e.g. ``TripletParams``; there, the CLI reads
+    #: them without importing torch). Its fields become flags and YAML keys
     #: (``triplet_margin`` <-> ``--triplet-margin``); the registry checks them.
     params_class: ClassVar[type | None] = None
     #: Whether each step needs an unlabelled batch.

@@ -18,38 +18,16 @@ HR-Match adds the high-rankness term (BNM) on the unlabelled predictions of one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from rsdml.config import TrainConfig, option
+from rsdml.config import TrainConfig
 from rsdml.losses import BatchNuclearNormLoss
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.methods.margin_softmax import NSMMargin
-
-HR_VIEWS = ("strong", "weak")
-
-
-@dataclass(frozen=True)
-class ConsistencyParams:
-    """Options of the consistency methods (``--consistency-weight`` etc.)."""
-
-    consistency_weight: float = option(
-        1.0, "fixmatch / freematch / hr-match: weight of the pseudo-label term on the strong "
-        "view (ramped up with --bnm-warmup-epochs, like the high-rankness term).", ge=0.0)
-    threshold: float = option(
-        0.95, "fixmatch / hr-match: probability the weak view's top class needs to become a "
-        "pseudo-label (softmax of the scaled cosines).", gt=0.0, le=1.0)
-    freematch_ema: float = option(
-        0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
-        "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
-        ge=0.0, lt=1.0)
-    hr_view: str = option(
-        "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
-        "term sees (weak: a graph through the weak view too, about a third more compute).",
-        choices=HR_VIEWS)
+from rsdml.training.methods.params import ConsistencyParams
 
 
 class FixMatch(NSMMargin):

@@ -1,14 +1,19 @@
-"""The method registry: adding a method is one module and one line here.
+"""The method registry: adding a method is one module, its parameter class (if it has one)
+in :mod:`rsdml.training.methods.params`, and one line here plus one in that module's catalogue.
 
-A method with hyper-parameters declares them in its module as a dataclass of
-:func:`rsdml.config.option` fields (``Method.params_class``); registering the method registers
-them: they become ``rsdml train`` flags and YAML keys, and :func:`check_method` checks them.
+A method with hyper-parameters declares them as a dataclass of :func:`rsdml.config.option`
+fields (``Method.params_class``); registering the method registers them: they become
+``rsdml train`` flags and YAML keys, and :func:`check_method` checks them. The names and
+parameter classes live torch-free in ``params.CATALOGUE`` (for the CLI's help and the options
+loader); the classes here, and this module checks at import that both agree.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from torch import Tensor
@@ -18,6 +23,7 @@ from rsdml.errors import RsdmlError
 from rsdml.training.methods.base import Method, make_params
 from rsdml.training.methods.consistency import FixMatch, FreeMatch, HRMatch
 from rsdml.training.methods.margin_softmax import NormSoftmax, NSMMargin
+from rsdml.training.methods.params import CATALOGUE, param_classes, param_owners
 from rsdml.training.methods.regularized import HRS2DML, EntMin, FastBNM
 from rsdml.training.methods.snca import SNCA
 from rsdml.training.methods.triplet import Triplet
@@ -38,6 +44,60 @@ METHODS: dict[str, type[Method]] = {
 }
 
 
+__all__ = ["AUTO", "METHODS", "auto_method", "check_method", "create_method", "param_classes",
+           "param_owners", "register", "registered"]
+
+
+def _check_catalogue() -> None:
+    """METHODS and the torch-free catalogue name the same methods with the same parameter
+    classes (a programming error otherwise: the CLI would offer flags the method ignores)."""
+    if list(METHODS) != list(CATALOGUE):
+        raise RuntimeError(f"registry.METHODS {sorted(METHODS)} and params.CATALOGUE "
+                           f"{sorted(CATALOGUE)} must list the same methods")
+    for name, cls in METHODS.items():
+        if cls.params_class is not CATALOGUE[name]:
+            raise RuntimeError(f"method {name!r}: params_class {cls.params_class} differs from "
+                               f"params.CATALOGUE's {CATALOGUE[name]}")
+
+
+_check_catalogue()
+
+
+def register(name: str, cls: type[Method]) -> None:
+    """Add (or replace) method ``name`` in both halves of the registry, so its flags and its
+    class stay together (a plugin, or a test's toy method through :func:`registered`)."""
+    before = _entry(name)
+    METHODS[name] = cls
+    CATALOGUE[name] = cls.params_class
+    try:
+        param_classes()  # a flag declared twice is refused now, not at the next --help
+    except RuntimeError:
+        _restore(name, before)
+        raise
+
+
+@contextlib.contextmanager
+def registered(name: str, cls: type[Method]) -> Iterator[None]:
+    """:func:`register` for the duration of a ``with`` block; what was there before comes back."""
+    before = _entry(name)
+    register(name, cls)
+    try:
+        yield
+    finally:
+        _restore(name, before)
+
+
+def _entry(name: str) -> tuple[type[Method], type | None] | None:
+    return (METHODS[name], CATALOGUE[name]) if name in METHODS else None
+
+
+def _restore(name: str, entry: tuple[type[Method], type | None] | None) -> None:
+    METHODS.pop(name, None)
+    CATALOGUE.pop(name, None)
+    if entry is not None:
+        METHODS[name], CATALOGUE[name] = entry
+
+
 #: ``--method auto``: resolved by :func:`check_method` and recorded in config.yaml.
 AUTO = "auto"
 
@@ -47,36 +107,6 @@ def auto_method(cfg: TrainConfig) -> str:
     measurements of docs/results.md ("Consistency methods"); fast mode has cached features and
     no pixels for its views, so there the paper's hr-s2dml."""
     return "hr-s2dml" if cfg.freeze_backbone else "hr-match"
-
-
-def param_classes() -> tuple[type, ...]:
-    """The registered methods' parameter classes (each once), to pass to the options loader
-    (``TrainConfig.from_dict(..., params=param_classes())``) and the CLI."""
-    out: list[type] = []
-    owner: dict[str, str] = {}
-    core = set(TrainConfig.field_names())
-    for name, cls in METHODS.items():
-        params = cls.params_class
-        if params is None or params in out:
-            continue
-        for f in dataclasses.fields(params):
-            # A programming error, not a user's: two declarations of one flag.
-            if f.name in core or f.name in owner:
-                raise RuntimeError(f"method {name!r} declares option {f.name!r}, which "
-                                   f"{owner.get(f.name, 'TrainConfig')} already has")
-            owner[f.name] = f"method {name!r}"
-        out.append(params)
-    return tuple(out)
-
-
-def param_owners() -> dict[str, list[str]]:
-    """option name -> the methods that use it (for messages)."""
-    out: dict[str, list[str]] = {}
-    for name, cls in METHODS.items():
-        if cls.params_class is not None:
-            for f in dataclasses.fields(cls.params_class):
-                out.setdefault(f.name, []).append(name)
-    return out
 
 
 def check_method(cfg: TrainConfig) -> TrainConfig:

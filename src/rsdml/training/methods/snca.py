@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import Tensor
 
-from rsdml.config import TrainConfig, option
+from rsdml.config import TrainConfig
 from rsdml.losses import SNCALoss
 from rsdml.training.methods.base import Method
-
-
-@dataclass(frozen=True)
-class SNCAParams:
-    """The snca method's own options (``--snca-momentum``, YAML ``snca_momentum``)."""
-
-    snca_momentum: float = option(0.5, "snca: memory-bank momentum.", ge=0.0, lt=1.0)
+from rsdml.training.methods.params import SNCAParams
 
 
 class SNCA(Method):

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from pytorch_metric_learning import losses, miners
 from torch import Tensor
 
-from rsdml.config import TrainConfig, option
+from rsdml.config import TrainConfig
 from rsdml.training.methods.base import Method
+from rsdml.training.methods.params import TripletParams
 
 SAMPLES_PER_CLASS = 4
-
-
-@dataclass(frozen=True)
-class TripletParams:
-    """The triplet method's own options (``--triplet-margin``, YAML ``triplet_margin``)."""
-
-    triplet_margin: float = option(0.1, "triplet: margin of the triplet loss.", ge=0.0)
 
 
 class Triplet(Method):

@@ -1,0 +1,96 @@
+"""The methods' own options and the catalogue of method names, without torch.
+
+``rsdml train --help``, the options loader and the experiment grids need every method's flags
+but none of its loss modules; keeping the parameter classes here lets them skip ``import torch``
+(seconds). The method modules take their ``params_class`` from here, and
+:mod:`rsdml.training.methods.registry` checks at import that its classes and this catalogue
+agree, so a method is still declared once (``registry.register`` adds one to both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from rsdml.config import TrainConfig, option
+
+HR_VIEWS = ("strong", "weak")
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    """Options of the consistency methods (``--consistency-weight`` etc.)."""
+
+    consistency_weight: float = option(
+        1.0, "fixmatch / freematch / hr-match: weight of the pseudo-label term on the strong "
+        "view (ramped up with --bnm-warmup-epochs, like the high-rankness term).", ge=0.0)
+    threshold: float = option(
+        0.95, "fixmatch / hr-match: probability the weak view's top class needs to become a "
+        "pseudo-label (softmax of the scaled cosines).", gt=0.0, le=1.0)
+    freematch_ema: float = option(
+        0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
+        "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
+        ge=0.0, lt=1.0)
+    hr_view: str = option(
+        "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
+        "term sees (weak: a graph through the weak view too, about a third more compute).",
+        choices=HR_VIEWS)
+
+
+@dataclass(frozen=True)
+class SNCAParams:
+    """The snca method's own options (``--snca-momentum``, YAML ``snca_momentum``)."""
+
+    snca_momentum: float = option(0.5, "snca: memory-bank momentum.", ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class TripletParams:
+    """The triplet method's own options (``--triplet-margin``, YAML ``triplet_margin``)."""
+
+    triplet_margin: float = option(0.1, "triplet: margin of the triplet loss.", ge=0.0)
+
+
+#: Method name -> its parameter class (None without one), in ``rsdml list`` order: the
+#: torch-free half of the registry (``registry.METHODS`` holds the classes; both must agree).
+CATALOGUE: dict[str, type | None] = {
+    "hr-s2dml": None,
+    "nsm-margin": None,
+    "normsoftmax": None,
+    "triplet": TripletParams,
+    "snca": SNCAParams,
+    "entmin": None,
+    "fbnm": None,
+    "fixmatch": ConsistencyParams,
+    "freematch": ConsistencyParams,
+    "hr-match": ConsistencyParams,
+}
+
+
+def param_classes() -> tuple[type, ...]:
+    """The registered methods' parameter classes (each once), to pass to the options loader
+    (``TrainConfig.from_dict(..., params=param_classes())``) and the CLI."""
+    out: list[type] = []
+    owner: dict[str, str] = {}
+    core = set(TrainConfig.field_names())
+    for name, params in CATALOGUE.items():
+        if params is None or params in out:
+            continue
+        for f in dataclasses.fields(params):
+            # A programming error, not a user's: two declarations of one flag.
+            if f.name in core or f.name in owner:
+                raise RuntimeError(f"method {name!r} declares option {f.name!r}, which "
+                                   f"{owner.get(f.name, 'TrainConfig')} already has")
+            owner[f.name] = f"method {name!r}"
+        out.append(params)
+    return tuple(out)
+
+
+def param_owners() -> dict[str, list[str]]:
+    """option name -> the methods that use it (for messages)."""
+    out: dict[str, list[str]] = {}
+    for name, params in CATALOGUE.items():
+        if params is not None:
+            for f in dataclasses.fields(params):
+                out.setdefault(f.name, []).append(name)
+    return out
