@@ -12,7 +12,7 @@ import functools
 import math
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,32 @@ EPOCH_UNITS = ("pool", "labeled")
 
 def option(default: Any, help: str, **kw: Any) -> Any:
     """A dataclass field that is an option (flag and YAML key): its default, its help text and
-    optionally ``choices`` or bounds ``ge``/``gt``/``le``/``lt`` (checked by :func:`check_bounds`),
-    and the kinds it belongs to: ``runtime=True`` (cannot change a run's numbers) or
-    ``path=True`` (a file or folder, made absolute). TrainConfig's fields and the methods'
-    parameter classes are declared with it; the sets of options are read from it
-    (:func:`keys_with`), never listed again elsewhere."""
+    optionally ``choices`` or bounds ``ge``/``gt``/``le``/``lt`` (checked by :func:`check_bounds`
+    and shown in ``--help``; ``unit``, ``example`` and ``note`` complete the message), and the
+    kinds it belongs to: ``runtime=True`` (cannot change a run's numbers) or ``path=True`` (a
+    file or folder, made absolute). TrainConfig's fields and the methods' parameter classes are
+    declared with it; the sets of options and their checks are read from it (:func:`keys_with`,
+    :func:`check_bounds`), never listed again elsewhere."""
     return field(default=default, metadata={"help": help, **kw})
+
+
+class Bound(float):
+    """A bound that messages spell by name (``pi/2``, not 1.5707963267948966)."""
+
+    text: str
+
+    def __new__(cls, value: float, text: str) -> Bound:
+        self = super().__new__(cls, value)
+        self.text = text
+        return self
+
+    def __str__(self) -> str:
+        return self.text
+
+    __repr__ = __str__
+
+
+HALF_PI = Bound(math.pi / 2, "pi/2")
 
 
 _opt = option
@@ -65,9 +85,12 @@ class TrainConfig:
         "labelled/unlabelled/val/test.",
         choices=PROTOCOLS,
     )
-    labeled_fraction: float = _opt(0.2, "Fraction of each class that is labelled.")
-    val_fraction: float = _opt(0.1, "Inductive protocol: fraction of each class for validation.")
-    test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.")
+    labeled_fraction: float = _opt(0.2, "Fraction of each class that is labelled.", gt=0.0,
+                                   lt=1.0, example="0.2")
+    val_fraction: float = _opt(0.1, "Inductive protocol: fraction of each class for validation.",
+                               ge=0.0, lt=1.0)
+    test_fraction: float = _opt(0.2, "Inductive protocol: fraction of each class for test.",
+                                ge=0.0, lt=1.0)
     split: str | None = _opt(None, "Reuse a split.csv from an earlier run (same images, roles).",
                              path=True)
     labels: str | None = _opt(
@@ -85,17 +108,18 @@ class TrainConfig:
     pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
     weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).",
                                path=True)
-    embedding_dim: int = _opt(128, "Embedding dimension D.")
+    embedding_dim: int = _opt(128, "Embedding dimension D.", gt=0)
     mlp_head: bool = _opt(False, "Use a 2-layer MLP instead of one Linear layer as the head.")
     freeze_backbone: bool = _opt(
         False, "Fast mode: freeze the trunk, cache its features once, train only head and loss."
     )
     # --- losses
-    margin: float = _opt(0.5, "Additive angular margin m (radians).")
-    temperature: float = _opt(0.05, "Softmax temperature tau.")
-    bnm_weight: float = _opt(1.0, "Weight lambda of the high-rankness (BNM) term.")
+    margin: float = _opt(0.5, "Additive angular margin m.", ge=0.0, lt=HALF_PI, unit="radians",
+                         example="0.5")
+    temperature: float = _opt(0.05, "Softmax temperature tau.", gt=0.0, example="0.05")
+    bnm_weight: float = _opt(1.0, "Weight lambda of the high-rankness (BNM) term.", ge=0.0)
     bnm_logit_scale: float | None = _opt(
-        None, "Scale s of the cosines in the unlabelled softmax (default 1/temperature)."
+        None, "Scale s of the cosines in the unlabelled softmax (default 1/temperature).", gt=0.0
     )
     #: Hyper-parameters a method declares itself (``rsdml.training.methods``): option name ->
     #: value, e.g. ``{"triplet_margin": 0.1}``. Flags and YAML keys like the fields here (the
@@ -104,47 +128,51 @@ class TrainConfig:
     # --- optimisation
     epochs: int = _opt(
         30, "Epochs; an epoch is --epoch-unit (by default one pass over the unlabelled pool, "
-        "so the unlabelled images are seen once an epoch whatever the number of labels).")
+        "so the unlabelled images are seen once an epoch whatever the number of labels).", gt=0)
     epoch_unit: str = _opt(
         "pool", "pool: an epoch is one pass over the larger of the labelled set and the "
         "unlabelled pool; labeled: one pass over the labelled set (the paper's).",
         choices=EPOCH_UNITS)
     steps: int | None = _opt(
         None, "Training budget in optimiser steps (instead of --epochs; the last epoch may be "
-        "partial). Warm-ups, schedules and --eval-every stay in epochs of --epoch-unit.")
-    batch_size: int = _opt(128, "Labelled images per step.")
-    unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.")
+        "partial). Warm-ups, schedules and --eval-every stay in epochs of --epoch-unit.", gt=0)
+    batch_size: int = _opt(128, "Labelled images per step.", gt=0)
+    unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.", gt=0)
     optimizer: str = _opt(
         "adamw", "adamw, or sgd (Nesterov; the paper's). SGD's step grows with the loss's "
         "1/temperature = 20 and wrecks a fine-tuned trunk at the paper's lr.", choices=OPTIMIZERS
     )
     lr: float | None = _opt(
         None, "Learning rate of the head and the class weights (default: 0.001 for adamw, 0.1 "
-        "for sgd)."
+        "for sgd).", gt=0.0, example="0.001"
     )
     trunk_lr_mult: float | None = _opt(
         None, "The trunk's learning rate is --lr times this (default: 0.1 for a pretrained "
-        "trunk, which a new head's rate would distort; 1 from random initialisation)."
+        "trunk, which a new head's rate would distort; 1 from random initialisation).",
+        ge=0.0, note="0 freezes the trunk's weights; --freeze-backbone also caches its features"
     )
-    momentum: float = _opt(0.9, "SGD (Nesterov) momentum; AdamW's beta1.")
+    momentum: float = _opt(0.9, "SGD (Nesterov) momentum; AdamW's beta1.", ge=0.0, lt=1.0,
+                           example="0.9")
     weight_decay: float = _opt(1e-4, "Weight decay (decoupled for adamw; not applied to norm "
-                               "and bias parameters).")
+                               "and bias parameters).", ge=0.0, example="1e-4")
     schedule: str = _opt(
         "cosine", "Learning-rate decay after the warm-up: cosine (to 0 at the last epoch) or step "
         "(times --lr-gamma every --lr-step epochs, the paper's).", choices=SCHEDULES
     )
-    lr_step: int = _opt(30, "--schedule step: period in epochs.")
-    lr_gamma: float = _opt(0.5, "--schedule step: factor.")
+    lr_step: int = _opt(30, "--schedule step: period in epochs.", gt=0)
+    lr_gamma: float = _opt(0.5, "--schedule step: factor.", gt=0.0, le=1.0, example="0.5")
     warmup_epochs: float = _opt(
-        2.0, "Linear learning-rate warm-up in epochs (the trunk's starts after the head warm-up)."
+        2.0, "Linear learning-rate warm-up in epochs (the trunk's starts after the head warm-up).",
+        ge=0.0, note="0 turns it off"
     )
     head_warmup_epochs: float = _opt(
         3.0, "Train only the head and class weights on the fixed trunk for this many epochs "
-        "first: a random head's gradients would distort pretrained features."
+        "first: a random head's gradients would distort pretrained features.",
+        ge=0.0, note="0 turns it off"
     )
     bnm_warmup_epochs: float = _opt(
         10.0, "Ramp the weight of the unlabelled term linearly from 0 to --bnm-weight over this "
-        "many epochs (early predictions are noise)."
+        "many epochs (early predictions are noise).", ge=0.0, note="0 turns it off"
     )
     bn: str = _opt(
         "auto", "BatchNorm of the trunk while training: train (batch statistics, running "
@@ -154,7 +182,8 @@ class TrainConfig:
     # --- images and pipeline
     image_size: int | None = _opt(
         None, "Images are resized to SIZE x SIZE (default: 256 on a CUDA GPU, 128 on a CPU: "
-        "256 px at the default batch sizes needs over 10 GB of RAM).")
+        "256 px at the default batch sizes needs over 10 GB of RAM).", ge=16, unit="pixels",
+        example="128")
     bands: str = _opt(
         "rgb", "Bands the network sees: rgb (3 bands at 8 bit: the first three, 16-bit data "
         "stretched), all (every band at the data's bit depth, uint8 or uint16) or band numbers "
@@ -170,15 +199,15 @@ class TrainConfig:
     )
     cache_dir: str | None = _opt(None, "Cache folder (default ~/.cache/rsdml or $RSDML_CACHE).",
                                  path=True, runtime=True)
-    cache_max_memory_gb: float = _opt(4.0, "Above this size the cache goes to a memory-mapped "
-                                      "file.", runtime=True)
+    cache_max_memory_gb: float = _opt(4.0, "Above this size (GB) the cache goes to a "
+                                      "memory-mapped file.", ge=0.0, runtime=True)
     device_cache: str = _opt(
         "auto", "auto: on CUDA, hold the decoded images in GPU memory when they fit in a quarter "
         "of the free memory (no host copies per step); off: keep them in host memory.",
         choices=DEVICE_CACHE_MODES,
     )
     workers: int = _opt(0, "Threads that decode images while the cache builds (0 = auto).",
-                        runtime=True)
+                        ge=0, runtime=True)
     device: str = _opt("auto", "Training device.", choices=DEVICES, runtime=True)
     amp: str = _opt("auto", "Mixed precision: auto = bf16 autocast on CUDA GPUs with bf16, float32 "
                     "on a CPU; bf16 = bf16 also on a CPU (1.5-1.9x faster on CPUs with AMX or "
@@ -190,9 +219,9 @@ class TrainConfig:
         "BatchNorm trains (--bn train)."
     )
     # --- evaluation and logging
-    eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).")
-    eval_batch_size: int = _opt(256, "Batch size for embedding extraction.", runtime=True)
-    checkpoint_every: int = _opt(1, "Save RUN_DIR/checkpoints/last.pt every N epochs.",
+    eval_every: int = _opt(10, "Evaluate every N epochs (and always at the end).", gt=0)
+    eval_batch_size: int = _opt(256, "Batch size for embedding extraction.", gt=0, runtime=True)
+    checkpoint_every: int = _opt(1, "Save RUN/checkpoints/last.pt every N epochs.", gt=0,
                                  runtime=True)
     report: bool = _opt(True, "Write eval/report.html with its figures at the end (t-SNE etc.).",
                         runtime=True)
@@ -270,7 +299,8 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every value a user can get wrong; raise a one-line RsdmlError naming the fix.
 
-        The method, its parameters and the backbone are the registries' to check
+        Choices and bounds are the fields' declarations; only checks across fields are written
+        here. The method, its parameters and the backbone are the registries' to check
         (``rsdml.training.runner.validate_config`` runs all of it)."""
         for f in _option_fields(type(self)).values():
             choices = f.metadata.get("choices")
@@ -279,18 +309,11 @@ class TrainConfig:
                 raise RsdmlError(
                     f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}"
                 )
-        if not 0.0 < self.labeled_fraction < 1.0:
-            raise RsdmlError(
-                f"--labeled-fraction {self.labeled_fraction} must be in (0, 1), e.g. 0.2"
-            )
+        check_bounds(self)  # every single-field bound, as the fields declare it
         if self.labels and (self.split or self.protocol != "transductive"):
             raise RsdmlError("--labels makes its own split (the file's rows labelled, the rest "
                              "unlabelled, transductive): drop --split and --protocol")
         if self.protocol == "inductive":
-            for name in ("val_fraction", "test_fraction"):
-                v = getattr(self, name)
-                if not 0.0 <= v < 1.0:
-                    raise RsdmlError(f"--{_flag(name)} {v} must be in [0, 1)")
             total = self.labeled_fraction + self.val_fraction + self.test_fraction
             if total >= 1.0 and not math.isclose(total, 1.0):
                 raise RsdmlError(
@@ -299,46 +322,9 @@ class TrainConfig:
                 )
             if self.test_fraction <= 0.0:
                 raise RsdmlError("--test-fraction must be > 0 under the inductive protocol")
-        positive_ints = (
-            "epochs", "batch_size", "unlabeled_batch_size", "embedding_dim", "image_size", "steps",
-            "eval_every", "eval_batch_size", "lr_step", "checkpoint_every",
-        )
-        for name in positive_ints:
-            v = getattr(self, name)
-            if name in ("image_size", "steps") and v is None:  # image_size: the device's default
-                continue
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise RsdmlError(f"--{_flag(name)} {v!r} must be a positive whole number")
-        if self.image_size is not None and self.image_size < 16:
-            raise RsdmlError(f"--image-size {self.image_size} is too small; use at least 16")
-        if not 0.0 <= self.margin < math.pi / 2:
-            raise RsdmlError(f"--margin {self.margin} must be in [0, pi/2) radians, e.g. 0.5")
-        if not self.temperature > 0.0:
-            raise RsdmlError(f"--temperature {self.temperature} must be > 0, e.g. 0.05")
-        if self.bnm_logit_scale is not None and not self.bnm_logit_scale > 0:
-            raise RsdmlError(f"--bnm-logit-scale {self.bnm_logit_scale} must be > 0")
-        if self.bnm_weight < 0:
-            raise RsdmlError(f"--bnm-weight {self.bnm_weight} must be >= 0")
-        if self.lr is not None and not self.lr > 0:
-            raise RsdmlError(f"--lr {self.lr} must be > 0")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise RsdmlError("--weight-decay must be >= 0 and --momentum in [0, 1)")
-        if self.trunk_lr_mult is not None and not self.trunk_lr_mult >= 0:
-            raise RsdmlError(f"--trunk-lr-mult {self.trunk_lr_mult} must be >= 0 (0 freezes the "
-                             "trunk's weights; --freeze-backbone also caches its features)")
-        for name in ("warmup_epochs", "head_warmup_epochs", "bnm_warmup_epochs"):
-            v = getattr(self, name)
-            if not v >= 0:
-                raise RsdmlError(f"--{_flag(name)} {v} must be >= 0 (0 turns it off)")
-        if not 0 < self.lr_gamma <= 1:
-            raise RsdmlError(f"--lr-gamma {self.lr_gamma} must be in (0, 1]")
-        if self.workers < 0:
-            raise RsdmlError(f"--workers {self.workers} must be >= 0")
         from rsdml.data.bands import Bands  # lazily: it imports torch
 
         Bands.parse(self.bands, self.rgb_bands)
-        if self.cache_max_memory_gb < 0:
-            raise RsdmlError("--cache-max-memory-gb must be >= 0")
         return self
 
 
@@ -400,19 +386,58 @@ def option_fields(params: Sequence[type] = ()) -> dict[str, dataclasses.Field[An
     return out
 
 
+_BOUND_TESTS: dict[str, Callable[[Any, Any], bool]] = {
+    "ge": lambda v, b: v >= b, "gt": lambda v, b: v > b,
+    "le": lambda v, b: v <= b, "lt": lambda v, b: v < b,
+}
+
+
+def _bound_text(bound: Any) -> str:
+    return f"{bound:g}" if isinstance(bound, float) and not isinstance(bound, Bound) else str(bound)
+
+
+def bounds_rule(f: dataclasses.Field[Any], whole: bool = False) -> str | None:
+    """What an option's declared bounds ask, in the words of its error and its ``--help``
+    (``in (0, 1)``, ``>= 0``, ``a positive whole number``, ``in [0, pi/2) radians``); None
+    without bounds. ``whole``: the option is an int."""
+    m = f.metadata
+    low = next(((k, m[k]) for k in ("ge", "gt") if m.get(k) is not None), None)
+    high = next(((k, m[k]) for k in ("le", "lt") if m.get(k) is not None), None)
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    if low and high:
+        rule = (f"in {'[' if low[0] == 'ge' else '('}{_bound_text(low[1])}, "
+                f"{_bound_text(high[1])}{']' if high[0] == 'le' else ')'}")
+    elif whole and low == ("gt", 0):
+        rule = "a positive whole number"
+    elif low or high:
+        key, bound = low or high or ("", None)
+        rule = f"{signs[key]} {_bound_text(bound)}"
+    else:
+        return None
+    return f"{rule} {m['unit']}" if m.get("unit") else rule
+
+
 def check_bounds(obj: Any) -> None:
-    """The ``ge``/``gt``/``le``/``lt`` bounds an :func:`option` declares, for every field of
-    the dataclass instance ``obj`` (a method's parameters); a one-line error naming the flag."""
-    tests = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
-             "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-    for f in fields(obj):
-        value = getattr(obj, f.name)
-        if value is None:
+    """The ``ge``/``gt``/``le``/``lt`` bounds that :func:`option` declares, for every option
+    of the dataclass instance ``obj`` (a TrainConfig, a method's parameters); a one-line error
+    naming the flag, the bound and, where the field gives them, an example and a note."""
+    cls = type(obj)
+    types = _field_types(cls)
+    for name, f in _option_fields(cls).items():
+        value = getattr(obj, name)
+        whole = types[name][0] is int
+        rule = bounds_rule(f, whole)
+        if value is None or rule is None:
             continue
-        for key, (ok, sign) in tests.items():
-            bound = f.metadata.get(key)
-            if bound is not None and not ok(value, bound):
-                raise RsdmlError(f"--{_flag(f.name)} {value} must be {sign} {bound}")
+        kind_ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool)
+        if kind_ok and all(_BOUND_TESTS[k](value, f.metadata[k]) for k in _BOUND_TESTS
+                           if f.metadata.get(k) is not None):
+            continue
+        if not kind_ok and not rule.startswith("a positive"):
+            rule = f"{'a whole number' if whole else 'a number'} {rule}"
+        example = f", e.g. {f.metadata['example']}" if f.metadata.get("example") else ""
+        note = f" ({f.metadata['note']})" if f.metadata.get("note") else ""
+        raise RsdmlError(f"--{_flag(name)} {value!r} must be {rule}{example}{note}")
 
 
 def option_name(key: Any, source: str, params: Sequence[type] = ()) -> str:

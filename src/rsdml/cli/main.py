@@ -11,7 +11,14 @@ from typing import Any
 
 import click
 
-from rsdml.config import DEVICES, TrainConfig, config_values, load_yaml, option_fields
+from rsdml.config import (
+    DEVICES,
+    TrainConfig,
+    bounds_rule,
+    config_values,
+    load_yaml,
+    option_fields,
+)
 from rsdml.errors import RsdmlError
 
 
@@ -48,6 +55,9 @@ def _option(f: Any) -> Callable[[Callable[..., Any]], Any]:
     ctype, is_flag = _click_type(f.type)
     flag = f.name.replace("_", "-")
     help_text = str(f.metadata.get("help", ""))
+    rule = bounds_rule(f, whole=ctype is int)
+    if rule:  # the declared bounds, in the words of the error a wrong value gets
+        help_text += f" Must be {rule}."
     if f.default is not None and "default:" not in help_text:  # no "[default: None]"
         help_text += f" [default: {f.default}]"
     if is_flag:
