@@ -73,12 +73,13 @@ _opt = option
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved as ``RUN_DIR/config.yaml``."""
+    """Everything a training run depends on; saved as ``RUN/config.yaml``."""
 
     # --- data and split
     data: str | None = _opt(None, "Image folder with one sub-folder per class, or the name "
                             "of a downloaded data set (`rsdml datasets list`).", path=True)
-    out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).", path=True)
+    out: str | None = _opt(None, "Run folder to create (checkpoints, metrics, logs).", path=True,
+                           metavar="RUN")
     protocol: str = _opt(
         "transductive",
         "transductive: unlabelled pool = test images (paper); inductive: disjoint "

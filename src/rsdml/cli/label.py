@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from rsdml.cli.runs import run_argument, run_option
+
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
@@ -15,8 +17,8 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
               help="How many images to suggest.")
 @click.option("--labels", "labels_file", type=click.Path(dir_okay=False), default=None,
               help="The labels so far (path,class); labelled images are never suggested.")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="A trained run: suggest uncertain and diverse images from its predictions.")
+@run_option("Run folder of a trained run: suggest uncertain and diverse images from its "
+            "predictions.")
 @click.option("--strategy", type=click.Choice(["auto", "typiclust", "kcentre", "uncertain",
                                                "random"]), default="auto", show_default=True,
               help="auto: uncertain with --run, typiclust without (docs/labelling.md).")
@@ -36,7 +38,7 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
 
 
 @click.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@run_argument()
 @click.argument("data", type=click.Path())
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="CSV: path, class, probability, knn_agreement, margin; least certain first.")
@@ -47,7 +49,7 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
 @click.option("--quiet", is_flag=True)
 def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, device: str | None,
             quiet: bool) -> None:
-    """Predict the class of every unlabelled image under DATA with a trained run."""
+    """Predict the class of every unlabelled image under DATA with the run folder RUN."""
     from rsdml.training.predict import predict_folder, write_predictions
 
     pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet)
@@ -65,8 +67,7 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
               help="`rsdml suggest` CSV: the order to label in (default: TypiClust's choice).")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None,
               help="`rsdml predict` CSV: the review view (accept or correct the least certain).")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Search with a trained run's embeddings (default: the pretrained trunk's).")
+@run_option("Run folder whose embeddings the search uses (default: the pretrained trunk's).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default answers this machine only (no "
                    "authentication).")

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from rsdml.cli.runs import RUN, run_argument, run_option
 from rsdml.config import (
     DEVICES,
     TrainConfig,
@@ -65,7 +66,8 @@ def _option(f: Any) -> Callable[[Callable[..., Any]], Any]:
     if f.metadata.get("choices"):
         return click.option(f"--{flag}", f.name, type=click.Choice(f.metadata["choices"]),
                             default=None, help=help_text)
-    return click.option(f"--{flag}", f.name, type=ctype, default=None, help=help_text)
+    return click.option(f"--{flag}", f.name, type=ctype, default=None, help=help_text,
+                        metavar=f.metadata.get("metavar"))
 
 
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,6 +104,8 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 
 #: The commands that run as a group of ranks under torchrun (the others refuse it).
 TORCHRUN_COMMANDS = ("train", "evaluate", "embed", "index")
+#: The end of the refusal under torchrun: the agent's traceback that comes next is not ours.
+TORCHRUN_REPORT_FOLLOWS = "(torchrun's own error report follows)"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -112,15 +116,18 @@ def cli(ctx: click.Context) -> None:
     from rsdml.training.launch import launched_by_torchrun
 
     if launched_by_torchrun() and ctx.invoked_subcommand not in TORCHRUN_COMMANDS:
+        # torchrun's agent then prints its own ChildFailedError traceback (in its process, out
+        # of our reach): say so, lest it read as a crash of rsdml's.
         raise RsdmlError(f"rsdml {ctx.invoked_subcommand} runs as one process; run it without "
-                         f"torchrun (under torchrun: rsdml {', '.join(TORCHRUN_COMMANDS)})")
+                         f"torchrun (under torchrun: rsdml {', '.join(TORCHRUN_COMMANDS)}) "
+                         f"{TORCHRUN_REPORT_FOLLOWS}")
 
 
 @cli.command(cls=_TrainCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML file of options (keys as below, '_' for '-'); the command line overrides it.")
-@click.option("--resume", type=click.Path(file_okay=False),
-              help="Continue the interrupted or finished run in this folder.")
+@click.option("--resume", type=click.Path(file_okay=False), metavar=RUN,
+              help="Continue the interrupted or finished run in this run folder.")
 @click.option("--extend", is_flag=True, default=False,
               help="With --resume: accept a new --epochs / --steps; the remaining steps follow "
                    "the schedule of the new budget (recorded in RUN/config_history.jsonl).")
@@ -161,7 +168,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 @cli.command()
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@run_argument()
 @click.option("--checkpoint", default="auto", show_default=True,
               help="last, best, auto (best where the protocol has a validation split) or a path.")
 @click.option("--device", type=click.Choice(DEVICES), default=None)
@@ -171,7 +178,8 @@ def _print_summary(result: dict[str, Any]) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None,
              quiet: bool) -> None:
-    """Re-evaluate a run's checkpoint: RUN_DIR/eval/ (metrics.json, embeddings.npz, report.html)."""
+    """Re-evaluate the checkpoint of run folder RUN: RUN/eval/ (metrics.json, embeddings.npz,
+    report.html)."""
     from rsdml.training.runner import evaluate_run
 
     result = evaluate_run(run_dir, checkpoint=checkpoint, device=device, quiet=quiet, data=data)
@@ -182,9 +190,7 @@ def evaluate(run_dir: str, checkpoint: str, device: str | None, data: str | None
 
 @cli.command()
 @click.argument("data", type=click.Path())
-@click.option("--run", "--run-dir", "run_dir", required=True, type=click.Path(file_okay=False),
-              help="Run folder whose model embeds the images (--run-dir under torchrun, "
-                   "which takes --run for its own --run-path).")
+@run_option("Run folder whose model embeds the images.", required=True, torchrun_alias=True)
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False),
               help="Output .npz (embeddings, paths).")
 @click.option("--checkpoint", default="auto", show_default=True)
@@ -274,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=argv, prog_name="rsdml", standalone_mode=False)
     except _Terminated:
         click.echo("rsdml: terminated (SIGTERM) outside the training loop; continue a started "
-                   "run with `rsdml train --resume RUN_DIR`", err=True)
+                   "run with `rsdml train --resume RUN`", err=True)
         sys.exit(143)
     except click.exceptions.Abort:
         click.echo("rsdml: aborted", err=True)

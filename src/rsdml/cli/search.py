@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from rsdml.cli.runs import run_option
 from rsdml.config import DEVICES
 from rsdml.errors import RsdmlError
 
@@ -12,10 +13,8 @@ _KINDS = ["auto", "flat", "hnsw", "ivf", "ivfpq"]
 
 @click.command(name="index")
 @click.argument("data", type=click.Path())
-@click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Run folder whose model embeds the images (required for a new index from a "
-                   "folder; with --add, defaults to the run the index records). --run-dir "
-                   "under torchrun, which takes --run for its own --run-path.")
+@run_option("Run folder whose model embeds the images (required for a new index from a "
+            "folder; with --add, defaults to the run the index records).", torchrun_alias=True)
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Index folder to write (index.faiss, vectors.npy, meta.json, model.json).")
 @click.option("--add", "add_to", type=click.Path(file_okay=False), default=None,
@@ -73,8 +72,7 @@ def index(data: str, run_dir: str | None, out: str | None, add_to: str | None, k
 @click.option("--k", type=int, default=10, show_default=True, help="Number of results.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Where the index's run folder is now, if it moved (--image only).")
+@run_option("Where the index's run folder is now, if it moved (--image only).")
 @click.option("--device", type=click.Choice(DEVICES), default=None)
 def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt: str,
            run_dir: str | None, device: str | None) -> None:
@@ -99,8 +97,7 @@ def search(index_dir: str, image: str | None, image_id: str | None, k: int, fmt:
                    "has no authentication).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="TCP port; 0 picks a free one (printed at start).")
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
-              help="Where the index's run folder is now, if it moved.")
+@run_option("Where the index's run folder is now, if it moved.")
 @click.option("--device", type=click.Choice(DEVICES), default=None)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Requests computed at once.")

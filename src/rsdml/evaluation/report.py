@@ -225,7 +225,7 @@ def _section_metrics(inputs: _Inputs) -> str:
     if not m:
         return _note_section(
             "Metrics", inputs.notes.get("eval/metrics.json", "no metrics")
-            + "; run `rsdml evaluate RUN_DIR` to compute them"
+            + "; run `rsdml evaluate RUN` to compute them"
         )
     parts = [('<section><h2>Metrics</h2><p class="small">Definitions: docs/metrics.md. '
               "Queries are the test images; the kNN references and the <i>labelled</i> gallery "

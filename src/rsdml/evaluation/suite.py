@@ -161,7 +161,7 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
     """Read an ``embeddings.npz`` written by :func:`save_embeddings`."""
     path = Path(path)
     if not path.is_file():
-        raise RsdmlError(f"{path} not found; run `rsdml evaluate RUN_DIR` to create it")
+        raise RsdmlError(f"{path} not found; run `rsdml evaluate RUN` to create it")
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = {"embeddings", "labels", "roles", "paths"} - set(data.files)
