@@ -170,3 +170,15 @@ def test_the_method_parameter_classes_import_without_torch():
             "print('torch' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "False", res.stdout + res.stderr
+
+
+def test_the_registry_refuses_a_catalogue_that_disagrees(monkeypatch):
+    from rsdml.training.methods import registry
+
+    registry._check_catalogue()  # as shipped: they agree
+    monkeypatch.setitem(catalogue.CATALOGUE, "snca", catalogue.TripletParams)
+    with pytest.raises(RuntimeError, match="'snca'"):
+        registry._check_catalogue()
+    monkeypatch.delitem(catalogue.CATALOGUE, "snca")
+    with pytest.raises(RuntimeError, match="must list the same methods"):
+        registry._check_catalogue()
