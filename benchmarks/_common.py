@@ -407,7 +407,7 @@ def cached_session(cfg: TrainConfig, split: Split, run_root: Path):
     after a timed cold build of the image cache; ``build_session`` then loads it back warm.
 
     Returns (session, trainer, cache report)."""
-    from rsdml.training.run_dir import RunDir
+    from rsdml.training.run_folder import RunFolder
     from rsdml.training.runner import build_session, load_cache, make_trainer
 
     log(f"{cfg.image_size}px: building the image cache of {len(split.paths)} images (cold)")
@@ -417,7 +417,7 @@ def cached_session(cfg: TrainConfig, split: Split, run_root: Path):
     stub = _StatsOnly(cold)
     del cold
     t = time.perf_counter()
-    session = build_session(cfg, RunDir(run_root), split, train=True)
+    session = build_session(cfg, RunFolder(run_root), split, train=True)
     warm_s = time.perf_counter() - t
     report = cache_report(build_s, stub, warm_s, session.inputs.cache)
     report["warm_load_seconds_note"] = "build_session(): warm cache load + model build"

@@ -60,7 +60,7 @@ def worker(args: argparse.Namespace) -> None:
     from rsdml.data.scan import scan_image_folder
     from rsdml.data.split import make_split
     from rsdml.training import distributed
-    from rsdml.training.run_dir import RunDir
+    from rsdml.training.run_folder import RunFolder
     from rsdml.training.runner import build_session, make_trainer
 
     torch.set_num_threads(args.threads)
@@ -74,7 +74,7 @@ def worker(args: argparse.Namespace) -> None:
                        labeled_fraction=0.5, val_fraction=0.0, test_fraction=0.0, seed=0,
                        data_root=scan.root)
     with tempfile.TemporaryDirectory() as tmp:
-        session = build_session(cfg, RunDir(Path(tmp)), split, train=True)
+        session = build_session(cfg, RunFolder(Path(tmp)), split, train=True)
         trainer = make_trainer(session)
         batches = trainer.labeled_batches(0)
         sync = torch.cuda.synchronize if session.device.type == "cuda" else (lambda: None)

@@ -138,10 +138,10 @@ def end_to_end(args, device, cfg, model, data: Path, n: int) -> dict[str, Any]:
     """``embed_folder`` as the CLI calls it, on a run folder holding this model."""
     from rsdml.training.checkpoint import save_checkpoint
     from rsdml.training.embed import embed_folder
-    from rsdml.training.run_dir import RunDir
+    from rsdml.training.run_folder import RunFolder
 
     with tempfile.TemporaryDirectory(prefix="rsdml-bench-embed-") as tmp:
-        run = RunDir(Path(tmp) / "run")
+        run = RunFolder(Path(tmp) / "run")
         run.root.mkdir()
         cfg.save_yaml(run.config)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}

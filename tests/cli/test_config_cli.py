@@ -88,7 +88,7 @@ def test_resume_config_bad_key_or_value(text, needles, saved_run, tmp_path, caps
 
 
 def test_resume_config_accepts_hyphenated_yaml_keys_and_yaml_numbers(saved_run, tmp_path):
-    cfg = runner.resume_config(runner.RunDir(saved_run),
+    cfg = runner.resume_config(runner.RunFolder(saved_run),
                                {"eval-every": 5, "epochs": "1e1", "margin": "5e-1"}, extend=True)
     assert cfg.eval_every == 5 and cfg.epochs == 10 and cfg.margin == 0.5
 
@@ -97,11 +97,11 @@ def test_resume_with_its_own_config_yaml_is_no_change(saved_run, tmp_path, capsy
     """Passing the run's config.yaml back (the file `--config` reuses) changes nothing."""
     seen = {}
 
-    def stop(run, cfg, what="run folder"):
+    def stop(run, cfg, what):
         seen["cfg"] = cfg
         raise RsdmlError("stop here")
 
-    monkeypatch.setattr(runner, "_read_run_split", stop)
+    monkeypatch.setattr(runner, "_open_run_split", stop)
     code, _, err = run_cli(["train", "--resume", str(saved_run), "--config",
                             str(saved_run / "config.yaml"), "--epochs", "4", "--extend"], capsys)
     assert_one_line_error(code, err, "stop here")

@@ -12,7 +12,7 @@ from clihelp import run_cli
 
 import rsdml.training.runner as runner
 from rsdml.errors import RsdmlError
-from rsdml.training.run_dir import RunLock
+from rsdml.training.run_folder import RunFolder
 
 TINY = ["--pretrained", "none", "--image-size", "32", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--device", "cpu", "--quiet", "--eval-batch-size", "64",
@@ -75,7 +75,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_retry(existing, tiny_scen
     code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--out", str(out), *TINY], capsys)
     assert "ImageNet weights" in _error_line(code, err)
     assert out.exists() == existing and (not existing or not any(out.iterdir()))
-    runner.prepare_new_run(str(out))  # the retry's folder check passes
+    RunFolder.create(out)  # the retry's folder check passes
 
 
 def test_a_data_set_with_one_class_is_refused(tiny_scenes, tmp_path, capsys):
@@ -93,7 +93,7 @@ def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     runner.TrainConfig(data=str(tmp_path), out=str(run)).save_yaml(run / "config.yaml")
-    with RunLock(run):
+    with RunFolder(run).lock():
         code, _, err = run_cli(["train", "--resume", str(run), "--epochs", "5", "--extend"], capsys)
         assert "in use by another rsdml process" in _error_line(code, err)
         code, _, err = run_cli(["evaluate", str(run)], capsys)

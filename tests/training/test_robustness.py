@@ -18,12 +18,13 @@ import pytest
 import torch
 
 import rsdml.fsutil as ck  # where the atomic writes (and their open) live
-import rsdml.training.run_dir as run_dir
+import rsdml.training.run_folder as run_folder
 from rsdml.cli.main import main
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import write_json
 from rsdml.training.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from rsdml.training.run_dir import check_writable, write_json
+from rsdml.training.run_folder import check_writable
 from rsdml.training.runner import train
 from rsdml.training.trainer import Trainer
 
@@ -205,7 +206,7 @@ def _disk_with_free(free: int):
 
 def test_disk_nearly_full_stops_before_training_and_leaves_nothing(scenes, tmp_path, monkeypatch,
                                                                    capsys):
-    monkeypatch.setattr(run_dir.shutil, "disk_usage", _disk_with_free(10 * 2**20))
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", _disk_with_free(10 * 2**20))
     run = tmp_path / "run"
     code, _, err = run_main(["train", "--data", str(scenes), "--out", str(run), *TINY], capsys)
     assert code == 2
@@ -217,7 +218,7 @@ def test_disk_nearly_full_stops_before_training_and_leaves_nothing(scenes, tmp_p
 
 def test_resume_on_a_full_disk_stops_before_touching_the_run(run_copy, monkeypatch, capsys):
     before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*")}
-    monkeypatch.setattr(run_dir.shutil, "disk_usage", _disk_with_free(2**20))
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", _disk_with_free(2**20))
     code, _, err = run_main(["train", "--resume", str(run_copy), "--epochs", "4", "--extend"], capsys)
     assert code == 2 and "only 1 MiB free" in _one_error_line(err)
     assert {p: p.stat().st_mtime_ns for p in run_copy.rglob("*")} == before
@@ -226,8 +227,8 @@ def test_resume_on_a_full_disk_stops_before_touching_the_run(run_copy, monkeypat
 def test_check_writable_needs_room_for_a_resnet18_checkpoint(reference, tmp_path, monkeypatch):
     size = (reference / "checkpoints" / "last.pt").stat().st_size
     # an atomic replace holds two last.pt at once, plus best.pt (weights only, ~half)
-    assert 2.5 * size <= run_dir.NEED_BYTES
-    monkeypatch.setattr(run_dir.shutil, "disk_usage", _disk_with_free(2 * size))
+    assert 2.5 * size <= run_folder.NEED_BYTES
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", _disk_with_free(2 * size))
     with pytest.raises(RsdmlError, match="MiB free"):
         check_writable(tmp_path)
 

@@ -9,11 +9,11 @@ import yaml
 
 from rsdml.errors import RsdmlError
 from rsdml.retrieval.identity import ModelIdentity
-from rsdml.training.run_dir import RunDir
+from rsdml.training.run_folder import RunFolder
 
 
-def _run(tmp_path, protocol: str) -> RunDir:
-    run = RunDir(tmp_path / protocol)
+def _run(tmp_path, protocol: str) -> RunFolder:
+    run = RunFolder(tmp_path / protocol)
     (run.root / "checkpoints").mkdir(parents=True)
     run.config.write_text(yaml.safe_dump({"protocol": protocol}))
     run.last.write_bytes(b"weights")

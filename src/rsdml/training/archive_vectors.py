@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsdml.errors import DatasetNotFoundError, RsdmlError
+from rsdml.errors import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,12 @@ def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = N
     from rsdml.evaluation.suite import load_embeddings
     from rsdml.retrieval.index import l2_normalize
     from rsdml.training.embed import embed_paths, load_run_model
-    from rsdml.training.run_dir import RunDir
-    from rsdml.training.runner import load_run_config
+    from rsdml.training.run_folder import RunFolder
 
-    run = RunDir(Path(run_dir))
-    if not run.config.is_file():
-        raise RsdmlError(f"--run {run.root} is not a run folder (no config.yaml); give the "
-                         "folder `rsdml train` wrote")
+    run = RunFolder.open(run_dir, "--run")
     root, paths = archive_images(data)
     saved = run.eval / "embeddings.npz"
-    cfg = load_run_config(run)
+    cfg = run.read_config()
     same_root = cfg.data and Path(cfg.data).resolve() == root.resolve()
     if saved.is_file() and same_root:
         emb = load_embeddings(saved)

@@ -17,7 +17,7 @@ from rsdml.data.cache import ImageCache
 from rsdml.data.preprocess import Preprocess
 from rsdml.data.split import Split
 from rsdml.errors import RsdmlError
-from rsdml.training.run_dir import RunDir
+from rsdml.training.run_folder import RunFolder
 
 
 def training_index(split: Split) -> np.ndarray:
@@ -27,7 +27,7 @@ def training_index(split: Split) -> np.ndarray:
     return np.union1d(split.index("labeled"), split.unlabeled_index())
 
 
-def run_input_spec(cfg: TrainConfig, run: RunDir, split: Split | None, cache: ImageCache | None,
+def run_input_spec(cfg: TrainConfig, run: RunFolder, split: Split | None, cache: ImageCache | None,
                    *, create: bool) -> InputSpec | None:
     """The run's N-band input (None for ``--bands rgb``): read from ``bands.json``, or with
     ``create`` computed from ``cache`` and the training images of ``split`` and saved."""
@@ -53,7 +53,7 @@ def run_input_spec(cfg: TrainConfig, run: RunDir, split: Split | None, cache: Im
     return spec
 
 
-def run_preprocess(cfg: TrainConfig, run: RunDir, split: Split | None, cache: ImageCache | None,
+def run_preprocess(cfg: TrainConfig, run: RunFolder, split: Split | None, cache: ImageCache | None,
                    *, create: bool) -> Preprocess:
     """The run's :class:`~rsdml.data.preprocess.Preprocess`: with ``create`` (training) made
     from the config and the band statistics and saved as ``preprocess.json``; otherwise read

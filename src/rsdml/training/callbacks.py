@@ -22,6 +22,7 @@ from torch import Tensor
 
 from rsdml.config import TrainConfig
 from rsdml.evaluation.knn import knn_accuracy
+from rsdml.fsutil import read_jsonl, write_json, write_text_atomic
 from rsdml.training.checkpoint import save_checkpoint
 from rsdml.training.diagnostics import (
     collapse_warning,
@@ -29,7 +30,7 @@ from rsdml.training.diagnostics import (
     is_collapsed,
     prediction_diagnostics,
 )
-from rsdml.training.run_dir import RunDir, read_jsonl, write_json, write_text_atomic
+from rsdml.training.run_folder import RunFolder
 from rsdml.training.sets import LabeledSet
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class Spectrum(Callback):
     """Singular values of the unlabelled prediction matrix at the start and the end
     (``spectrum.json``; computed on every rank, written by ``write``)."""
 
-    def __init__(self, run: RunDir, write: bool) -> None:
+    def __init__(self, run: RunFolder, write: bool) -> None:
         self.run, self.write = run, write
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
@@ -226,8 +227,8 @@ class _JsonLog(Callback):
 class TrainLog(_JsonLog):
     """``train_log.jsonl``: one line per epoch, the loss means and rates (before evaluation)."""
 
-    def __init__(self, run: RunDir) -> None:
-        super().__init__(run.root / "train_log.jsonl")
+    def __init__(self, run: RunFolder) -> None:
+        super().__init__(run.train_log)
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
         if not end.start:
@@ -237,7 +238,7 @@ class TrainLog(_JsonLog):
 class MetricsLog(_JsonLog):
     """``metrics.jsonl``: one line per evaluation (epoch 0 = before training)."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunFolder) -> None:
         super().__init__(run.metrics)
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:
@@ -248,7 +249,7 @@ class MetricsLog(_JsonLog):
 class TensorBoard(Callback):
     """``tb/``: the loss means and the evaluation metrics per epoch (opened at the first)."""
 
-    def __init__(self, run: RunDir) -> None:
+    def __init__(self, run: RunFolder) -> None:
         self.run = run
         self.writer: Any = None
 
@@ -305,7 +306,7 @@ class Checkpoints(Callback):
     """``checkpoints/last.pt`` every ``--checkpoint-every`` epochs, at the end and on an
     interrupt; ``best.pt`` when the validation accuracy improves (atomic writes)."""
 
-    def __init__(self, run: RunDir, cfg: TrainConfig) -> None:
+    def __init__(self, run: RunFolder, cfg: TrainConfig) -> None:
         self.run, self.every = run, cfg.checkpoint_every
 
     def on_epoch_end(self, trainer: Trainer, end: EpochEnd) -> None:

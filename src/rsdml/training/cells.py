@@ -20,6 +20,7 @@ from typing import Any
 from rsdml.config import RUNTIME_KEYS as CONFIG_RUNTIME_KEYS
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
+from rsdml.training.run_folder import RunFolder
 
 #: Options that cannot change a run's numbers (``runtime=True`` on their fields): they may
 #: differ between the grid and a run folder made earlier, and are passed on when an
@@ -49,9 +50,10 @@ class Cell:
 
     def state(self) -> str:
         """``done``, ``resume`` (has a checkpoint), ``restart`` (killed before one) or ``new``."""
-        if (self.run_dir / "final_metrics.json").is_file():
+        run = RunFolder(self.run_dir)
+        if run.final_metrics.is_file():
             return "done"
-        if (self.run_dir / "checkpoints" / "last.pt").is_file():
+        if run.last.is_file():
             return "resume"
         if self.run_dir.exists():
             return "restart"
@@ -81,7 +83,7 @@ def fingerprint(cfg: TrainConfig, *parts: Any) -> str:
 
 def check_same_config(cell: Cell, source: str, params: tuple[type, ...]) -> None:
     """A run folder made earlier must have been made with this cell's result options."""
-    saved_path = cell.run_dir / "config.yaml"
+    saved_path = RunFolder(cell.run_dir).config
     if not saved_path.is_file():
         raise RsdmlError(
             f"{cell.run_dir} has a checkpoint but no config.yaml; delete that folder to run the "

@@ -25,8 +25,8 @@ from rsdml.training import distributed
 from rsdml.training.bands import run_preprocess
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
-from rsdml.training.run_dir import RunDir
-from rsdml.training.runner import load_run_config, resolve_device
+from rsdml.training.run_folder import RunFolder
+from rsdml.training.runner import resolve_device
 from rsdml.training.trainer import autocast_dtype
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,8 @@ def load_run_model(run_dir: str | Path, *, checkpoint: str = "auto", device: str
                    batch_size: int | None = None, quiet: bool = False,
                    data: str | Path | None = None) -> LoadedModel:
     """Load a run's checkpoint once, as evaluation does (placed for its input layout)."""
-    run = RunDir(Path(run_dir))
-    if not run.config.is_file():
-        raise RsdmlError(f"--run {run.root} is not a run folder (no config.yaml); give the "
-                         "folder `rsdml train` wrote")
-    cfg = load_run_config(run)
+    run = RunFolder.open(run_dir, "--run")
+    cfg = run.read_config()
     cfg = cfg.replace(quiet=quiet, **({"data": str(data)} if data is not None else {}),
                       **({"device": device} if device else {}),
                       **({"eval_batch_size": batch_size} if batch_size else {}))
@@ -140,8 +137,8 @@ def embed_folder(data: str | Path, run_dir: str | Path, out_file: str | Path, *,
 
 def run_device_type(device: str | None, run_dir: str | Path | None) -> str:
     """``cpu`` or ``cuda``: where a run's model will embed (``device``, else the run's)."""
-    run = RunDir(Path(run_dir)) if run_dir is not None else None
-    name = device or (load_run_config(run).device if run is not None and run.config.is_file()
+    run = RunFolder(Path(run_dir)) if run_dir is not None else None
+    name = device or (run.read_config().device if run is not None and run.config.is_file()
                       else "auto")
     return resolve_device(name).type
 

@@ -106,9 +106,9 @@ def run_labels(run_dir: str | Path) -> tuple[dict[str, str], Path | None]:
     labels added since training count), else the labelled rows of its split.csv."""
     from rsdml.data.labels import read_labels
     from rsdml.data.split import read_split
-    from rsdml.training.run_dir import RunDir
+    from rsdml.training.run_folder import RunFolder
 
-    run = RunDir(Path(run_dir))
+    run = RunFolder(Path(run_dir))
     if not run.split.is_file():
         raise RsdmlError(f"{run.root} is not a trained run folder (no split.csv); give the "
                          "folder `rsdml train` wrote")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsdml.config import PATH_FIELDS, TrainConfig, config_values, load_yaml
+from rsdml.config import PATH_FIELDS, TrainConfig, config_values
 from rsdml.data.cache import ImageCache, UndecodableImagesError, load_image_cache
 from rsdml.data.split import (
     Split,
@@ -25,9 +25,9 @@ from rsdml.data.split import (
     check_images,
     make_split,
     read_split,
-    write_split_csv,
 )
 from rsdml.errors import RsdmlError
+from rsdml.fsutil import write_json
 from rsdml.models.embedding import EmbeddingNet, build_model
 from rsdml.models.registry import check_backbone
 from rsdml.training import distributed
@@ -58,14 +58,7 @@ from rsdml.training.methods.registry import (
     create_method,
     param_classes,
 )
-from rsdml.training.run_dir import (
-    RunDir,
-    RunLock,
-    check_writable,
-    prepare_new_run,
-    remove_failed_start,
-    write_json,
-)
+from rsdml.training.run_folder import RunFolder
 from rsdml.training.sets import LabeledSet, UnlabeledSet
 from rsdml.training.trainer import Trainer, cpu_has_native_bf16
 
@@ -112,19 +105,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
-def load_run_config(run: RunDir) -> TrainConfig:
-    if not run.config.is_file():
-        raise RsdmlError(f"{run.root} is not an rsdml run folder (no config.yaml); check the path")
-    cfg = TrainConfig.from_yaml(run.config, params=param_classes())
-    if "epoch_unit" not in load_yaml(run.config):  # made before the budget followed the pool
-        cfg = cfg.replace(epoch_unit="labeled")
-    return cfg
-
-
-def resume_config(run: RunDir, overrides: dict[str, Any], extend: bool = False) -> TrainConfig:
+def resume_config(run: RunFolder, overrides: dict[str, Any], extend: bool = False) -> TrainConfig:
     """The saved config with the few changes a resume allows (another device, evaluation
     cadence...), and with ``extend`` a new budget (--epochs / --steps)."""
-    cfg = load_run_config(run)
+    cfg = run.read_config()
     overrides = config_values(overrides, "options", param_classes())
     saved = check_method(cfg)  # the method's parameters with their defaults, as run
     if overrides.get("method") == "auto":  # the run's config.yaml given back: auto as resolved
@@ -148,22 +132,6 @@ def resume_config(run: RunDir, overrides: dict[str, Any], extend: bool = False) 
             f"{'' if extend else '; --epochs and --steps with --extend'})"
         )
     return cfg.replace(**{k: v for k, v in overrides.items() if k in allowed and k != "out"})
-
-
-def record_config(run: RunDir, cfg: TrainConfig, step: int | None) -> None:
-    """Write a resumed run's config to config.yaml when a resume changed it, and append what
-    changed (old and new values, at which step) to ``config_history.jsonl``: the run folder
-    and its report always say what the run did."""
-    before = load_run_config(run).to_dict()
-    after = cfg.to_dict()
-    changes = {k: [before.get(k), v] for k, v in after.items()
-               if k != "quiet" and before.get(k) != v}
-    if not changes:
-        return
-    cfg.save_yaml(run.config)
-    row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "at_step": step, "changes": changes}
-    with open(run.root / "config_history.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _same_value(name: str, saved: Any, given: Any) -> bool:
@@ -227,7 +195,7 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return cfg.replace(**changes)
 
 
-def load_cache(cfg: TrainConfig, split: Split, run: RunDir | None = None) -> ImageCache:
+def load_cache(cfg: TrainConfig, split: Split, run: RunFolder | None = None) -> ImageCache:
     from rsdml.data.bands import InputSpec
     from rsdml.training.bands import band_selection
 
@@ -245,7 +213,7 @@ class Session:
     """Everything built from a run folder: the pieces the trainer and evaluator share."""
 
     cfg: TrainConfig
-    run: RunDir
+    run: RunFolder
     split: Split
     device: torch.device
     model: EmbeddingNet
@@ -256,7 +224,7 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(a), dtype=torch.long)
 
 
-def build_session(cfg: TrainConfig, run: RunDir, split: Split, *, train: bool) -> Session:
+def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool) -> Session:
     from rsdml.training.bands import train_augment
 
     device = resolve_device(cfg.device)
@@ -297,17 +265,18 @@ def train(cfg: TrainConfig, resume: str | Path | None = None,
     from rsdml.data.datasets import resolve_data
 
     t_start = time.monotonic()
+    resumed: RunFolder | None = None
     if resume is not None:
-        run = RunDir(Path(resume))
+        resumed = RunFolder.open(resume, "--resume")
         if overrides and overrides.get("data"):  # a data set name: its downloaded copy
             overrides = {**overrides, "data": resolve_data(str(overrides["data"]))}
-        cfg = validate_config(resume_config(run, overrides or {}, extend))
+        cfg = validate_config(resume_config(resumed, overrides or {}, extend))
     else:
         cfg = validate_config(_absolute_paths(cfg.replace(data=resolve_data(cfg.data))))
     with distributed.joined(resolve_device(cfg.device).type) as d:
         if d.enabled:
             check_ranks(cfg, d)
-        return _open_and_train(cfg, resume, t_start)
+        return _train(cfg, resumed, t_start)
 
 
 def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
@@ -322,122 +291,114 @@ def check_ranks(cfg: TrainConfig, d: distributed.Dist) -> None:
         raise RsdmlError("--sync-bn needs CUDA GPUs (SyncBatchNorm has no CPU kernels); drop it")
 
 
-def _open_and_train(cfg: TrainConfig, resume: str | Path | None, t_start: float) -> dict[str, Any]:
-    """Make (or reopen) and lock the run folder, then train in it. One path for one process
-    and for a torchrun group (the distributed helpers do nothing without torchrun): rank 0
-    makes the folder and writes its files; the other ranks wait for it, then read the split
-    it wrote."""
-    main = distributed.current().is_main
-    lock: RunLock | None = None
-    new: tuple[RunLock, bool] | None = None
-    split: Split | None = None
-    try:
-        with distributed.main_first():
-            if main and resume is not None:
-                run = RunDir(Path(resume))
-                check_writable(run.root)
-                lock = RunLock(run.root).acquire()
-                split, cfg = _open_run_split(run, cfg, "--resume")
-            elif main:
-                if not cfg.data:
-                    raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
-                split = build_split(cfg)
-                created = not (cfg.out and Path(cfg.out).exists())
-                run = prepare_new_run(cfg.out)
-                lock = RunLock(run.root).acquire()
-                new = (lock, created)
-        shared = None
-        if main:  # absolute under torchrun: across machines ranks need not share a folder
-            where = run.root.absolute() if distributed.current().enabled else run.root
-            shared = (str(where), cfg)
-        root, cfg = distributed.broadcast(shared)
-        run = RunDir(Path(root))
-        return _train(cfg, run, split, new, t_start, resume=resume is not None)
-    finally:
-        if lock is not None:
-            lock.release()
+def _train(cfg: TrainConfig, resumed: RunFolder | None, t_start: float) -> dict[str, Any]:
+    """Train in ``resumed`` (a new run folder at --out when None), then evaluate the run. One
+    path for one process and for a torchrun group (see :func:`_rank0_first`)."""
+    with contextlib.ExitStack() as held:  # the run folder's lock, on rank 0
+        def first() -> tuple[Session, Trainer]:
+            run, split, opened = _claim(cfg, resumed, held)
+            return _start(opened, run, split)
+
+        session, trainer = _rank0_first(first, lambda s: make_trainer(s, make_callbacks(s)),
+                                        train=True)
+        cfg, run, split = session.cfg, session.run, session.split
+        main = distributed.current().is_main
+        if resumed is not None:
+            if distributed.broadcast(run.last.is_file() if main else None):
+                trainer.resume_from(run.last)
+            elif main:  # stopped before its first checkpoint: replay it from the start
+                log.warning("--resume %s: the run stopped before its first checkpoint; training "
+                            "it from the start", run.root)
+                for stale in (run.metrics, run.train_log, run.best):
+                    stale.unlink(missing_ok=True)
+            if main:
+                run.record_config(cfg, trainer.global_step)
+            if trainer.finished:
+                log.warning("the run already finished its %d steps (%d epochs); give a larger "
+                            "--epochs or --steps with --extend to train on", trainer.global_step,
+                            trainer.epoch_done)
+        counts = split.counts()
+        if not cfg.quiet:
+            ranks = distributed.current().world_size
+            where = (f"device {session.device}" if ranks == 1
+                     else f"{ranks} ranks on {session.device.type}")
+            print(f"rsdml: {cfg.method} on {len(split.paths)} images, {split.num_classes} classes "
+                  f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {where} "
+                  f"({_precision(trainer)}), run folder {run.root}", file=sys.stderr, flush=True)
+        trainer.fit()
+        result = evaluate_session(session, checkpoint="auto", trainer=trainer)
+        result["wall_seconds"] = round(time.monotonic() - t_start, 1)
+        return result
 
 
-def _train(cfg: TrainConfig, run: RunDir, split: Split | None, new: tuple[RunLock, bool] | None,
-           t_start: float, resume: bool | None = None) -> dict[str, Any]:
-    """Train in a locked run folder; ``new`` = (its lock, whether this call made the folder)
-    for a new run, None for a resumed one (or on a rank other than 0, which gets ``resume``
-    and reads the split rank 0 wrote)."""
-    resume = new is None if resume is None else resume
-    if distributed.current().is_main:
-        assert split is not None
-        session, trainer = _start(cfg, run, split, new)
+def _rank0_first(first: Callable[[], tuple[Session, Trainer]],
+                 follow: Callable[[Session], Trainer], *, train: bool) -> tuple[Session, Trainer]:
+    """Rank 0 (the only process without torchrun, where this is just ``first()``) runs
+    ``first``: it opens or makes the run folder and builds its session, its files, caches and
+    weights, while the other ranks of a torchrun group wait; then they build their session
+    from the folder (split.csv) and config rank 0 used, and their trainer with ``follow``."""
+    built: tuple[Session, Trainer] | None = None
+    with distributed.main_first():
+        if distributed.current().is_main:
+            built = first()
+    # absolute: across machines the ranks' working folders need not be the same
+    shared = None if built is None else (str(built[0].run.root.absolute()), built[0].cfg)
+    root, cfg = distributed.broadcast(shared)
+    if built is not None:
+        return built
+    cfg = cfg.replace(quiet=True)
+    run = RunFolder(Path(root))
+    session = build_session(cfg, run, run.read_split(cfg.protocol), train=train)
+    return session, follow(session)
+
+
+def _claim(cfg: TrainConfig, resumed: RunFolder | None,
+           held: contextlib.ExitStack) -> tuple[RunFolder, Split, TrainConfig]:
+    """Rank 0's run folder, locked until ``held`` closes: ``resumed`` (its split, its images
+    found) or a new one at --out (its split made first, so a bad data set leaves no folder)."""
+    if resumed is not None:
+        resumed.check_writable()
+        held.enter_context(resumed.lock())
+        split, cfg = _open_run_split(resumed, cfg, "--resume")
+        run = resumed
     else:
-        with distributed.main_first():  # wait for rank 0 to build its session (and caches)
-            pass
-        cfg = cfg.replace(quiet=True)
-        split, _ = _read_run_split(run, cfg)
-        session = build_session(cfg, run, split, train=True)
-        trainer = make_trainer(session, make_callbacks(session))
-    split = session.split
-    main = distributed.current().is_main
-    if resume:
-        if distributed.broadcast(run.last.is_file() if main else None):
-            trainer.resume_from(run.last)
-        elif main:  # stopped before its first checkpoint: replay it from the start
-            log.warning("--resume %s: the run stopped before its first checkpoint; training it "
-                        "from the start", run.root)
-            for stale in (run.metrics, run.root / "train_log.jsonl", run.best):
-                stale.unlink(missing_ok=True)
-        if main:
-            record_config(run, cfg, trainer.global_step)
-        if trainer.finished:
-            log.warning("the run already finished its %d steps (%d epochs); give a larger "
-                        "--epochs or --steps with --extend to train on", trainer.global_step,
-                        trainer.epoch_done)
-    counts = split.counts()
-    if not cfg.quiet:
-        ranks = distributed.current().world_size
-        where = f"device {session.device}" if ranks == 1 else f"{ranks} ranks on {session.device.type}"
-        print(f"rsdml: {cfg.method} on {len(split.paths)} images, {split.num_classes} classes "
-              f"({', '.join(f'{k} {v}' for k, v in counts.items())}), {where} "
-              f"({_precision(trainer)}), run folder {run.root}", file=sys.stderr, flush=True)
-    trainer.fit()
-    result = evaluate_session(session, checkpoint="auto", trainer=trainer)
-    result["wall_seconds"] = round(time.monotonic() - t_start, 1)
-    return result
+        if not cfg.data:
+            raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
+        split = build_split(cfg)
+        run = RunFolder.create(cfg.out)
+        held.enter_context(run.lock())
+    if distributed.current().enabled:  # what rank 0 prints and writes, as the others see it
+        run = dataclasses.replace(run, root=run.root.absolute())
+    return run, split, cfg
 
 
-def _start(cfg: TrainConfig, run: RunDir, split: Split,
-           new: tuple[RunLock, bool] | None) -> tuple[Session, Trainer]:
-    """Rank 0's (or the single process's) session and trainer; a new run whose start fails is
-    removed again. Under torchrun the other ranks build theirs after this (caches, weights)."""
+def _start(cfg: TrainConfig, run: RunFolder, split: Split) -> tuple[Session, Trainer]:
+    """Rank 0's (or the single process's) session and trainer; a new run (``run.created`` set)
+    writes its files first, and is removed again if its start fails."""
+    new = run.created is not None
     try:
-        with distributed.main_first():
-            if new is not None:
-                _write_new_run(cfg, run, split)
-            try:
-                session = build_session(cfg, run, split, train=True)
-            except UndecodableImagesError as e:
-                if new is None or cfg.split or cfg.labels or cfg.strict:  # fixed: report them
-                    raise
-                # The fast check before training cannot see damage inside compressed data: skip
-                # such images like the other unusable ones and make the split without them.
-                log.warning("skipping %d image(s) that cannot be decoded: %s", len(e.paths),
-                            ", ".join(f"{p} ({e.details[p]})" for p in e.paths[:5]))
-                split = _split_without(split, set(e.paths), cfg)
-                _write_new_run(cfg, run, split)
-                session = build_session(cfg, run, split, train=True)
-            trainer = make_trainer(session, make_callbacks(session))
-            check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
-                         uses_channels_last(session.device), trainer.method.uses_unlabeled)
+        if new:
+            run.write_start(cfg, split)
+        try:
+            session = build_session(cfg, run, split, train=True)
+        except UndecodableImagesError as e:
+            if not new or cfg.split or cfg.labels or cfg.strict:  # fixed: report them
+                raise
+            # The fast check before training cannot see damage inside compressed data: skip
+            # such images like the other unusable ones and make the split without them.
+            log.warning("skipping %d image(s) that cannot be decoded: %s", len(e.paths),
+                        ", ".join(f"{p} ({e.details[p]})" for p in e.paths[:5]))
+            split = _split_without(split, set(e.paths), cfg)
+            run.write_start(cfg, split)
+            session = build_session(cfg, run, split, train=True)
+        trainer = make_trainer(session, make_callbacks(session))
+        check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
+                     uses_channels_last(session.device), trainer.method.uses_unlabeled)
     except Exception:
-        if new is not None:
-            new[0].release()
-            remove_failed_start(run, new[1])
+        if new:
+            run.discard()
         raise
     return session, trainer
-
-
-def _write_new_run(cfg: TrainConfig, run: RunDir, split: Split) -> None:
-    cfg.save_yaml(run.config)
-    write_split_csv(split, run.split)
-    write_json(run.class_names, split.classes)
 
 
 def _split_without(split: Split, bad: set[str], cfg: TrainConfig) -> Split:
@@ -476,40 +437,19 @@ def _precision(trainer: Trainer) -> str:
     return ", ".join(parts)
 
 
-def _read_run_split(run: RunDir, cfg: TrainConfig, what: str = "run folder") -> tuple[Split, Any]:
-    """The split and class names a run folder was made with (one-line errors if damaged)."""
-    for f in (run.split, run.class_names):
-        if not f.is_file():
-            raise RsdmlError(
-                f"{what} {run.root}: {f.name} is missing, so the run folder is incomplete (it "
-                "was stopped while being created, or files were deleted); start a new run with "
-                "another --out"
-            )
-    split = read_split(run.split, protocol=cfg.protocol, what=f"{what} {run.root}: split.csv")
-    try:
-        return split, json.loads(run.class_names.read_text())
-    except (OSError, ValueError) as e:
-        raise RsdmlError(
-            f"{what} {run.root}: class_names.json cannot be read ({type(e).__name__}); restore "
-            "it (a JSON list of the class folder names, as in split.csv) or start a new run"
-        ) from None
-
-
-def _open_run_split(run: RunDir, cfg: TrainConfig, what: str) -> tuple[Split, TrainConfig]:
+def _open_run_split(run: RunFolder, cfg: TrainConfig, what: str) -> tuple[Split, TrainConfig]:
     """A saved run's split, with its images found under ``cfg.data`` (the saved data folder,
     or the one ``--data`` names); a moved data folder is recorded in config.yaml."""
-    split, saved_classes = _read_run_split(run, cfg, what)
-    if saved_classes != split.classes:
-        raise RsdmlError(f"{what} {run.root}: class names in split.csv and class_names.json differ")
+    split = run.read_split(cfg.protocol, what)
     if not cfg.data:
         raise RsdmlError(f"{what} {run.root}: config.yaml names no data folder; pass --data DIR")
     check_images(split, cfg.data, f"{what} {run.root}: split.csv",
                  "if the data set moved, pass --data DIR (the folder that holds it now)")
     data = str(Path(cfg.data).expanduser().absolute())
-    if data != cfg.data or data != load_run_config(run).data:
+    if data != cfg.data or data != run.read_config().data:
         cfg = cfg.replace(data=data)
         log.info("%s: recording the data folder %s in config.yaml", run.root, data)
-        load_run_config(run).replace(data=data).save_yaml(run.config)
+        run.read_config().replace(data=data).save_yaml(run.config)
     return split, cfg
 
 
@@ -582,34 +522,18 @@ def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | No
     torchrun each rank embeds a slice of the images and rank 0 writes the evaluation."""
     from rsdml.data.datasets import resolve_data
 
-    run = RunDir(Path(run_dir))
-    cfg = load_run_config(run)
+    run = RunFolder.open(run_dir)
+    cfg = run.read_config()
     data = resolve_data(str(data)) if data else None
     cfg = cfg.replace(quiet=quiet or cfg.quiet, **({"device": device} if device else {}),
                       **({"data": str(data)} if data else {}))
-    with distributed.joined(resolve_device(cfg.device).type):
-        return _evaluate_locked(run, cfg, checkpoint)
+    with distributed.joined(resolve_device(cfg.device).type), \
+            contextlib.ExitStack() as held:  # the run folder's lock, on rank 0
+        def first() -> tuple[Session, Trainer]:
+            held.enter_context(run.lock())
+            split, opened = _open_run_split(run, cfg, "run folder")
+            session = build_session(opened, run, split, train=False)
+            return session, make_trainer(session)
 
-
-def _evaluate_locked(run: RunDir, cfg: TrainConfig, checkpoint: str) -> dict[str, Any]:
-    """Lock the run folder and evaluate; one path for one process and a torchrun group (rank
-    0 locks and builds first, the other ranks after it)."""
-    main = distributed.is_main()
-    lock: RunLock | None = None
-    session: Session | None = None
-    try:
-        with distributed.main_first():
-            if main:
-                lock = RunLock(run.root).acquire()
-                split, cfg = _open_run_split(run, cfg, "run folder")
-                session = build_session(cfg, run, split, train=False)
-        if session is None:  # another rank: after rank 0 (its cache is built, its data found)
-            cfg = distributed.broadcast(None).replace(quiet=True)
-            split, _ = _read_run_split(run, cfg)
-            session = build_session(cfg, run, split, train=False)
-        else:
-            distributed.broadcast(cfg)
-        return evaluate_session(session, checkpoint)
-    finally:
-        if lock is not None:
-            lock.release()
+        session, trainer = _rank0_first(first, make_trainer, train=False)
+        return evaluate_session(session, checkpoint, trainer)

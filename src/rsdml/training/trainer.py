@@ -43,7 +43,7 @@ from rsdml.training.diagnostics import (
 from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
 from rsdml.training.methods.base import Method
 from rsdml.training.optim import Schedule, make_optimizer
-from rsdml.training.run_dir import RunDir
+from rsdml.training.run_folder import RunFolder
 from rsdml.training.sets import LabeledSet, UnlabeledSet
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Trainer:
     def __init__(
         self,
         cfg: TrainConfig,
-        run: RunDir,
+        run: RunFolder,
         model: EmbeddingNet,
         method: Method,
         inputs: ImageInputs | FeatureInputs,
