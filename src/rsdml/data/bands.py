@@ -6,7 +6,7 @@ Why: Sentinel-2 scenes (EuroSAT MS) have 13 bands; the default RGB rule of
 ``--rgb-bands`` says which of them are red, green and blue (for the pretrained first
 convolution and the report's thumbnails).
 
-What a run's network saw is written once to ``RUN_DIR/bands.json`` (:class:`InputSpec`): the
+What a run's network saw is written once to ``RUN/bands.json`` (:class:`InputSpec`): the
 band numbers, the dtype, and the per-band mean and std computed from the training images.
 ``rsdml evaluate``, ``embed`` and ``index`` read it back, so they feed the model exactly what
 training fed it.
@@ -137,7 +137,7 @@ def band_statistics(images: Tensor, index: Tensor | np.ndarray | None = None) ->
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a run's network sees (``RUN_DIR/bands.json``).
+    """What a run's network sees (``RUN/bands.json``).
 
     ``normalization``: ``imagenet`` when the input is 8-bit red, green, blue in that order
     (the pretrained trunks' own statistics, exactly today's RGB path), else ``bands``: each

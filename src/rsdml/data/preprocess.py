@@ -3,7 +3,7 @@
 Why: "which bands, what size, which normalisation" used to be rebuilt by each command, and
 ``rsdml serve`` got it wrong (it decoded uploads as RGB for a ``--bands`` run) while ``rsdml
 search`` got it right. A :class:`Preprocess` is made once when a run is trained, saved as
-``RUN_DIR/preprocess.json`` beside the weights (the idea of timm's ``pretrained_cfg``), and
+``RUN/preprocess.json`` beside the weights (the idea of timm's ``pretrained_cfg``), and
 read back by evaluate, embed, index, search and serve. Its :meth:`~Preprocess.fingerprint`
 (band statistics included) is part of the cache keys of anything derived from normalised
 pixels, so features normalised with one run's statistics never serve another run.

@@ -1,4 +1,4 @@
-"""``RUN_DIR/eval/report.html``: one self-contained page to look at a run.
+"""``RUN/eval/report.html``: one self-contained page to look at a run.
 
 Every figure is written as a PNG beside the page and embedded in it as base64, so the page
 can be mailed or archived alone. Every input except the run folder itself is optional; a
@@ -68,7 +68,7 @@ _RETRIEVAL_ROWS = [
 
 
 def write_report(run_dir: Path, *, seed: int = 0) -> Path:
-    """Write RUN_DIR/eval/report.html (+ the PNGs beside it) and return its path."""
+    """Write RUN/eval/report.html (+ the PNGs beside it) and return its path."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RsdmlError(f"run folder {run_dir} not found; pass the --out folder of a training run")

@@ -1,4 +1,4 @@
-"""All evaluation numbers of a run, and the files that hold them (``RUN_DIR/eval/``).
+"""All evaluation numbers of a run, and the files that hold them (``RUN/eval/``).
 
 Roles follow the split: kNN references and the ``labeled`` retrieval gallery are the
 ``labeled`` images, queries are the ``test`` images, the ``archive`` gallery is every image

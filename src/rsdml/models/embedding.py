@@ -58,7 +58,7 @@ class EmbeddingNet(nn.Module):
 
 def build_model(cfg: TrainConfig, spec: InputSpec | None = None) -> EmbeddingNet:
     """The network a config describes (backbone, initial weights, head); ``spec``: the run's
-    N-band input (``RUN_DIR/bands.json``), for which the first convolution is adapted."""
+    N-band input (``RUN/bands.json``), for which the first convolution is adapted."""
     trunk = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
     if spec is not None and (spec.channels != 3 or spec.rgb != (0, 1, 2)):
         adapt_input_channels(trunk, spec.channels, spec.rgb, pretrained=cfg.trunk_pretrained)

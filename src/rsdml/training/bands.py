@@ -1,5 +1,5 @@
 """A run's N-band input: its :class:`~rsdml.data.bands.InputSpec` made once from the training
-images and kept in ``RUN_DIR/bands.json``, and the augmentation that goes with it.
+images and kept in ``RUN/bands.json``, and the augmentation that goes with it.
 
 Why here and not in the runner: training, ``rsdml evaluate``, ``embed`` and ``index`` all need
 the same answer to "which bands, which statistics", and only training may create it.

@@ -53,11 +53,11 @@ class LoadedModel:
     cfg: TrainConfig
     device: torch.device
     checkpoint: Path
-    preprocess: Preprocess  # how a file becomes the model's input (RUN_DIR/preprocess.json)
+    preprocess: Preprocess  # how a file becomes the model's input (RUN/preprocess.json)
 
     @property
     def spec(self) -> InputSpec | None:
-        """The run's N-band input (RUN_DIR/bands.json); None = RGB."""
+        """The run's N-band input (RUN/bands.json); None = RGB."""
         return self.preprocess.spec
 
 

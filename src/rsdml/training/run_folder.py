@@ -54,7 +54,7 @@ class RunFolder:
         """A new run's folder at ``out``: made if missing, refused if it holds anything (a run
         is continued with --resume, never overwritten) or cannot take the checkpoints."""
         if not out:
-            raise RsdmlError("no run folder given: add --out RUN_DIR")
+            raise RsdmlError("no run folder given: add --out RUN")
         root = Path(out)
         if root.exists() and not root.is_dir():
             raise RsdmlError(f"--out {root} is a file; choose a folder path")
