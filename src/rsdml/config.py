@@ -114,6 +114,17 @@ class TrainConfig:
     freeze_backbone: bool = _opt(
         False, "Fast mode: freeze the trunk, cache its features once, train only head and loss."
     )
+    view_weak: int = _opt(
+        8, "Fast mode with a view method (fixmatch, freematch, hr-match): weak views cached per "
+        "image, the first N of the 8 symmetries of the square (1 = the image only).",
+        ge=1, le=8)
+    view_strong: int = _opt(
+        4, "Fast mode with a view method: strong views cached per image (seeded, so a rebuild "
+        "gives the same ones).", ge=0, le=64)
+    view_stages: int | None = _opt(
+        None, "Fast mode with a view method: views are made at the input of the trunk's last N "
+        "stages, which run once per view while the cache builds (0 = at the pixels: the whole "
+        "trunk per view; default 3 for efficientnet_lite0, 1 for resnet18).", ge=0, le=16)
     # --- losses
     margin: float = _opt(0.5, "Additive angular margin m.", ge=0.0, lt=HALF_PI, unit="radians",
                          example="0.5")

@@ -1,6 +1,6 @@
 """FixMatch / FreeMatch / HR-Match: the pseudo-label loss against a plain loop, FreeMatch's
 thresholds against hand-computed values, and the methods end to end on tiny scenes (two views,
-statistics in the logs, exact resume, fast mode refused)."""
+statistics in the logs, exact resume, fast mode on cached views)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from rsdml.config import TrainConfig
-from rsdml.errors import RsdmlError
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.methods.registry import check_method, create_method
@@ -150,7 +149,22 @@ def test_freematch_state_is_checkpointed(tiny_scenes, tmp_path):
     assert float(state["method"]["adaptive.tau"]) > 1 / 4  # moved from 1/C
 
 
-def test_view_methods_refuse_fast_mode(tiny_scenes, tmp_path):
-    with pytest.raises(RsdmlError, match="fast mode"):
-        train(_cfg(tiny_scenes, tmp_path / "x", method="fixmatch", freeze_backbone=True))
-    assert not (tmp_path / "x").exists()
+def test_view_methods_train_in_fast_mode_on_cached_views(tiny_scenes, tmp_path, monkeypatch):
+    """Fast mode runs the view methods on cached views; a resumed run replays them exactly."""
+    import rsdml.training.views as views
+
+    kw = dict(method="fixmatch", freeze_backbone=True, view_weak=4, view_strong=2, view_stages=1)
+    straight = tmp_path / "fast"
+    train(_cfg(tiny_scenes, straight, **kw))
+    saved = (straight / "config.yaml").read_text()
+    assert "view_stages: 1" in saved and "view_weak: 4" in saved
+    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert all(0.0 <= row["mask_rate"] <= 1.0 for row in log)
+    built = []
+    monkeypatch.setattr(views, "_build", lambda *a, **k: built.append(a))
+    again = tmp_path / "again"
+    train(_cfg(tiny_scenes, again, **kw))  # the views come from the cache: nothing is built
+    assert built == []
+    assert _params(straight).keys() == _params(again).keys()
+    for k, v in _params(straight).items():
+        assert torch.equal(v, _params(again)[k]), k

@@ -19,7 +19,8 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: nothing is locked, nothing is skipped
     fcntl = None  # type: ignore[assignment]
 
-_PATTERNS = (IMAGE_CACHE_GLOB, "features-*.pt")  # the second: training/frozen.py
+# features: training/frozen.py; views: training/views.py (and an interrupted build's parts)
+_PATTERNS = (IMAGE_CACHE_GLOB, "features-*.pt", "views-*.npy", "views-*.npy.partial")
 
 
 @dataclass(frozen=True)

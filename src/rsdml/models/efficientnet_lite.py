@@ -63,14 +63,58 @@ class EfficientNetLiteTrunk(nn.Module):
             setattr(self, name, new)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self._in_scale + self._in_shift
-        x = self._swish(self._bn0(self._conv_stem(x)))
-        n = len(self._blocks)
-        for i, block in enumerate(self._blocks):
-            # Stochastic depth grows linearly with depth, as in the reference implementation.
-            x = block(x, drop_connect_rate=self.drop_connect_rate * i / n or None)
-        x = self._swish(self._bn1(self._conv_head(x)))
+        for stage in self.stages():
+            x = stage(x)
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def stages(self) -> list[nn.Module]:
+        """The trunk before its pooling as a chain of stages: the stem, one stage per group of
+        blocks of one width (7 for Lite0), the head convolution. Cached views and partial
+        fine-tuning cut the chain between stages (``rsdml.models.stages``)."""
+        n = len(self._blocks)
+        groups: list[list[int]] = []
+        for i, block in enumerate(self._blocks):
+            width = block._block_args.output_filters
+            if groups and self._blocks[groups[-1][-1]]._block_args.output_filters == width:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        # Stochastic depth grows linearly with depth, as in the reference implementation.
+        rates = [self.drop_connect_rate * i / n or None for i in range(n)]
+        return [_Stem(self), *(_Blocks([self._blocks[i] for i in g], [rates[i] for i in g])
+                                for g in groups), _HeadConv(self)]
+
+
+class _Stem(nn.Module):
+    def __init__(self, t: EfficientNetLiteTrunk) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = t._conv_stem, t._bn0, t._swish
+        self.t = [t]  # the input map's buffers follow the trunk (N-band adaptation, .to())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.t[0]
+        return self.act(self.bn(self.conv(x * t._in_scale + t._in_shift)))
+
+
+class _Blocks(nn.Module):
+    def __init__(self, blocks: list[nn.Module], rates: list[float | None]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.rates = rates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, rate in zip(self.blocks, self.rates):
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+
+class _HeadConv(nn.Module):
+    def __init__(self, t: EfficientNetLiteTrunk) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = t._conv_head, t._bn1, t._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
 
 
 def weights_file() -> str:

@@ -94,3 +94,20 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
     except OSError as e:
         log.warning("could not cache trunk features in %s (%s); they will be computed again", folder, e)
     return feats
+
+
+def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
+                 device: torch.device, preprocess: Preprocess) -> tuple[Tensor, bool]:
+    """(N, V, F) cached trunk features of every image's views (``rsdml.training.views``), and
+    whether they are memory-mapped."""
+    from rsdml.training.views import ViewPlan, view_features
+
+    assert cfg.view_stages is not None
+    plan = ViewPlan(cfg.view_weak, cfg.view_strong, cfg.view_stages)
+    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    spec = preprocess.spec
+    band_norm = spec.normalizer() if spec is not None else None
+    limit = int(cfg.cache_max_memory_gb * 2**30)
+    feats = view_features(feature_key(cfg, split, preprocess), folder, plan, model, cache, device,
+                          preprocess.normalizer(), band_norm, limit, not cfg.quiet)
+    return feats, feats.numel() * 2 > limit

@@ -97,20 +97,56 @@ def device_cache_fits(cache: ImageCache, device: torch.device, mode: str) -> boo
 
 
 class FeatureInputs:
-    """Fast mode: trunk features computed once without augmentation; only the head trains."""
+    """Fast mode: trunk features computed once; only the head trains.
 
-    def __init__(self, features: Tensor, device: torch.device) -> None:
-        self.features = features.to(device)
+    ``features``: (N, F), one vector an image, or (N, V, F), cached views
+    (``rsdml.training.views``): views 0 .. ``weak`` - 1 are the weak ones (0 is the image
+    itself, the one evaluation uses), the rest strong. With views, the labelled images are
+    augmented by a random weak view each step (``augment_labeled``)."""
+
+    def __init__(self, features: Tensor, device: torch.device, weak: int = 1,
+                 augment_labeled: bool = True, mapped: bool = False) -> None:
+        # float16 views stay float16 (gathered rows become float32); a memory-mapped cache
+        # (``mapped``) stays on the host.
+        self.features = features if mapped else features.to(device)
         self.device = device
+        self.weak = int(weak)
+        self.augment_labeled = bool(augment_labeled)
+
+    @property
+    def has_views(self) -> bool:
+        return self.features.ndim == 3
+
+    def _rows(self, index: Tensor, view: Tensor | int) -> Tensor:
+        idx = index.to(self.features.device)
+        if not self.has_views:
+            out = self.features[idx]
+        elif isinstance(view, int):
+            out = self.features[idx, view]
+        else:
+            out = self.features[idx, view.to(self.features.device)]
+        return out.to(self.device).float()
+
+    def _draw(self, n: int, lo: int, hi: int, generator: torch.Generator) -> Tensor:
+        return torch.randint(lo, hi, (n,), generator=generator, device=generator.device).cpu()
 
     def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
-        return self.features[index.to(self.device)]
+        if self.has_views and self.augment_labeled and self.weak > 1:
+            return self._rows(index, self._draw(len(index), 0, self.weak, generator))
+        return self._rows(index, 0)
 
     def views(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        raise RuntimeError("fast mode has no pixels to augment: the runner refuses view methods")
+        """A random weak and a random strong cached view of each image."""
+        if not self.has_views:
+            raise RuntimeError("fast mode without cached views: the runner builds them for view methods")
+        v = self.features.shape[1]
+        weak = self._draw(len(index), 0, self.weak, generator)
+        strong = (self._draw(len(index), self.weak, v, generator) if v > self.weak
+                  else self._draw(len(index), 0, v, generator))
+        return self._rows(index, weak), self._rows(index, strong)
 
     def eval(self, index: Tensor) -> Tensor:
-        return self.features[index.to(self.device)]
+        return self._rows(index, 0)
 
     @staticmethod
     def embed(model: EmbeddingNet, x: Tensor) -> Tensor:

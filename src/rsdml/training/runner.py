@@ -95,11 +95,10 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     depend on the device (``--image-size``) are filled in here, so config.yaml records them."""
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
-    if cfg.freeze_backbone and METHODS[cfg.method].uses_views:
-        raise RsdmlError(
-            f"--method {cfg.method} learns from augmented views of the unlabelled images, which "
-            "fast mode (--freeze-backbone: cached trunk features) cannot make; drop "
-            "--freeze-backbone, or use hr-s2dml or entmin in fast mode")
+    if cfg.freeze_backbone and METHODS[cfg.method].uses_views and cfg.view_stages is None:
+        from rsdml.training.views import default_view_stages
+
+        cfg = cfg.replace(view_stages=default_view_stages(cfg.backbone))
     if cfg.image_size is None:
         cfg = cfg.replace(image_size=DEFAULT_IMAGE_SIZE[resolve_device(cfg.device).type])
     return cfg
@@ -240,8 +239,15 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        feats = frozen_features(cfg, split, model, cache, device, preprocess)
-        inputs: ImageInputs | FeatureInputs = FeatureInputs(feats, device)
+        if train and METHODS[cfg.method].uses_views:
+            from rsdml.training.frozen import frozen_views
+
+            feats, mapped = frozen_views(cfg, split, model, cache, device, preprocess)
+            inputs: ImageInputs | FeatureInputs = FeatureInputs(
+                feats, device, weak=cfg.view_weak, mapped=mapped)
+        else:
+            feats = frozen_features(cfg, split, model, cache, device, preprocess)
+            inputs = FeatureInputs(feats, device)
     else:
         augment = train_augment(cfg, spec) if train else None
         views = None

@@ -106,7 +106,7 @@ def auto_method(cfg: TrainConfig) -> str:
     """The default method: hr-match, which learnt most from the unlabelled images in the
     measurements of docs/results.md ("Consistency methods"); fast mode has cached features and
     no pixels for its views, so there the paper's hr-s2dml."""
-    return "hr-s2dml" if cfg.freeze_backbone else "hr-match"
+    return "hr-s2dml" if cfg.freeze_backbone else "hr-match"  # TODO measure
 
 
 def check_method(cfg: TrainConfig) -> TrainConfig:

@@ -1,0 +1,231 @@
+"""Cached views for fast mode: the frozen trunk's features of several views of every image,
+computed once, so consistency methods (FixMatch, FreeMatch, HR-Match) train in minutes on a CPU.
+
+A view is made at a cut of the trunk (``rsdml.models.stages``): the stages below the cut run
+once per image, the ``--view-stages`` stages above it once per view. Views:
+
+* weak: the first ``--view-weak`` of the eight symmetries of the square (view 0 is the image
+  itself, the one evaluation uses). A scene has no "up", so labels cannot change; on the pixels
+  the symmetries are exact, at a cut they permute the activation map's grid.
+* strong: ``--view-strong`` views. At the pixels, the existing strong augmentation
+  (``ViewAugment``: RandAugment's operations and Cutout). At a cut: a random symmetry, a
+  random crop of the map resized back (scale 0.5-1 of the side), Cutout of up to half the side
+  (filled with the map's per-channel mean) and channel dropout (p = 0.1).
+
+Every strong view is drawn from a fixed seed per (view, chunk of images), so a rebuild gives
+the same vectors; the run's own seed only picks which cached view a step uses. The cache key
+holds everything that changes a vector: the trunk-feature key (images' content, weights,
+preprocessing, bands) plus the view plan. Storage is float16 in a ``.npy`` file written in
+place chunk by chunk: an interrupted build resumes from its last finished chunk, and a cache
+above ``--cache-max-memory-gb`` is memory-mapped instead of loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from rsdml.data.cache import ImageCache
+from rsdml.errors import RsdmlError
+from rsdml.fsutil import atomic_write_text, touch
+from rsdml.models.embedding import EmbeddingNet
+from rsdml.models.stages import TrunkCut
+from rsdml.progress import progress
+
+log = logging.getLogger(__name__)
+
+VIEWS_FORMAT = 1
+#: Images per chunk of a build: fixed, so the strong views' seeds never depend on a batch size.
+CHUNK = 64
+_VIEW_SEED = 0x5EED
+_record_every = 16  # chunks between the records an interrupted build resumes from
+#: The view caches of a cache folder (``rsdml cache`` lists and clears them).
+VIEWS_GLOB = "views-*.npy"
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """Which views are cached: ``weak`` symmetries (1-8, the identity first), ``strong`` drawn
+    views, made at the input of the trunk's last ``stages`` stages (0: at the pixels)."""
+
+    weak: int
+    strong: int
+    stages: int
+
+    @property
+    def count(self) -> int:
+        return self.weak + self.strong
+
+
+def symmetry(x: Tensor, j: int) -> Tensor:
+    """Symmetry ``j`` (0-7) of the square on the last two dimensions; 0 is the identity."""
+    x = torch.rot90(x, j % 4, dims=(-2, -1)) if j % 4 else x
+    return x.flip(-1) if j >= 4 else x
+
+
+def strong_activation(a: Tensor, generator: torch.Generator) -> Tensor:
+    """A strong view of activation maps ``a`` (B, C, H, W): random symmetry, crop-and-resize,
+    Cutout and channel dropout, one draw per sample."""
+    b, c, h, w = a.shape
+    u = torch.rand(b, 7, generator=generator).to(a.device)
+    out = torch.empty_like(a)
+    sym = (u[:, 0] * 8).long().clamp_(max=7)
+    for j in range(8):
+        idx = (sym == j).nonzero().squeeze(1)
+        if idx.numel():
+            out[idx] = symmetry(a[idx], j)
+    # crop a square of side s in [0.5, 1] at a random place, resized back (affine resampling)
+    s = 0.5 + 0.5 * u[:, 1]
+    theta = torch.zeros(b, 2, 3, device=a.device, dtype=a.dtype)
+    theta[:, 0, 0] = s
+    theta[:, 1, 1] = s
+    theta[:, 0, 2] = (1 - s) * (2 * u[:, 2] - 1)
+    theta[:, 1, 2] = (1 - s) * (2 * u[:, 3] - 1)
+    grid = F.affine_grid(theta, [b, c, h, w], align_corners=False)
+    out = F.grid_sample(out, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # Cutout: a square of up to half the side, filled with the per-channel mean
+    side = u[:, 4] * 0.5
+    ys = (torch.arange(h, device=a.device, dtype=a.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=a.device, dtype=a.dtype) + 0.5) / w
+    box = (((ys[None] - u[:, 5, None]).abs() <= side[:, None] / 2)[:, :, None]
+           & ((xs[None] - u[:, 6, None]).abs() <= side[:, None] / 2)[:, None, :])
+    mean = out.mean(dim=(2, 3), keepdim=True)
+    out = torch.where(box[:, None], mean, out)
+    keep = (torch.rand(b, c, 1, 1, generator=generator) >= 0.1).to(a.device, a.dtype)
+    return out * keep / 0.9
+
+
+def _seed(k: int, start: int) -> int:
+    return int(np.random.SeedSequence([_VIEW_SEED, k, start]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@torch.inference_mode()
+def _build_into(arr: np.ndarray, done_chunks: int, model: EmbeddingNet, cache: ImageCache,
+                device: torch.device, plan: ViewPlan, normalizer: Callable[[Tensor], Tensor],
+                band_norm: Callable[[Tensor], Tensor] | None, show_progress: bool,
+                on_chunk: Callable[[int], None]) -> None:
+    from rsdml.data.strong_augment import ViewAugment
+    from rsdml.training.inputs import uses_channels_last
+
+    model.eval()
+    cut = TrunkCut(model.trunk, plan.stages if plan.stages > 0 else 10**6)
+    strong_aug = ViewAugment(True, band_norm)
+    layout = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
+    starts = list(range(0, len(cache), CHUNK))
+    for c in progress(range(done_chunks, len(starts)), total=len(starts) - done_chunks,
+                      desc=f"views ({plan.count} an image)", enabled=show_progress):
+        start = starts[c]
+        index = torch.arange(start, min(start + CHUNK, len(cache)))
+        images = cache.batch(index).to(device)
+        a = cut.bottom(normalizer(images).contiguous(memory_format=layout))
+        vecs = [cut.top(symmetry(a, j).contiguous(memory_format=layout)) for j in range(plan.weak)]
+        for k in range(plan.strong):
+            gen = torch.Generator().manual_seed(_seed(k, start))
+            if cut.at_pixels:
+                s = strong_aug(images.cpu(), gen).to(device)
+            else:
+                s = strong_activation(a.float(), gen).to(a.dtype)
+            vecs.append(cut.top(s.contiguous(memory_format=layout)))
+        arr[start:start + len(index)] = torch.stack(vecs, 1).float().cpu().numpy().astype(np.float16)
+        on_chunk(c + 1)
+
+
+def view_features(key: str, folder: Path, plan: ViewPlan, model: EmbeddingNet,
+                  cache: ImageCache, device: torch.device,
+                  normalizer: Callable[[Tensor], Tensor],
+                  band_norm: Callable[[Tensor], Tensor] | None,
+                  max_memory_bytes: int, show_progress: bool = True) -> Tensor:
+    """(N, V, F) float16 trunk features of every image's views (``plan``), from the cache in
+    ``folder`` or computed now; memory-mapped when larger than ``max_memory_bytes``."""
+    key = f"{key}-{_plan_key(plan)}"
+    path = folder / f"views-{key}.npy"
+    n, f = len(cache), int(model.num_features)
+    shape = (n, plan.count, f)
+    nbytes = int(np.prod(shape)) * 2
+    mmap = nbytes > max_memory_bytes
+    if not path.is_file():
+        _build(path, shape, nbytes, model, cache, device, plan, normalizer, band_norm, show_progress)
+    touch(path)
+    arr = np.load(path, mmap_mode="r" if mmap else None)
+    if arr.shape != shape:
+        path.unlink(missing_ok=True)
+        raise RsdmlError(f"the view cache {path} holds {arr.shape}, not {shape}; it was removed, "
+                         "run the command again to rebuild it")
+    if mmap:
+        log.info("view cache of %.1f GiB is memory-mapped (above --cache-max-memory-gb)", nbytes / 2**30)
+        with warnings.catch_warnings():  # read-only pages: only ever gathered from
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.asarray(arr))
+    return torch.from_numpy(arr)
+
+
+def _plan_key(plan: ViewPlan) -> str:
+    return f"v{VIEWS_FORMAT}w{plan.weak}s{plan.strong}c{plan.stages}"
+
+
+def check_space(folder: Path, nbytes: int, plan: ViewPlan) -> None:
+    """Refuse a view cache that the cache folder's disk cannot hold, before any work."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if nbytes > free * 0.9:
+        raise RsdmlError(
+            f"the view cache needs {nbytes / 2**30:.1f} GiB but {folder} has "
+            f"{free / 2**30:.1f} GiB free; use fewer views (--view-strong, now {plan.strong}; "
+            f"--view-weak, now {plan.weak}) or a --cache-dir on a larger disk")
+
+
+def _build(path: Path, shape: tuple[int, int, int], nbytes: int, model: EmbeddingNet,
+           cache: ImageCache, device: torch.device, plan: ViewPlan,
+           normalizer: Callable[[Tensor], Tensor], band_norm: Callable[[Tensor], Tensor] | None,
+           show_progress: bool) -> None:
+    partial = path.with_name(path.name + ".partial")
+    state = path.with_name(path.name + ".progress")
+    done = 0
+    if partial.is_file() and state.is_file():
+        try:
+            saved = json.loads(state.read_text())
+            if tuple(saved["shape"]) == shape:
+                done = int(saved["chunks"])
+        except (ValueError, KeyError, OSError):
+            done = 0
+    if done == 0:
+        check_space(path.parent, nbytes, plan)
+        arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+    else:
+        log.warning("resuming the view cache build at image %d of %d", done * CHUNK, shape[0])
+        arr = np.load(partial, mmap_mode="r+")
+
+    def on_chunk(chunks: int) -> None:  # every few chunks (and the last): flush, then record
+        if chunks % _record_every == 0 or chunks * CHUNK >= shape[0]:
+            arr.flush()
+            atomic_write_text(state, json.dumps({"shape": list(shape), "chunks": chunks,
+                                                 "plan": asdict(plan)}))
+
+    _build_into(arr, done, model, cache, device, plan, normalizer, band_norm, show_progress, on_chunk)
+    arr.flush()
+    del arr
+    os.replace(partial, path)
+    state.unlink(missing_ok=True)
+
+
+#: ``--view-stages`` when not given: the last stages that cost about a tenth of the trunk.
+DEFAULT_VIEW_STAGES = {"efficientnet_lite0": 3, "resnet18": 1}
+
+
+def default_view_stages(backbone: str) -> int:
+    return DEFAULT_VIEW_STAGES.get(backbone, 0)
+
+
+def view_nbytes(n_images: int, plan: ViewPlan, num_features: int) -> int:
+    return n_images * plan.count * num_features * 2
