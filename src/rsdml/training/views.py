@@ -214,7 +214,6 @@ def _build(path: Path, shape: tuple[int, int, int], nbytes: int, model: Embeddin
 
     _build_into(arr, done, model, cache, device, plan, normalizer, band_norm, show_progress, on_chunk)
     arr.flush()
-    del arr
     os.replace(partial, path)
     state.unlink(missing_ok=True)
 
