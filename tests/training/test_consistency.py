@@ -168,3 +168,16 @@ def test_view_methods_train_in_fast_mode_on_cached_views(tiny_scenes, tmp_path, 
     assert _params(straight).keys() == _params(again).keys()
     for k, v in _params(straight).items():
         assert torch.equal(v, _params(again)[k]), k
+
+
+def test_distribution_alignment_by_hand():
+    cfg = check_method(TrainConfig(method="fixmatch").replace(
+        method_params={"distribution_alignment": True}))
+    m = create_method(cfg, 2, torch.tensor([0, 0, 0, 1]))  # labelled prior (0.75, 0.25)
+    q = torch.tensor([[0.5, 0.5], [0.5, 0.5]])
+    out = m.align(q)
+    p_model = 0.99 * torch.tensor([0.75, 0.25]) + 0.01 * torch.tensor([0.5, 0.5])
+    expected = q * torch.tensor([0.75, 0.25]) / p_model
+    expected = expected / expected.sum(1, keepdim=True)
+    assert torch.allclose(m.p_model, p_model) and torch.allclose(out, expected)
+    assert torch.allclose(out.sum(1), torch.ones(2))

@@ -160,9 +160,13 @@ def _print_summary(result: dict[str, Any]) -> None:
         return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
-    if not parts:  # --labels: no image outside the labels file has a label to test against
+    if not any(k in result for k in keys):  # --labels: no image outside the labels file has a label to test against
         parts = ["no test labels (trained from --labels); the report shows the predictions "
                  "per class, `rsdml predict` lists them"]
+    if isinstance(result.get("copy_top1"), (int, float)):  # needs no labels
+        parts.append(f"copy_top1 {result['copy_top1']:.4f}")
+    if isinstance(result.get("wall_seconds"), (int, float)):
+        parts.append(f"{result['wall_seconds'] / 60:.1f} min")
     click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
                + ", ".join(parts))
 

@@ -138,6 +138,9 @@ def headline_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for name in names:
             if name in part:
                 out[prefix + name] = part[name]
+    for name in ("copy_top1", "copy_mrr"):
+        if name in metrics.get("copies", {}):
+            out[name] = metrics["copies"][name]
     return {k: (float("nan") if v is None else float(v)) for k, v in out.items()}
 
 
@@ -186,12 +189,15 @@ def write_evaluation(
     class_names: list[str],
     *,
     seed: int = 0,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write ``embeddings.npz`` and ``metrics.json`` under ``eval_dir``; return the metrics."""
+    """Write ``embeddings.npz`` and ``metrics.json`` under ``eval_dir``; return the metrics.
+    ``extra``: parts measured elsewhere (``copies``: the copy-detection measure)."""
     eval_dir = Path(eval_dir)
     eval_dir.mkdir(parents=True, exist_ok=True)
     save_embeddings(eval_dir / "embeddings.npz", embeddings, labels, roles, paths)
     metrics = evaluate_embeddings(embeddings, labels, roles, seed=seed)
+    metrics.update(extra or {})
     metrics["class_names"] = [str(c) for c in class_names]
     metrics["headline"] = headline_metrics(metrics)
     metrics = _jsonable(metrics)

@@ -217,6 +217,10 @@ class Session:
     device: torch.device
     model: EmbeddingNet
     inputs: ImageInputs | FeatureInputs
+    #: The decoded images and how they become the model's input (the copy-detection measure
+    #: runs the whole network on altered copies of them).
+    cache: ImageCache | None = None
+    normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -239,7 +243,7 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        if train and METHODS[cfg.method].uses_views:
+        if METHODS[cfg.method].uses_views:  # evaluation too: view 0 is the image itself
             from rsdml.training.frozen import frozen_views
 
             feats, mapped = frozen_views(cfg, split, model, cache, device, preprocess)
@@ -251,14 +255,14 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
     else:
         augment = train_augment(cfg, spec) if train else None
         views = None
-        if train and METHODS[cfg.method].uses_views:
+        if METHODS[cfg.method].uses_views:  # evaluation too: view 0 is the image itself
             from rsdml.data.strong_augment import ViewAugment
 
             # 8-bit RGB (ImageNet statistics): RandAugment's colour operations; else band ones
             band_norm = spec.normalizer() if spec is not None else None
             views = (ViewAugment(False, band_norm), ViewAugment(True, band_norm))
         inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer, views)
-    return Session(cfg, run, split, device, model, inputs)
+    return Session(cfg, run, split, device, model, inputs, cache, normalizer)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None,
@@ -511,7 +515,7 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
     if not distributed.is_main():  # rank 0 writes the evaluation; the others return its numbers
         return distributed.broadcast(None)  # type: ignore[no-any-return]
     metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
-                               s.split.classes, seed=s.cfg.seed)
+                               s.split.classes, seed=s.cfg.seed, extra=copy_metrics(s, emb))
     final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
     write_json(s.run.final_metrics, final)
     try:
@@ -520,6 +524,26 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
     except Exception as e:  # the numbers are written; a plotting failure must not hide them
         log.warning("could not write the HTML report (%s: %s)", type(e).__name__, e)
     return distributed.broadcast(final)  # type: ignore[no-any-return]
+
+
+@torch.inference_mode()
+def copy_metrics(s: Session, emb: np.ndarray) -> dict[str, Any]:
+    """The within-class retrieval measure (``rsdml.evaluation.copies``): altered copies of a
+    seeded sample of the test images, embedded by the whole network, search the test images."""
+    from rsdml.evaluation.copies import altered_copy, copy_detection, copy_queries
+
+    test = np.flatnonzero(s.split.roles == "test")
+    if s.cache is None or s.normalizer is None or len(test) < 2:
+        return {}
+    queries = copy_queries(len(test), s.cfg.seed)
+    s.model.eval()
+    layout = torch.channels_last if uses_channels_last(s.device) else torch.contiguous_format
+    out = []
+    for chunk in torch.as_tensor(test[queries]).split(s.cfg.eval_batch_size):
+        x = s.normalizer(altered_copy(s.cache.batch(chunk)).to(s.device))
+        out.append(s.model(x.contiguous(memory_format=layout)).float().cpu())
+    copies = torch.cat(out).numpy()
+    return {"copies": {**copy_detection(copies, emb[test], queries), "queries": len(queries)}}
 
 
 def evaluate_run(run_dir: str | Path, checkpoint: str = "auto", device: str | None = None,

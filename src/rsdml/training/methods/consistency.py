@@ -29,6 +29,8 @@ from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.methods.margin_softmax import NSMMargin
 from rsdml.training.methods.params import ConsistencyParams
 
+_DA_MOMENTUM = 0.99
+
 
 class FixMatch(NSMMargin):
     """L = L_NSM(labelled) + ramp * w * PseudoLabel(strong | weak, threshold)."""
@@ -43,6 +45,10 @@ class FixMatch(NSMMargin):
         super().__init__(cfg, num_classes, labeled_labels)
         self.pseudo = PseudoLabelLoss()
         self.register_buffer("pl_hist", torch.zeros(num_classes, dtype=torch.long))
+        prior = torch.bincount(labeled_labels.cpu(), minlength=num_classes).float()
+        self.register_buffer("p_target", prior / prior.sum())
+        #: running mean of the weak view's class probabilities (distribution alignment)
+        self.register_buffer("p_model", self.p_target.clone())
 
     def scaled_cosines(self, emb: Tensor) -> Tensor:
         return self.cfg.logit_scale_u * self.nsm.cosines(emb)
@@ -66,6 +72,8 @@ class FixMatch(NSMMargin):
         nsm = self.nsm(emb_l, labels_l)
         with torch.no_grad():
             probs_w = self.predict_proba(emb_w.detach())
+            if self.params.distribution_alignment:
+                probs_w = self.align(probs_w)
         tau = self.current_threshold(probs_w)
         loss_c, mask, target = self.pseudo(self.scaled_cosines(emb_u), probs_w, tau)
         with torch.no_grad():
@@ -77,6 +85,14 @@ class FixMatch(NSMMargin):
 
     def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
         return terms
+
+    @torch.no_grad()
+    def align(self, probs: Tensor) -> Tensor:
+        """Distribution alignment: q * p_target / p_model, renormalised; p_model follows the
+        batches' mean prediction (momentum 0.99)."""
+        self.p_model.mul_(_DA_MOMENTUM).add_(probs.float().mean(dim=0), alpha=1 - _DA_MOMENTUM)
+        q = probs * (self.p_target / self.p_model.clamp_min(1e-6))
+        return q / q.sum(dim=1, keepdim=True)
 
     def epoch_stats(self) -> dict[str, Any]:
         hist = self.pl_hist.tolist()

@@ -31,6 +31,11 @@ class ConsistencyParams:
         0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
         "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
         ge=0.0, lt=1.0)
+    distribution_alignment: bool = option(
+        False, "fixmatch / freematch / hr-match: multiply the weak view's probabilities by the "
+        "labelled images' class frequencies over their running mean, then renormalise "
+        "(ReMixMatch's distribution alignment), so the pseudo-labels keep the labelled class "
+        "balance.")
     hr_view: str = option(
         "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
         "term sees (weak: a graph through the weak view too, about a third more compute).",
