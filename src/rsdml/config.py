@@ -114,6 +114,10 @@ class TrainConfig:
     freeze_backbone: bool = _opt(
         False, "Fast mode: freeze the trunk, cache its features once, train only head and loss."
     )
+    train_stages: int = _opt(
+        0, "Fast mode: the trunk's last N stages train too (partial fine-tuning), on cached "
+        "activations at their input, with views made there; BatchNorm statistics kept. 0 = only "
+        "the head trains.", ge=0, le=16)
     view_weak: int = _opt(
         8, "Fast mode with a view method (fixmatch, freematch, hr-match): weak views cached per "
         "image, the first N of the 8 symmetries of the square (1 = the image only).",
@@ -322,6 +326,9 @@ class TrainConfig:
                     f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}"
                 )
         check_bounds(self)  # every single-field bound, as the fields declare it
+        if self.train_stages and not self.freeze_backbone:
+            raise RsdmlError(f"--train-stages {self.train_stages} is partial fine-tuning in fast "
+                             "mode: add --freeze-backbone (without it the whole trunk trains)")
         if self.labels and (self.split or self.protocol != "transductive"):
             raise RsdmlError("--labels makes its own split (the file's rows labelled, the rest "
                              "unlabelled, transductive): drop --split and --protocol")

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -111,3 +112,17 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
     feats = view_features(feature_key(cfg, split, preprocess), folder, plan, model, cache, device,
                           preprocess.normalizer(), band_norm, limit, not cfg.quiet)
     return feats, feats.numel() * 2 > limit
+
+
+def frozen_activations(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
+                       device: torch.device, preprocess: Preprocess) -> tuple[Tensor, bool, Any]:
+    """(N, C, H, W) cached activations at the input of the last ``--train-stages`` stages,
+    whether they are memory-mapped, and the model's trunk cut there."""
+    from rsdml.models.stages import TrunkCut
+    from rsdml.training.views import activations
+
+    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    limit = int(cfg.cache_max_memory_gb * 2**30)
+    acts = activations(feature_key(cfg, split, preprocess), folder, cfg.train_stages, model,
+                       cache, device, preprocess.normalizer(), limit, not cfg.quiet)
+    return acts, acts.numel() * 2 > limit, TrunkCut(model.trunk, cfg.train_stages)

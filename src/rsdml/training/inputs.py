@@ -153,7 +153,45 @@ class FeatureInputs:
         return model.embed_features(x)
 
 
-Inputs = ImageInputs | FeatureInputs
+class ActivationInputs:
+    """Partial fine-tuning (``--train-stages N``): activations at the input of the trunk's last
+    N stages, computed once; each step runs those stages (which train) and the head. Views are
+    made at the cut: a random symmetry of the square (weak; the labelled images get one too)
+    and ``strong_activation`` (strong)."""
+
+    def __init__(self, activations: Tensor, cut: Any, device: torch.device,
+                 mapped: bool = False) -> None:
+        self.activations = activations if mapped else activations.to(device)
+        self.cut = cut  # rsdml.models.stages.TrunkCut of the run's model
+        self.device = device
+
+    def _rows(self, index: Tensor) -> Tensor:
+        a = self.activations[index.to(self.activations.device)].to(self.device).float()
+        return a.contiguous(memory_format=torch.channels_last) if uses_channels_last(self.device) else a
+
+    def _weak(self, a: Tensor, generator: torch.Generator) -> Tensor:
+        from rsdml.training.views import symmetries
+
+        which = torch.randint(0, 8, (len(a),), generator=generator, device=generator.device)
+        return symmetries(a, which.to(a.device))
+
+    def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
+        return self._weak(self._rows(index), generator)
+
+    def views(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        from rsdml.training.views import strong_activation
+
+        a = self._rows(index)
+        return self._weak(a, generator), strong_activation(a, generator)
+
+    def eval(self, index: Tensor) -> Tensor:
+        return self._rows(index)
+
+    def embed(self, model: EmbeddingNet, x: Tensor) -> Tensor:
+        return model.embed_features(self.cut.top(x))
+
+
+Inputs = ImageInputs | FeatureInputs | ActivationInputs
 
 
 def place_model(model: EmbeddingNet, device: torch.device) -> EmbeddingNet:

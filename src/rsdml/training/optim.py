@@ -104,7 +104,7 @@ class Schedule:
     @classmethod
     def of(cls, cfg: TrainConfig, steps_per_epoch: int, total: int | None = None) -> Schedule:
         spe = max(1, int(steps_per_epoch))
-        trunk = not cfg.freeze_backbone and cfg.trunk_lr_factor > 0
+        trunk = (not cfg.freeze_backbone or cfg.train_stages > 0) and cfg.trunk_lr_factor > 0
         return cls(total=int(total if total is not None else total_steps(cfg, spe)),
                    steps_per_epoch=spe, warmup=cfg.warmup_epochs * spe,
                    head_warmup=cfg.head_warmup_epochs * spe if trunk else 0.0,

@@ -45,6 +45,7 @@ from rsdml.training.callbacks import (
 )
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.inputs import (
+    ActivationInputs,
     FeatureInputs,
     ImageInputs,
     image_inputs,
@@ -216,7 +217,7 @@ class Session:
     split: Split
     device: torch.device
     model: EmbeddingNet
-    inputs: ImageInputs | FeatureInputs
+    inputs: ImageInputs | FeatureInputs | ActivationInputs
     #: The decoded images and how they become the model's input (the copy-detection measure
     #: runs the whole network on altered copies of them).
     cache: ImageCache | None = None
@@ -243,12 +244,19 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
-        if METHODS[cfg.method].uses_views:  # evaluation too: view 0 is the image itself
+        if cfg.train_stages:  # partial fine-tuning: the last stages train on cached activations
+            from rsdml.training.frozen import frozen_activations
+
+            acts, mapped, cut = frozen_activations(cfg, split, model, cache, device, preprocess)
+            for p in cut.upper_parameters():
+                p.requires_grad_(True)
+            inputs: ImageInputs | FeatureInputs | ActivationInputs = ActivationInputs(
+                acts, cut, device, mapped=mapped)
+        elif METHODS[cfg.method].uses_views:  # evaluation too: view 0 is the image itself
             from rsdml.training.frozen import frozen_views
 
             feats, mapped = frozen_views(cfg, split, model, cache, device, preprocess)
-            inputs: ImageInputs | FeatureInputs = FeatureInputs(
-                feats, device, weak=cfg.view_weak, mapped=mapped)
+            inputs = FeatureInputs(feats, device, weak=cfg.view_weak, mapped=mapped)
         else:
             feats = frozen_features(cfg, split, model, cache, device, preprocess)
             inputs = FeatureInputs(feats, device)

@@ -40,7 +40,13 @@ from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
 from rsdml.training.diagnostics import (
     mixed_batch,
 )
-from rsdml.training.inputs import FeatureInputs, ImageInputs, embed_batches, to_device
+from rsdml.training.inputs import (
+    ActivationInputs,
+    FeatureInputs,
+    ImageInputs,
+    embed_batches,
+    to_device,
+)
 from rsdml.training.methods.base import Method
 from rsdml.training.optim import Schedule, make_optimizer
 from rsdml.training.run_folder import RunFolder
@@ -72,7 +78,7 @@ class Trainer:
         run: RunFolder,
         model: EmbeddingNet,
         method: Method,
-        inputs: ImageInputs | FeatureInputs,
+        inputs: ImageInputs | FeatureInputs | ActivationInputs,
         labeled: LabeledSet,
         unlabeled: UnlabeledSet | None,
         device: torch.device,
@@ -226,13 +232,19 @@ class Trainer:
         self.schedule.set_learning_rates(self.optimizer, step)
         self.method.set_ramp(self.schedule.unlabeled_ramp(step))
         trains = self.schedule.trunk_trains(step)
-        if trains != self._trunk_trains and not self.cfg.freeze_backbone:
-            for p in self.model.trunk.parameters():
+        if trains != self._trunk_trains and self.schedule.trunk:
+            for p in self.trunk_parameters():
                 p.requires_grad_(trains)  # no backward through a trunk that does not learn
             self._trunk_trains = trains
             self._ddp = None
         if self.dist.enabled and self._ddp is None:
             self._ddp = self._wrap_ddp()
+
+    def trunk_parameters(self) -> list[torch.nn.Parameter]:
+        """The trunk's parameters that train: all of them, or under ``--train-stages`` those
+        of the stages above the cached activations."""
+        cut = getattr(self.inputs, "cut", None)
+        return cut.upper_parameters() if cut is not None else list(self.model.trunk.parameters())
 
     def _wrap_ddp(self) -> Any:
         """The training forward under DistributedDataParallel (its gradients averaged over

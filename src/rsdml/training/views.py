@@ -28,7 +28,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,17 +74,22 @@ def symmetry(x: Tensor, j: int) -> Tensor:
     return x.flip(-1) if j >= 4 else x
 
 
+def symmetries(a: Tensor, which: Tensor) -> Tensor:
+    """Symmetry ``which[b]`` (0-7) of each sample of ``a`` (B, C, H, W)."""
+    out = torch.empty_like(a)
+    for j in range(8):
+        idx = (which == j).nonzero().squeeze(1)
+        if idx.numel():
+            out[idx] = symmetry(a[idx], j)
+    return out
+
+
 def strong_activation(a: Tensor, generator: torch.Generator) -> Tensor:
     """A strong view of activation maps ``a`` (B, C, H, W): random symmetry, crop-and-resize,
     Cutout and channel dropout, one draw per sample."""
     b, c, h, w = a.shape
-    u = torch.rand(b, 7, generator=generator).to(a.device)
-    out = torch.empty_like(a)
-    sym = (u[:, 0] * 8).long().clamp_(max=7)
-    for j in range(8):
-        idx = (sym == j).nonzero().squeeze(1)
-        if idx.numel():
-            out[idx] = symmetry(a[idx], j)
+    u = torch.rand(b, 7, generator=generator, device=generator.device).to(a.device)
+    out = symmetries(a, (u[:, 0] * 8).long().clamp_(max=7))
     # crop a square of side s in [0.5, 1] at a random place, resized back (affine resampling)
     s = 0.5 + 0.5 * u[:, 1]
     theta = torch.zeros(b, 2, 3, device=a.device, dtype=a.dtype)
@@ -102,7 +107,8 @@ def strong_activation(a: Tensor, generator: torch.Generator) -> Tensor:
            & ((xs[None] - u[:, 6, None]).abs() <= side[:, None] / 2)[:, None, :])
     mean = out.mean(dim=(2, 3), keepdim=True)
     out = torch.where(box[:, None], mean, out)
-    keep = (torch.rand(b, c, 1, 1, generator=generator) >= 0.1).to(a.device, a.dtype)
+    keep = (torch.rand(b, c, 1, 1, generator=generator, device=generator.device) >= 0.1)
+    keep = keep.to(a.device, a.dtype)
     return out * keep / 0.9
 
 
@@ -110,34 +116,59 @@ def _seed(k: int, start: int) -> int:
     return int(np.random.SeedSequence([_VIEW_SEED, k, start]).generate_state(1, np.uint64)[0] >> 1)
 
 
-@torch.inference_mode()
-def _build_into(arr: np.ndarray, done_chunks: int, model: EmbeddingNet, cache: ImageCache,
-                device: torch.device, plan: ViewPlan, normalizer: Callable[[Tensor], Tensor],
-                band_norm: Callable[[Tensor], Tensor] | None, show_progress: bool,
-                on_chunk: Callable[[int], None]) -> None:
+ChunkFill = Callable[[Tensor, Tensor], Tensor]  # (positions, uint8 images) -> rows to store
+
+
+def _view_fill(model: EmbeddingNet, device: torch.device, plan: ViewPlan,
+               normalizer: Callable[[Tensor], Tensor],
+               band_norm: Callable[[Tensor], Tensor] | None) -> ChunkFill:
+    """The views of a chunk of images: (B, V, F) pooled trunk features."""
     from rsdml.data.strong_augment import ViewAugment
     from rsdml.training.inputs import uses_channels_last
 
-    model.eval()
     cut = TrunkCut(model.trunk, plan.stages if plan.stages > 0 else 10**6)
     strong_aug = ViewAugment(True, band_norm)
     layout = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
-    starts = list(range(0, len(cache), CHUNK))
-    for c in progress(range(done_chunks, len(starts)), total=len(starts) - done_chunks,
-                      desc=f"views ({plan.count} an image)", enabled=show_progress):
-        start = starts[c]
-        index = torch.arange(start, min(start + CHUNK, len(cache)))
-        images = cache.batch(index).to(device)
+
+    def fill(index: Tensor, images: Tensor) -> Tensor:
+        images = images.to(device)
         a = cut.bottom(normalizer(images).contiguous(memory_format=layout))
         vecs = [cut.top(symmetry(a, j).contiguous(memory_format=layout)) for j in range(plan.weak)]
         for k in range(plan.strong):
-            gen = torch.Generator().manual_seed(_seed(k, start))
+            gen = torch.Generator().manual_seed(_seed(k, int(index[0])))
             if cut.at_pixels:
                 s = strong_aug(images.cpu(), gen).to(device)
             else:
                 s = strong_activation(a.float(), gen).to(a.dtype)
             vecs.append(cut.top(s.contiguous(memory_format=layout)))
-        arr[start:start + len(index)] = torch.stack(vecs, 1).float().cpu().numpy().astype(np.float16)
+        return torch.stack(vecs, 1)
+
+    return fill
+
+
+def _activation_fill(model: EmbeddingNet, device: torch.device, stages: int,
+                     normalizer: Callable[[Tensor], Tensor]) -> ChunkFill:
+    """The activations at the input of the trunk's last ``stages`` stages: (B, C, H, W)."""
+    cut = TrunkCut(model.trunk, stages)
+
+    def fill(index: Tensor, images: Tensor) -> Tensor:
+        return cut.bottom(normalizer(images.to(device)))
+
+    return fill
+
+
+@torch.inference_mode()
+def _build_into(arr: np.ndarray, done_chunks: int, model: EmbeddingNet, cache: ImageCache,
+                fill: ChunkFill, desc: str, show_progress: bool,
+                on_chunk: Callable[[int], None]) -> None:
+    model.eval()
+    starts = list(range(0, len(cache), CHUNK))
+    for c in progress(range(done_chunks, len(starts)), total=len(starts) - done_chunks,
+                      desc=desc, enabled=show_progress):
+        start = starts[c]
+        index = torch.arange(start, min(start + CHUNK, len(cache)))
+        rows = fill(index, cache.batch(index))
+        arr[start:start + len(index)] = rows.float().cpu().numpy().astype(np.float16)
         on_chunk(c + 1)
 
 
@@ -148,14 +179,36 @@ def view_features(key: str, folder: Path, plan: ViewPlan, model: EmbeddingNet,
                   max_memory_bytes: int, show_progress: bool = True) -> Tensor:
     """(N, V, F) float16 trunk features of every image's views (``plan``), from the cache in
     ``folder`` or computed now; memory-mapped when larger than ``max_memory_bytes``."""
-    key = f"{key}-{_plan_key(plan)}"
-    path = folder / f"views-{key}.npy"
-    n, f = len(cache), int(model.num_features)
-    shape = (n, plan.count, f)
+    path = folder / f"views-{key}-{_plan_key(plan)}.npy"
+    shape = (len(cache), plan.count, int(model.num_features))
+    fill = _view_fill(model, device, plan, normalizer, band_norm)
+    return _cached(path, shape, model, cache, fill, f"views ({plan.count} an image)",
+                   max_memory_bytes, show_progress, _space_fix(plan))
+
+
+def activations(key: str, folder: Path, stages: int, model: EmbeddingNet, cache: ImageCache,
+                device: torch.device, normalizer: Callable[[Tensor], Tensor],
+                max_memory_bytes: int, show_progress: bool = True) -> Tensor:
+    """(N, C, H, W) float16 activations of every image at the input of the trunk's last
+    ``stages`` stages (``--train-stages``), cached like the views."""
+    model.eval()
+    with torch.inference_mode():
+        probe = TrunkCut(model.trunk, stages).bottom(
+            normalizer(cache.batch(torch.arange(1))).to(device))
+    path = folder / f"views-{key}-act{VIEWS_FORMAT}s{stages}.npy"
+    fill = _activation_fill(model, device, stages, normalizer)
+    return _cached(path, (len(cache), *probe.shape[1:]), model, cache, fill,
+                   f"activations below the last {stages} stage(s)", max_memory_bytes,
+                   show_progress, "fewer --train-stages")
+
+
+def _cached(path: Path, shape: tuple[int, ...], model: EmbeddingNet, cache: ImageCache,
+            fill: ChunkFill, desc: str, max_memory_bytes: int, show_progress: bool,
+            fix: str) -> Tensor:
     nbytes = int(np.prod(shape)) * 2
     mmap = nbytes > max_memory_bytes
     if not path.is_file():
-        _build(path, shape, nbytes, model, cache, device, plan, normalizer, band_norm, show_progress)
+        _build(path, shape, nbytes, model, cache, fill, desc, show_progress, fix)
     touch(path)
     arr = np.load(path, mmap_mode="r" if mmap else None)
     if arr.shape != shape:
@@ -170,25 +223,26 @@ def view_features(key: str, folder: Path, plan: ViewPlan, model: EmbeddingNet,
     return torch.from_numpy(arr)
 
 
+def _space_fix(plan: ViewPlan) -> str:
+    return f"fewer views (--view-strong, now {plan.strong}; --view-weak, now {plan.weak})"
+
+
 def _plan_key(plan: ViewPlan) -> str:
     return f"v{VIEWS_FORMAT}w{plan.weak}s{plan.strong}c{plan.stages}"
 
 
-def check_space(folder: Path, nbytes: int, plan: ViewPlan) -> None:
-    """Refuse a view cache that the cache folder's disk cannot hold, before any work."""
+def check_space(folder: Path, nbytes: int, fix: str) -> None:
+    """Refuse a cache that the cache folder's disk cannot hold, before any work."""
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if nbytes > free * 0.9:
         raise RsdmlError(
             f"the view cache needs {nbytes / 2**30:.1f} GiB but {folder} has "
-            f"{free / 2**30:.1f} GiB free; use fewer views (--view-strong, now {plan.strong}; "
-            f"--view-weak, now {plan.weak}) or a --cache-dir on a larger disk")
+            f"{free / 2**30:.1f} GiB free; use {fix} or a --cache-dir on a larger disk")
 
 
-def _build(path: Path, shape: tuple[int, int, int], nbytes: int, model: EmbeddingNet,
-           cache: ImageCache, device: torch.device, plan: ViewPlan,
-           normalizer: Callable[[Tensor], Tensor], band_norm: Callable[[Tensor], Tensor] | None,
-           show_progress: bool) -> None:
+def _build(path: Path, shape: tuple[int, ...], nbytes: int, model: EmbeddingNet,
+           cache: ImageCache, fill: ChunkFill, desc: str, show_progress: bool, fix: str) -> None:
     partial = path.with_name(path.name + ".partial")
     state = path.with_name(path.name + ".progress")
     done = 0
@@ -200,7 +254,7 @@ def _build(path: Path, shape: tuple[int, int, int], nbytes: int, model: Embeddin
         except (ValueError, KeyError, OSError):
             done = 0
     if done == 0:
-        check_space(path.parent, nbytes, plan)
+        check_space(path.parent, nbytes, fix)
         arr = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
     else:
         log.warning("resuming the view cache build at image %d of %d", done * CHUNK, shape[0])
@@ -209,10 +263,9 @@ def _build(path: Path, shape: tuple[int, int, int], nbytes: int, model: Embeddin
     def on_chunk(chunks: int) -> None:  # every few chunks (and the last): flush, then record
         if chunks % _record_every == 0 or chunks * CHUNK >= shape[0]:
             arr.flush()
-            atomic_write_text(state, json.dumps({"shape": list(shape), "chunks": chunks,
-                                                 "plan": asdict(plan)}))
+            atomic_write_text(state, json.dumps({"shape": list(shape), "chunks": chunks}))
 
-    _build_into(arr, done, model, cache, device, plan, normalizer, band_norm, show_progress, on_chunk)
+    _build_into(arr, done, model, cache, fill, desc, show_progress, on_chunk)
     arr.flush()
     os.replace(partial, path)
     state.unlink(missing_ok=True)
