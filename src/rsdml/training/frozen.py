@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
