@@ -10,6 +10,7 @@ from rsdml.losses.entropy import EntropyMinimizationLoss
 from rsdml.losses.fast_bnm import FastBatchNuclearNormLoss
 from rsdml.losses.margin_softmax import MarginSoftmaxLoss
 from rsdml.losses.snca import SNCALoss
+from rsdml.losses.view_contrast import ViewContrastLoss
 
 __all__ = [
     "BatchNuclearNormLoss",
@@ -17,4 +18,5 @@ __all__ = [
     "FastBatchNuclearNormLoss",
     "MarginSoftmaxLoss",
     "SNCALoss",
+    "ViewContrastLoss",
 ]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from rsdml.config import TrainConfig
-from rsdml.losses import BatchNuclearNormLoss
+from rsdml.losses import BatchNuclearNormLoss, ViewContrastLoss
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.methods.margin_softmax import NSMMargin
 from rsdml.training.methods.params import ConsistencyParams
@@ -44,6 +44,7 @@ class FixMatch(NSMMargin):
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)
         self.pseudo = PseudoLabelLoss()
+        self.contrast = ViewContrastLoss()
         self.register_buffer("pl_hist", torch.zeros(num_classes, dtype=torch.long))
         prior = torch.bincount(labeled_labels.cpu(), minlength=num_classes).float()
         self.register_buffer("p_target", prior / prior.sum())
@@ -81,6 +82,10 @@ class FixMatch(NSMMargin):
         w = self.ramp * self.params.consistency_weight
         terms = {"total": nsm + w * loss_c, "nsm": nsm, "consistency": loss_c,
                  "mask_rate": mask.float().mean()}
+        if self.params.instance_weight > 0:
+            inst = self.contrast(emb_u, emb_w)
+            terms["total"] = terms["total"] + self.ramp * self.params.instance_weight * inst
+            terms["instance"] = inst
         return self.extra_terms(terms, emb_u, emb_w)
 
     def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:

@@ -36,6 +36,11 @@ class ConsistencyParams:
         "labelled images' class frequencies over their running mean, then renormalise "
         "(ReMixMatch's distribution alignment), so the pseudo-labels keep the labelled class "
         "balance.")
+    instance_weight: float = option(
+        0.0, "fixmatch / freematch / hr-match: weight of an instance-discrimination term "
+        "(InfoNCE, temperature 0.1) between each unlabelled image's strong and weak views, "
+        "which keeps images of one class apart (copy detection); ramped like the others.",
+        ge=0.0)
     hr_view: str = option(
         "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
         "term sees (weak: a graph through the weak view too, about a third more compute).",
