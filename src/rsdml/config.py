@@ -111,9 +111,10 @@ class TrainConfig:
                                path=True)
     embedding_dim: int = _opt(128, "Embedding dimension D.", gt=0)
     mlp_head: bool = _opt(False, "Use a 2-layer MLP instead of one Linear layer as the head.")
-    freeze_backbone: bool = _opt(
-        False, "Fast mode: freeze the trunk, cache its features once, train only head and loss."
-    )
+    freeze_backbone: bool | None = _opt(
+        None, "Fast mode: freeze the trunk, cache its features (and its views, for the view "
+        "methods) once, train only head and loss. Default: on a CPU with a pretrained trunk (the "
+        "best accuracy per minute there, docs/results.md), else off (the whole network trains).")
     train_stages: int = _opt(
         0, "Fast mode: the trunk's last N stages train too (partial fine-tuning), on cached "
         "activations at their input, with views made there; BatchNorm statistics kept. 0 = only "
@@ -326,7 +327,7 @@ class TrainConfig:
                     f"--{_flag(f.name)} {value!r} is not one of {', '.join(choices)}"
                 )
         check_bounds(self)  # every single-field bound, as the fields declare it
-        if self.train_stages and not self.freeze_backbone:
+        if self.train_stages and self.freeze_backbone is False:
             raise RsdmlError(f"--train-stages {self.train_stages} is partial fine-tuning in fast "
                              "mode: add --freeze-backbone (without it the whole trunk trains)")
         if self.labels and (self.split or self.protocol != "transductive"):

@@ -43,7 +43,7 @@ def _setup_logging() -> None:
 def _click_type(annotation: Any) -> tuple[Any, bool]:
     """(click type, is_flag) for a TrainConfig field annotation (given as a string)."""
     text = str(annotation)
-    if text == "bool":
+    if text in ("bool", "bool | None"):
         return bool, True
     for name, t in (("int", int), ("float", float)):
         if text.startswith(name):

@@ -90,10 +90,22 @@ def resolve_device(name: str) -> torch.device:
 DEFAULT_IMAGE_SIZE = {"cuda": 256, "cpu": 128}
 
 
+def default_fast_mode(cfg: TrainConfig) -> bool:
+    """``--freeze-backbone`` when not given: on a CPU a pretrained trunk's cached features (and
+    views) give more accuracy per minute than fine-tuning (docs/results.md, "Accuracy per
+    minute"); a random trunk must train, and a GPU can afford fine-tuning."""
+    if cfg.train_stages:
+        return True
+    return resolve_device(cfg.device).type == "cpu" and cfg.trunk_pretrained
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """All a run's options must satisfy: the config's own checks, then the registries' (the
     method and its parameters, filled in with their defaults; the backbone). Defaults that
-    depend on the device (``--image-size``) are filled in here, so config.yaml records them."""
+    depend on the device (fast mode, ``--image-size``) are filled in here, so config.yaml
+    records them."""
+    if cfg.freeze_backbone is None:
+        cfg = cfg.replace(freeze_backbone=default_fast_mode(cfg))
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
     if cfg.freeze_backbone and METHODS[cfg.method].uses_views and cfg.view_stages is None:
