@@ -3,7 +3,8 @@
 
 Per seed and arm, the labelled set grows over the budgets (labels per class x classes in
 total, not per class: the arm decides which images, the oracle labels them); each round trains
-a fast-mode run (``--freeze-backbone``, EfficientNet-Lite0) with ``rsdml train --labels`` and
+a fast-mode run (``--freeze-backbone``, EfficientNet-Lite0, ``--method``: by default fast
+mode's, the consistency method on cached views) with ``rsdml train --labels`` and
 scores kNN (K = 10) of every image *not* labelled against the labelled ones, with the oracle's
 classes. Arms:
 
@@ -17,7 +18,7 @@ classes. Arms:
 Prints one JSON object (every round's numbers, then per budget the mean of the seeds).
 
     python benchmarks/bench_labelling.py --data ../shared/data/AID --out /tmp/labelling \
-        [--budgets 1 2 5 10] [--seeds 0 1 2] [--arms rsdml kcentre random] [--quick]
+        [--budgets 1 2 5 10] [--seeds 0 1 2] [--arms rsdml kcentre random] [--method M] [--quick]
 """
 
 from __future__ import annotations
@@ -43,8 +44,11 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--arms", nargs="+", default=["rsdml", "kcentre", "random"],
                     choices=("rsdml", "kcentre", "random", "typiclust"))
-    ap.add_argument("--image-size", type=int, default=128)
-    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--image-size", type=int, default=150)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--method", default="auto",
+                    help="the training method of every round (auto: fast mode's default, the "
+                         "consistency method on cached views)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quick", action="store_true", help="a small synthetic set; numbers mean nothing")
     return ap.parse_args()
@@ -83,7 +87,7 @@ def train_round(root: Path, labels_csv: Path, out: Path, args: argparse.Namespac
     from rsdml.training.runner import train
 
     cfg = TrainConfig(data=str(root), labels=str(labels_csv), out=str(out), seed=seed,
-                      backbone="efficientnet_lite0", freeze_backbone=True,
+                      backbone="efficientnet_lite0", freeze_backbone=True, method=args.method,
                       image_size=args.image_size, epochs=args.epochs, eval_every=args.epochs,
                       checkpoint_every=args.epochs,
                       device=args.device, report=False, quiet=True)
@@ -144,7 +148,8 @@ def main() -> None:
             summary[f"{arm}@{b:g}"] = {k: C.rnd(float(np.mean([r[k] for r in sel])))
                                        for k in ("knn", "knn_trunk", "classes_covered")}
     C.emit({"data": str(root), "images": len(paths), "classes": n_classes,
-            "image_size": args.image_size, "epochs": args.epochs, "rows": rows,
+            "image_size": args.image_size, "epochs": args.epochs, "method": args.method,
+            "rows": rows,
             "mean": summary})
 
 

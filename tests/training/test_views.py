@@ -152,3 +152,17 @@ def test_feature_inputs_draw_weak_and_strong_views_and_evaluate_view_zero():
     assert torch.equal(inputs.eval(torch.arange(n))[:, 0], torch.arange(n).float() * v)
     plain = FeatureInputs(torch.randn(4, 3), torch.device("cpu"))
     assert torch.equal(plain.train(torch.arange(4), g), plain.eval(torch.arange(4)))
+
+
+def test_rsdml_cache_lists_and_clears_view_caches(tmp_path):
+    from rsdml.data.cache_files import cache_files, clear_cache
+
+    _features(tmp_path, ViewPlan(2, 1, 1))
+    (tmp_path / "views-x-v1w8s4c2.npy.partial").write_bytes(b"0" * 10)
+    (tmp_path / "views-x-v1w8s4c2.npy.progress").write_text("{}")
+    names = {f.path.name for f in cache_files(tmp_path)}
+    assert any(n.startswith("views-k-") and n.endswith(".npy") for n in names)
+    assert "views-x-v1w8s4c2.npy.partial" in names
+    removed, _ = clear_cache(tmp_path)
+    assert len(removed) == 2
+    assert not list(tmp_path.glob("views-*.np*"))  # the .npy, the part and its record

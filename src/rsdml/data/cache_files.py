@@ -58,6 +58,8 @@ def clear_cache(folder: str | Path | None = None,
             f.path.unlink()
         except FileNotFoundError:
             continue
+        if f.path.name.endswith(".partial"):  # an interrupted view build: its resume record too
+            f.path.with_name(f.path.name[:-len(".partial")] + ".progress").unlink(missing_ok=True)
         removed.append(f)
     return removed, kept
 

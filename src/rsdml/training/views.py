@@ -27,7 +27,8 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,11 @@ from rsdml.fsutil import atomic_write_text, touch
 from rsdml.models.embedding import EmbeddingNet
 from rsdml.models.stages import TrunkCut
 from rsdml.progress import progress
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: builds are resumable, just not locked
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +214,9 @@ def _cached(path: Path, shape: tuple[int, ...], model: EmbeddingNet, cache: Imag
     nbytes = int(np.prod(shape)) * 2
     mmap = nbytes > max_memory_bytes
     if not path.is_file():
-        _build(path, shape, nbytes, model, cache, fill, desc, show_progress, fix)
+        with _build_lock(path):  # a second process waits, then reuses the first one's file
+            if not path.is_file():
+                _build(path, shape, nbytes, model, cache, fill, desc, show_progress, fix)
     touch(path)
     arr = np.load(path, mmap_mode="r" if mmap else None)
     if arr.shape != shape:
@@ -221,6 +229,17 @@ def _cached(path: Path, shape: tuple[int, ...], model: EmbeddingNet, cache: Imag
             warnings.simplefilter("ignore", UserWarning)
             return torch.from_numpy(np.asarray(arr))
     return torch.from_numpy(arr)
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock beside the partial file (``rsdml cache clear`` keeps what is locked)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".partial.lock")
+    with open(lock, "a+") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _space_fix(plan: ViewPlan) -> str:
