@@ -58,8 +58,10 @@ def clear_cache(folder: str | Path | None = None,
             f.path.unlink()
         except FileNotFoundError:
             continue
-        if f.path.name.endswith(".partial"):  # an interrupted view build: its resume record too
-            f.path.with_name(f.path.name[:-len(".partial")] + ".progress").unlink(missing_ok=True)
+        base = f.path.name.removesuffix(".partial")
+        if base.startswith("views-"):  # a view cache: its build's lock and resume record too
+            for suffix in (".partial.lock", ".progress"):
+                f.path.with_name(base + suffix).unlink(missing_ok=True)
         removed.append(f)
     return removed, kept
 
