@@ -129,7 +129,7 @@ class TrainConfig:
     view_stages: int | None = _opt(
         None, "Fast mode with a view method: views are made at the input of the trunk's last N "
         "stages, which run once per view while the cache builds (0 = at the pixels: the whole "
-        "trunk per view; default 3 for efficientnet_lite0, 1 for resnet18).", ge=0, le=16)
+        "trunk per view; default 2 for efficientnet_lite0, 1 for resnet18).", ge=0, le=16)
     # --- losses
     margin: float = _opt(0.5, "Additive angular margin m.", ge=0.0, lt=HALF_PI, unit="radians",
                          example="0.5")
