@@ -32,8 +32,8 @@ def _spellings(name: str) -> list[tuple[str, object]]:
         return [("some/dir", "some/dir"), ("'~/x y/z.csv'", "~/x y/z.csv"), *none]
     if f.metadata.get("choices"):
         return [(c, c) for c in f.metadata["choices"]] + [(f"'{c}'", c) for c in f.metadata["choices"]]
-    if ann == "bool":
-        return [("true", True), ("false", False), ("yes", True), ("no", False), ("on", True),
+    if ann.startswith("bool"):
+        return [*none, ("true", True), ("false", False), ("yes", True), ("no", False), ("on", True),
                 ("off", False), ("'no'", False), ("'yes'", True), ("'True'", True),
                 ("'false'", False), ("1", True), ("0", False)]
     if ann.startswith("int"):
