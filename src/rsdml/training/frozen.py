@@ -109,6 +109,13 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
     spec = preprocess.spec
     band_norm = spec.normalizer() if spec is not None else None
     limit = int(cfg.cache_max_memory_gb * 2**30)
+    if not cfg.quiet:
+        import sys
+
+        where = "at the pixels" if plan.stages == 0 else f"below the trunk's last {plan.stages} stages"
+        print(f"rsdml: fast mode (trunk frozen): {cfg.method} on {plan.count} cached views an image "
+              f"({plan.weak} symmetries + {plan.strong} strong, made {where}); built once, reused by "
+              "every run on these images", file=sys.stderr, flush=True)
     feats = view_features(feature_key(cfg, split, preprocess), folder, plan, model, cache, device,
                           preprocess.normalizer(), band_norm, limit, not cfg.quiet)
     return feats, feats.numel() * 2 > limit
