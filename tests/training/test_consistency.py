@@ -181,3 +181,20 @@ def test_distribution_alignment_by_hand():
     expected = expected / expected.sum(1, keepdim=True)
     assert torch.allclose(m.p_model, p_model) and torch.allclose(out, expected)
     assert torch.allclose(out.sum(1), torch.ones(2))
+
+
+def test_partial_fine_tuning_trains_only_the_last_stages(tiny_scenes, tmp_path):
+    """--train-stages 1: layer4 of the trunk and the head train on cached activations; the
+    stages below keep their weights; evaluation embeds through the trained stage."""
+    run = tmp_path / "partial"
+    result = train(_cfg(tiny_scenes, run, freeze_backbone=True, train_stages=1, epochs=2,
+                        head_warmup_epochs=0.0))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    torch.manual_seed(0)
+    from rsdml.models.resnet import resnet18
+
+    start = resnet18(False).state_dict()
+    changed = {k for k, v in start.items() if not torch.equal(v, state[f"trunk.{k}"])}
+    assert changed and all(k.startswith("layer4.") for k in changed)
+    assert any(k.endswith("conv1.weight") for k in changed)
+    assert 0.0 <= result["knn_acc"] <= 1.0
