@@ -3,8 +3,8 @@ bf16 autocast where the hardware runs it natively.
 
 Prints one JSON object: images/s of a training step (forward, a stand-in loss, backward, SGD)
 and of an inference pass, for each backbone at each resolution, in float32 NCHW (a plain
-PyTorch script), float32 channels_last and bf16 autocast + channels_last, with the speed-ups
-over float32 NCHW.
+PyTorch script), float32 channels_last, bf16 autocast + channels_last and torch.compile
+(inductor) + channels_last, with the speed-ups over float32 NCHW.
 
     python benchmarks/bench_layout.py [--device cpu|cuda] [--sizes 64 128] [--threads T]
 """
@@ -22,10 +22,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-VARIANTS = {  # name: (channels_last, autocast dtype)
-    "fp32_nchw": (False, None),
-    "fp32_channels_last": (True, None),
-    "bf16_channels_last": (True, torch.bfloat16),
+VARIANTS = {  # name: (channels_last, autocast dtype, torch.compile)
+    "fp32_nchw": (False, None, False),
+    "fp32_channels_last": (True, None, False),
+    "bf16_channels_last": (True, torch.bfloat16, False),
+    "compile_fp32_channels_last": (True, None, True),
 }
 
 
@@ -37,6 +38,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     args = ap.parse_args()
     if args.quick:
@@ -45,9 +47,11 @@ def parse() -> argparse.Namespace:
 
 
 def measure(model: torch.nn.Module, x: torch.Tensor, train: bool, cl: bool,
-            dtype: torch.dtype | None, steps: int, device: torch.device) -> float:
+            dtype: torch.dtype | None, steps: int, device: torch.device,
+            compiled: bool = False) -> float:
     fmt = torch.channels_last if cl else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    run = torch.compile(model) if compiled else model
     x = x.contiguous(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
 
@@ -57,16 +61,16 @@ def measure(model: torch.nn.Module, x: torch.Tensor, train: bool, cl: bool,
         if train:
             model.train()
             with ctx:
-                loss = model(x).float().square().mean()
+                loss = run(x).float().square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         else:
             model.eval()
             with torch.inference_mode(), ctx:
-                model(x).float()
+                run(x).float()
 
-    step()  # warm-up: oneDNN / cuDNN primitive creation
+    step()  # warm-up: oneDNN / cuDNN primitive creation (and, compiled, the compilation)
     C.sync(device)
     t = time.perf_counter()
     for _ in range(steps):
@@ -96,13 +100,18 @@ def main() -> None:
             x = torch.randn(args.batch, 3, size, size, device=device)
             for mode in ("train", "inference"):
                 row = {}
-                for variant, (cl, dtype) in VARIANTS.items():
+                for variant, (cl, dtype, compiled) in VARIANTS.items():
+                    if compiled and args.no_compile:
+                        continue
                     row[variant] = C.rnd(measure(model, x, mode == "train", cl, dtype,
-                                                 args.steps, device), 1)
+                                                 args.steps, device, compiled), 1)
                     C.log(f"{name} {size}px {mode} {variant}: {row[variant]} images/s")
                 base = row["fp32_nchw"]
                 row["speedup_fp32_channels_last"] = C.rnd(row["fp32_channels_last"] / base, 2)
                 row["speedup_bf16_channels_last"] = C.rnd(row["bf16_channels_last"] / base, 2)
+                if "compile_fp32_channels_last" in row:
+                    row["speedup_compile_fp32_channels_last"] = C.rnd(
+                        row["compile_fp32_channels_last"] / base, 2)
                 out[f"{name}/{size}/{mode}"] = row
     result["images_per_s"] = out
     C.emit(C.finish(result, device))
