@@ -103,8 +103,8 @@ class TrainConfig:
     # --- method and model
     method: str = _opt(
         "auto", "Training method (`rsdml list` shows them). auto = hr-match (pseudo-labels on "
-        "weak/strong views plus the high-rankness term) when the trunk trains, hr-s2dml in fast "
-        "mode (no pixels to augment); config.yaml records the one used.")
+        "weak/strong views plus the high-rankness term; in fast mode on cached views); "
+        "config.yaml records the one used.")
     backbone: str = _opt("resnet18", "CNN trunk (`rsdml list` shows them).")
     pretrained: str = _opt("imagenet", "Initial trunk weights.", choices=PRETRAINED)
     weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).",

@@ -62,7 +62,7 @@ def run_demo(out: Path, epochs: int | None = None, quiet: bool = False) -> dict:
         f"  run folder    {run}  (report: {run / 'eval' / 'report.html'})",
         "",
         "On your own images (one sub-folder per class):",
-        "  rsdml train --data /path/to/images --out runs/my-run --backbone efficientnet_lite0 "
-        "--image-size 128 --epochs 30",
+        "  rsdml train --data /path/to/images --out runs/my-run --backbone efficientnet_lite0",
+        "  (on a CPU: fast mode, hr-match on cached views; --no-freeze-backbone fine-tunes)",
     ]))
     return {**result, "chance": chance, "knn_acc_before": before, "seconds": secs}

@@ -104,9 +104,10 @@ AUTO = "auto"
 
 def auto_method(cfg: TrainConfig) -> str:
     """The default method: hr-match, which learnt most from the unlabelled images in the
-    measurements of docs/results.md ("Consistency methods"); fast mode has cached features and
-    no pixels for its views, so there the paper's hr-s2dml."""
-    return "hr-s2dml" if cfg.freeze_backbone else "hr-match"  # TODO measure
+    measurements of docs/results.md ("Consistency methods"), fine-tuned and in fast mode (on
+    cached views; chosen there by `rsdml tune` on held-out labelled images,
+    configs/tune_aid150_method.yaml)."""
+    return "hr-match"
 
 
 def check_method(cfg: TrainConfig) -> TrainConfig:
