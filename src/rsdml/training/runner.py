@@ -54,6 +54,7 @@ from rsdml.training.inputs import (
 )
 from rsdml.training.memory import check_memory
 from rsdml.training.methods.registry import (
+    AUTO,
     METHODS,
     check_method,
     create_method,
@@ -99,6 +100,33 @@ def default_fast_mode(cfg: TrainConfig) -> bool:
     return resolve_device(cfg.device).type == "cpu" and cfg.trunk_pretrained
 
 
+#: The methods that learn from weak/strong views (the registry's, by name: the check below
+#: runs before ``auto`` is resolved).
+VIEW_METHODS = ("fixmatch", "freematch", "hr-match")
+#: Unlabelled images per step for a view method in fast mode, as a multiple of --batch-size
+#: (FixMatch's mu): a step there costs little, so more of the pool per step pays.
+FAST_VIEW_MU = 4
+#: --instance-weight of the view methods in fast mode when not given: the copy-detection
+#: measure (docs/metrics.md) stays at the labelled-only margin softmax's.
+FAST_VIEW_INSTANCE_WEIGHT = 1.0
+
+
+def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
+    """The options fast mode's view methods default differently (chosen by `rsdml tune` on
+    held-out labelled images: configs/tune_aid150_levers.yaml), and the others' defaults."""
+    views = bool(cfg.freeze_backbone) and METHODS[cfg.method].uses_views
+    out: dict[str, Any] = {}
+    if cfg.unlabeled_batch_size is None:
+        out["unlabeled_batch_size"] = FAST_VIEW_MU * cfg.batch_size if views else 128
+    if cfg.mlp_head is None:
+        out["mlp_head"] = views
+    if views and cfg.view_stages is None:
+        from rsdml.training.views import default_view_stages
+
+        out["view_stages"] = default_view_stages(cfg.backbone)
+    return out
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """All a run's options must satisfy: the config's own checks, then the registries' (the
     method and its parameters, filled in with their defaults; the backbone). Defaults that
@@ -106,12 +134,13 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     records them."""
     if cfg.freeze_backbone is None:
         cfg = cfg.replace(freeze_backbone=default_fast_mode(cfg))
+    if (cfg.freeze_backbone and cfg.method in (AUTO, *VIEW_METHODS)
+            and "instance_weight" not in cfg.method_params):
+        cfg = cfg.replace(method_params={**cfg.method_params,
+                                         "instance_weight": FAST_VIEW_INSTANCE_WEIGHT})
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
-    if cfg.freeze_backbone and METHODS[cfg.method].uses_views and cfg.view_stages is None:
-        from rsdml.training.views import default_view_stages
-
-        cfg = cfg.replace(view_stages=default_view_stages(cfg.backbone))
+    cfg = cfg.replace(**cached_view_defaults(cfg))
     if cfg.image_size is None:
         cfg = cfg.replace(image_size=DEFAULT_IMAGE_SIZE[resolve_device(cfg.device).type])
     return cfg
