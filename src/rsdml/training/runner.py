@@ -54,7 +54,6 @@ from rsdml.training.inputs import (
 )
 from rsdml.training.memory import check_memory
 from rsdml.training.methods.registry import (
-    AUTO,
     METHODS,
     check_method,
     create_method,
@@ -100,15 +99,9 @@ def default_fast_mode(cfg: TrainConfig) -> bool:
     return resolve_device(cfg.device).type == "cpu" and cfg.trunk_pretrained
 
 
-#: The methods that learn from weak/strong views (the registry's, by name: the check below
-#: runs before ``auto`` is resolved).
-VIEW_METHODS = ("fixmatch", "freematch", "hr-match")
 #: Unlabelled images per step for a view method in fast mode, as a multiple of --batch-size
 #: (FixMatch's mu): a step there costs little, so more of the pool per step pays.
 FAST_VIEW_MU = 4
-#: --instance-weight of the view methods in fast mode when not given: the copy-detection
-#: measure (docs/metrics.md) stays at the labelled-only margin softmax's.
-FAST_VIEW_INSTANCE_WEIGHT = 1.0
 
 
 def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
@@ -134,10 +127,6 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     records them."""
     if cfg.freeze_backbone is None:
         cfg = cfg.replace(freeze_backbone=default_fast_mode(cfg))
-    if (cfg.freeze_backbone and cfg.method in (AUTO, *VIEW_METHODS)
-            and "instance_weight" not in cfg.method_params):
-        cfg = cfg.replace(method_params={**cfg.method_params,
-                                         "instance_weight": FAST_VIEW_INSTANCE_WEIGHT})
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
     cfg = cfg.replace(**cached_view_defaults(cfg))
