@@ -84,8 +84,8 @@ def _check_out(out: Path) -> None:
 
 def write_class_map(out: str | Path, index: TileIndex, tiles: Mapping[str, TileClass]) -> dict[str, Any]:
     """Write ``out/`` (see the module's docstring); returns what was written."""
-    from pyogrio.raw import write as write_vector
     import rasterio
+    from pyogrio.raw import write as write_vector
     from rasterio.crs import CRS
 
     out = Path(out).expanduser()
