@@ -53,18 +53,18 @@ class Scene:
         from affine import Affine
 
         half = (self.size - self.stride) / 2
-        return self.affine() * Affine.translation(half, half) * Affine.scale(self.stride)
+        return self.affine() @ Affine.translation(half, half) @ Affine.scale(self.stride)
 
     def tile_affine(self, row: int, col: int) -> Any:
         from affine import Affine
 
-        return self.affine() * Affine.translation(col * self.stride, row * self.stride)
+        return self.affine() @ Affine.translation(col * self.stride, row * self.stride)
 
     def footprint(self, row: int, col: int) -> list[tuple[float, float]]:
         """The tile's corners in the CRS, a closed ring (upper left first)."""
         t = self.tile_affine(row, col)
         s = self.size
-        return [t * (0, 0), t * (s, 0), t * (s, s), t * (0, s), t * (0, 0)]
+        return [t @ (0, 0), t @ (s, 0), t @ (s, s), t @ (0, s), t @ (0, 0)]
 
 
 @dataclass

@@ -168,7 +168,10 @@ def tile_scenes(paths: Sequence[str | Path], out: str | Path, *, size: int = 256
     tmp = temp_dir_beside(out)
     try:
         scenes, tiles = [], []
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES):
+        from rasterio.errors import NotGeoreferencedWarning
+
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said once above
             for s in sources:
                 scene, found = _tile_one(s, tmp, size, stride, min_valid, quiet)
                 scenes.append(scene)
@@ -239,7 +242,7 @@ def _tile_one(s: _Source, out: Path, size: int, stride: int, min_valid: float,
                 tile[:, :h, :w] = strip[:, :, x0:x0 + w]
                 name = f"r{r:0{digits}d}_c{c:0{digits}d}.tif"
                 with _rasterio().open(folder / name, "w", transform=s.transform
-                                      * _translation(x0, y0), **profile) as dst:
+                                      @ _translation(x0, y0), **profile) as dst:
                     dst.write(tile)
                 kept.append(Tile(f"{s.name}/{name}", s.name, r, c, share))
     ov_name = f"{OVERVIEW_DIR}/{s.name}.png"
