@@ -46,7 +46,7 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
               help="Labels to predict from (default: the run's labels file, else its split's "
                    "labelled images).")
 @click.option("--device", type=DEVICE, default=None)
-@click.option("--map", "map_dir", type=click.Path(file_okay=False), default=None,
+@click.option("--map", "map_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="DATA made by `rsdml tile`: also write the class map to this folder (a "
                    "GeoTIFF per scene and tiles.gpkg; docs/maps.md).")
 @click.option("--quiet", is_flag=True)

@@ -6,9 +6,9 @@ import click
 
 
 @click.command()
-@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
-              help="The tile folder to make: OUT/SCENE/rRRR_cCCC.tif and OUT/tiles.json.")
+@click.argument("scenes", nargs=-1, required=True, type=click.Path(dir_okay=False), metavar="SCENES...")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), metavar="TILES",
+              help="The tile folder to make: TILES/SCENE/rRRR_cCCC.tif and TILES/tiles.json.")
 @click.option("--size", type=int, default=256, show_default=True, help="Tile side in pixels.")
 @click.option("--stride", type=int, default=None,
               help="Pixels between tile origins (default: --size, tiles side by side; smaller "
