@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import socket
 import threading
@@ -139,7 +140,7 @@ def test_the_page_shows_the_class_map_and_labels_a_clicked_tile(map_server, tmp_
                              box["y"] + (target.row + 0.5) * 48 * k)
             expect(page.locator("#tile-path")).to_contain_text(target.path)
             expect(page.locator("#similar img")).to_have_count(9)
-            page.wait_for_function("document.getElementById('context').naturalWidth === 288")
+            expect(page.locator("#context")).to_have_js_property("naturalWidth", 288)
             shot = tmp_path / "map_page.png"
             page.screenshot(path=str(shot))
             page.fill("#class", "orchard")
@@ -149,8 +150,8 @@ def test_the_page_shows_the_class_map_and_labels_a_clicked_tile(map_server, tmp_
             # the labelling page shows a tile among its neighbours and links the map
             page.goto(url)
             expect(page.locator("#map-link")).to_be_visible()
-            page.wait_for_function(
-                "document.getElementById('current-img').src.includes('/api/geo/context/')")
+            expect(page.locator("#current-img")).to_have_attribute("src",
+                                                                   re.compile("/api/geo/context/"))
         finally:
             browser.close()
     assert read_labels(s.store.path)[target.path] == "orchard"

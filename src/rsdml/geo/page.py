@@ -18,6 +18,7 @@ Endpoints::
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -28,7 +29,10 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from rsdml.errors import RsdmlError
 from rsdml.geo.tileindex import TileIndex
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 CONTEXT_PX = 96  # each of the 3 x 3 tiles of the context view
@@ -74,7 +78,11 @@ def add_map_routes(app: FastAPI, session: Any) -> bool:
     """Add the map view to a labelling app when its folder is a tile folder (else nothing)."""
     from rsdml.geo.classmap import palette
 
-    index = TileIndex.read(session.root)
+    try:
+        index = TileIndex.read(session.root)
+    except RsdmlError as e:  # someone else's tiles.json: the labelling page still works
+        log.warning("no map view: %s", e)
+        return False
     if index is None:
         return False
     root = Path(session.root)
