@@ -14,7 +14,8 @@ blocks) tiled at 256 px and mapped (``rsdml predict --map`` with a run, 60 label
 tiles per second and peak resident memory of each command (``wait4``'s ru_maxrss).
 
     python benchmarks/bench_geo.py mosaic --out /tmp/geo-mosaic [--per-class 20]
-    python benchmarks/bench_geo.py big --out /tmp/geo-big --run /tmp/geo-mosaic/run [--side 20000]
+    python benchmarks/bench_geo.py big --out /tmp/geo-big [--side 20000]
+    python benchmarks/bench_geo.py big --out /tmp/geo-big --run /tmp/geo-mosaic/run --reuse-tiles
 
 Prints one JSON object on stdout; progress on stderr.
 """
@@ -235,13 +236,15 @@ def big(args: argparse.Namespace) -> dict[str, Any]:
         tmp.rename(scene)
         log(f"wrote {scene} ({scene.stat().st_size / 2**30:.2f} GiB) in {time.perf_counter() - t:.0f}s")
     tiles = out / "tiles"
-    if tiles.exists():
-        shutil.rmtree(tiles)
     steps: dict[str, Any] = {}
-    steps["tile"] = rsdml("tile", str(scene), "--size", "256", "--out", str(tiles), "--quiet")
+    if not (args.reuse_tiles and (tiles / "tiles.json").is_file()):
+        if tiles.exists():
+            shutil.rmtree(tiles)
+        steps["tile"] = rsdml("tile", str(scene), "--size", "256", "--out", str(tiles), "--quiet")
     index = json.loads((tiles / "tiles.json").read_text())
     n = len(index["tiles"])
-    steps["tile"]["tiles_per_second"] = round(n / steps["tile"]["seconds"], 1)
+    if "tile" in steps:
+        steps["tile"]["tiles_per_second"] = round(n / steps["tile"]["seconds"], 1)
     result: dict[str, Any] = {"benchmark": "geo-big", "side_px": side, "bands": 3,
                               "scene_gib": round(scene.stat().st_size / 2**30, 2), "tiles": n,
                               "tiles_gib": round(sum(f.stat().st_size for f in tiles.rglob("*.tif"))
@@ -274,6 +277,7 @@ def main() -> None:
     b = sub.add_parser("big")
     b.add_argument("--side", type=int, default=20_000)
     b.add_argument("--run", default=None, help="a run folder for predict --map (else tile only)")
+    b.add_argument("--reuse-tiles", action="store_true", help="keep OUT/tiles of an earlier call")
     for p in (m, b):
         p.add_argument("--out", required=True)
         p.add_argument("--data", default=str(AID))
