@@ -159,7 +159,9 @@ def tile_scenes(paths: Sequence[str | Path], out: str | Path, *, size: int = 256
         raise RsdmlError(f"--min-valid {min_valid} must be in (0, 1]")
     sources = check_scenes(paths, size, stride)
     out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+    if out.exists() and not out.is_dir():
+        raise RsdmlError(f"--out {out} is a file; give a folder for the tiles")
+    if out.exists() and any(out.iterdir()) and not force:
         raise RsdmlError(f"--out {out} exists and is not empty; give another folder or --force "
                          "to replace it")
     if not out.parent.is_dir():
