@@ -37,9 +37,10 @@ def _read_vector(path: Path) -> tuple[list[bytes], dict[str, list]]:
 
 
 def _ring(wkb: bytes) -> np.ndarray:
-    n = int(np.frombuffer(wkb[9:13], "<u4")[0])
-    assert wkb[:1] == b"\x01" and int(np.frombuffer(wkb[1:5], "<u4")[0]) == 3 and n == 1
-    return np.frombuffer(wkb[17:17 + 16 * int(np.frombuffer(wkb[13:17], "<u4")[0])], "<f8").reshape(-1, 2)
+    """The one ring of a little-endian WKB polygon."""
+    head = np.frombuffer(wkb[1:13], "<u4")  # type, rings, points
+    assert wkb[:1] == b"\x01" and head[0] == 3 and head[1] == 1
+    return np.frombuffer(wkb[13:13 + 16 * int(head[2])], "<f8").reshape(-1, 2)
 
 
 def test_the_map_has_each_tiles_class_at_its_place(tmp_path):

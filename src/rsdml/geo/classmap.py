@@ -50,13 +50,15 @@ def tile_classes(paths: list[str], classes: list[str], predicted: np.ndarray,
 
 
 def palette(n: int) -> list[tuple[int, int, int]]:
-    """``n`` distinct colours: matplotlib's tab20 and tab20b, then evenly spaced hues."""
+    """``n`` distinct colours: matplotlib's tab20 (its 10 strong colours first) and tab20b,
+    then hues spaced by the golden angle."""
     import colorsys
 
     from matplotlib import colormaps
 
+    order = [*range(0, 20, 2), *range(1, 20, 2)]  # tab20's strong colours, then the light ones
     base = [tuple(int(round(v * 255)) for v in colormaps[name](i)[:3])
-            for name in ("tab20", "tab20b") for i in range(20)]
+            for name, idx in (("tab20", order), ("tab20b", range(20))) for i in idx]
     extra = [tuple(int(v * 255) for v in colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.7, 0.9))
              for i in range(max(0, n - len(base)))]
     return [(int(r), int(g), int(b)) for r, g, b in (base + extra)[:n]]
