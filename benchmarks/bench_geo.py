@@ -11,7 +11,8 @@ original AID JPEGs, through a folder of links).
 
 ``big``: a SIDE x SIDE px, 3-band uint8 GeoTIFF (AID images repeated; uncompressed, 512 px
 blocks) tiled at 256 px and mapped (``rsdml predict --map`` with a run, 60 labels); wall time,
-tiles per second and peak resident memory of each command (``wait4``'s ru_maxrss).
+tiles per second and peak resident memory of each command (``wait4``'s ru_maxrss, taken
+in a small wrapper process, see ``_WRAPPER``).
 
     python benchmarks/bench_geo.py mosaic --out /tmp/geo-mosaic [--per-class 20]
     python benchmarks/bench_geo.py big --out /tmp/geo-big [--side 20000]
@@ -48,20 +49,35 @@ def log(*parts: object) -> None:
     print(f"[{time.perf_counter() - _T0:7.1f}s]", *parts, file=sys.stderr, flush=True)
 
 
+# Runs the command in a child of a fresh, small process: Linux carries the peak RSS of a
+# process across fork and exec, so wait4 on a direct child of this (larger) process would
+# report this process's memory instead of the command's.
+_WRAPPER = """import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+with open(os.environ["RSDML_BENCH_RSS"], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def rsdml(*args: str) -> dict[str, Any]:
     """Run ``rsdml ARGS`` (this checkout's code); wall seconds and the peak RSS of the process."""
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    log("rsdml", *args)
-    t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "rsdml", *args], env=env,
-                            stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"rsdml {' '.join(args)} failed (exit {proc.returncode})")
-    return {"seconds": round(time.perf_counter() - t, 1),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024), "stdout": out.strip()}
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".rss") as rss:
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "RSDML_BENCH_RSS": rss.name}
+        log("rsdml", *args)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-S", "-c", _WRAPPER, sys.executable, "-m",
+                               "rsdml", *args], env=env, stdout=subprocess.PIPE, text=True)
+        if proc.returncode:
+            raise SystemExit(f"rsdml {' '.join(args)} failed (exit {proc.returncode})")
+        peak_kib = int(Path(rss.name).read_text())
+    return {"seconds": round(time.perf_counter() - t, 1), "peak_rss_mb": round(peak_kib / 1024),
+            "stdout": proc.stdout.strip()}
 
 
 def aid_images(root: Path, per_class: int, seed: int) -> list[tuple[str, Path]]:
