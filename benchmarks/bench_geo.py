@@ -265,6 +265,7 @@ def big(args: argparse.Namespace) -> dict[str, Any]:
                               "scene_gib": round(scene.stat().st_size / 2**30, 2), "tiles": n,
                               "tiles_gib": round(sum(f.stat().st_size for f in tiles.rglob("*.tif"))
                                                  / 2**30, 2)}
+    result["read_pass_seconds"] = read_passes(scene, tiles, index)
     if args.run:
         rng = np.random.default_rng(args.seed)
         pick = rng.choice(n, 60, replace=False)
@@ -282,6 +283,29 @@ def big(args: argparse.Namespace) -> dict[str, Any]:
     result["peak_rss_mb"] = max(v["peak_rss_mb"] for v in steps.values())
     result["under_2_gb"] = result["peak_rss_mb"] < 2048
     return result
+
+
+def read_passes(scene: Path, tiles: Path, index: dict[str, Any]) -> dict[str, float]:
+    """What a later pass over every tile costs (the feature cache, an embedding, thumbnails
+    each make one): windows read lazily from the scene, against the tile files as rsdml's image
+    reader decodes them. One pass each, the tiles' order."""
+    import rasterio
+    from rasterio.windows import Window
+
+    from rsdml.data.imageio import read_rgb
+
+    size = index["scenes"][0]["size"]
+    t = time.perf_counter()
+    with rasterio.open(scene) as src:
+        for _, _, r, c, _ in index["tiles"]:
+            src.read(window=Window(c * size, r * size, size, size), boundless=False)
+    lazy = time.perf_counter() - t
+    t = time.perf_counter()
+    for p, *_ in index["tiles"]:
+        read_rgb(tiles / p)
+    files = time.perf_counter() - t
+    log(f"one pass: lazy windows {lazy:.1f}s, tile files {files:.1f}s")
+    return {"lazy_windows_from_the_scene": round(lazy, 1), "tile_files": round(files, 1)}
 
 
 def main() -> None:
