@@ -140,9 +140,11 @@ def test_the_page_shows_the_class_map_and_labels_a_clicked_tile(map_server, tmp_
                              box["y"] + (target.row + 0.5) * 48 * k)
             expect(page.locator("#tile-path")).to_contain_text(target.path)
             expect(page.locator("#similar img")).to_have_count(9)
-            expect(page.locator("#context")).to_have_js_property("naturalWidth", 288)
+            expect(page.locator("#context")).to_have_js_property("naturalWidth", 288,
+                                                                 timeout=60_000)
             for i in range(9):
-                expect(page.locator("#similar img").nth(i)).to_have_js_property("complete", True)
+                expect(page.locator("#similar img").nth(i)).to_have_js_property(
+                    "complete", True, timeout=60_000)
             shot = tmp_path / "map_page.png"
             page.screenshot(path=str(shot))
             page.fill("#class", "orchard")
