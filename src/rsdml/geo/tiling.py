@@ -2,12 +2,14 @@
 
 Why tiles on disk rather than windows read lazily at every use: every command that takes an
 image folder (suggest, label, train --labels, predict, embed, index, serve) then works on a
-scene unchanged, the decoded-image cache and the trunk-feature cache key on files as they do
-for any folder, and a scene is read once (tiling 20,000 x 20,000 px takes about as long as
-one pass of lazy window reads would; docs/results.md, "Scenes to maps"). Each tile is a
-GeoTIFF (deflate, lossless, every band at its bit depth, so ``--bands`` / ``--rgb-bands``
-apply to tiles as to any TIFF) with its own georeference; ``TILES/tiles.json`` records each
-tile's scene, grid cell and window (:mod:`rsdml.geo.tileindex`).
+scene unchanged, and the decoded-image cache and the trunk-feature cache key on files as they
+do for any folder, so the tiles are decoded once per image size, not at every use. A lazy
+window is cheaper to read than a tile file (docs/results.md, "Scenes to maps": one pass over
+the 20,000 px scene), but no command would work on it without a second data path. Each tile
+is a GeoTIFF (deflate by default, or uncompressed: lossless either way, every band at its bit
+depth, so ``--bands`` / ``--rgb-bands`` apply to tiles as to any TIFF) with its own
+georeference; ``TILES/tiles.json`` records each tile's scene, grid cell and window
+(:mod:`rsdml.geo.tileindex`).
 
 A scene is never read whole: one strip of tile rows (``size`` pixels high, the scene's width)
 at a time, with GDAL's block cache capped, so memory stays at a few strips whatever the scene.
@@ -148,15 +150,20 @@ def _grid(n: int, size: int, stride: int) -> int:
     return math.ceil(max(n - size, 0) / stride) + 1
 
 
+COMPRESSIONS = ("deflate", "none")
+
+
 def tile_scenes(paths: Sequence[str | Path], out: str | Path, *, size: int = 256,
-                stride: int | None = None, min_valid: float = 0.5, force: bool = False,
-                quiet: bool = False) -> TileIndex:
+                stride: int | None = None, min_valid: float = 0.5, compress: str = "deflate",
+                force: bool = False, quiet: bool = False) -> TileIndex:
     """Tile every scene of ``paths`` into ``out`` (a new folder): ``out/SCENE/rRR_cCC.tif`` and
     ``out/tiles.json``. Tiles with less than ``min_valid`` of their pixels inside the scene and
     not nodata are skipped."""
     stride = size if stride is None else stride
     if not 0 < min_valid <= 1:
         raise RsdmlError(f"--min-valid {min_valid} must be in (0, 1]")
+    if compress not in COMPRESSIONS:
+        raise RsdmlError(f"--compress {compress!r} is not one of {', '.join(COMPRESSIONS)}")
     sources = check_scenes(paths, size, stride)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
@@ -175,7 +182,7 @@ def tile_scenes(paths: Sequence[str | Path], out: str | Path, *, size: int = 256
         with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_BYTES), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # said once above
             for s in sources:
-                scene, found = _tile_one(s, tmp, size, stride, min_valid, quiet)
+                scene, found = _tile_one(s, tmp, size, stride, min_valid, compress, quiet)
                 scenes.append(scene)
                 tiles.extend(found)
         if not tiles:
@@ -196,7 +203,7 @@ def _read_failed(s: _Source, y0: int, e: Exception) -> RsdmlError:
                       "-checksum`)")
 
 
-def _tile_one(s: _Source, out: Path, size: int, stride: int, min_valid: float,
+def _tile_one(s: _Source, out: Path, size: int, stride: int, min_valid: float, compress: str,
               quiet: bool) -> tuple[Scene, list[Tile]]:
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -211,8 +218,9 @@ def _tile_one(s: _Source, out: Path, size: int, stride: int, min_valid: float,
     overview = np.zeros((len(ov_bands), ov_h, ov_w), s.dtype)
     ov_mask = np.zeros((ov_h, ov_w), bool)
     profile = {"driver": "GTiff", "width": size, "height": size, "count": s.count,
-               "dtype": s.dtype, "crs": s.crs, "nodata": s.nodata, "compress": "deflate",
-               "predictor": 2 if np.dtype(s.dtype).kind in "iu" else 1}
+               "dtype": s.dtype, "crs": s.crs, "nodata": s.nodata}
+    if compress == "deflate":
+        profile.update(compress="deflate", predictor=2 if np.dtype(s.dtype).kind in "iu" else 1)
     kept: list[Tile] = []
     with _open(s.path) as src:
         for r in progress(range(rows), total=rows, desc=f"tiling {s.name}", enabled=not quiet):
