@@ -256,12 +256,14 @@ def big(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.reuse_tiles and (tiles / "tiles.json").is_file()):
         if tiles.exists():
             shutil.rmtree(tiles)
-        steps["tile"] = rsdml("tile", str(scene), "--size", "256", "--out", str(tiles), "--quiet")
+        steps["tile"] = rsdml("tile", str(scene), "--size", "256", "--out", str(tiles),
+                              "--compress", args.compress, "--quiet")
     index = json.loads((tiles / "tiles.json").read_text())
     n = len(index["tiles"])
     if "tile" in steps:
         steps["tile"]["tiles_per_second"] = round(n / steps["tile"]["seconds"], 1)
     result: dict[str, Any] = {"benchmark": "geo-big", "side_px": side, "bands": 3,
+                              "tile_compression": args.compress,
                               "scene_gib": round(scene.stat().st_size / 2**30, 2), "tiles": n,
                               "tiles_gib": round(sum(f.stat().st_size for f in tiles.rglob("*.tif"))
                                                  / 2**30, 2)}
@@ -318,6 +320,7 @@ def main() -> None:
     b = sub.add_parser("big")
     b.add_argument("--side", type=int, default=20_000)
     b.add_argument("--run", default=None, help="a run folder for predict --map (else tile only)")
+    b.add_argument("--compress", default="deflate", choices=("deflate", "none"))
     b.add_argument("--reuse-tiles", action="store_true", help="keep OUT/tiles of an earlier call")
     b.add_argument("--batch-sizes", type=int, nargs="+", default=[64],
                    help="predict --batch-size values to measure")

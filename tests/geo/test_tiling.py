@@ -76,6 +76,16 @@ def test_a_16_bit_4_band_scene_keeps_its_bands_and_depth(tmp_path):
     assert read_rgb(tmp_path / "tiles" / t.path).shape == (32, 32, 3)
 
 
+def test_uncompressed_tiles_hold_the_same_pixels(scene, tmp_path):
+    path, arr = scene
+    index = tile_scenes([path], tmp_path / "tiles", size=32, compress="none", quiet=True)
+    t = index.tiles[7]
+    with rasterio.open(tmp_path / "tiles" / t.path) as src:
+        assert src.compression is None
+        assert np.array_equal(src.read(), arr[:, t.row * 32:(t.row + 1) * 32,
+                                              t.col * 32:(t.col + 1) * 32])
+
+
 def test_a_scene_without_georeference_tiles_in_pixel_coordinates_said_once(tmp_path, caplog):
     path = tmp_path / "plain.tif"
     write_scene(path, GRID, crs=None)
