@@ -46,16 +46,33 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
               help="Labels to predict from (default: the run's labels file, else its split's "
                    "labelled images).")
 @click.option("--device", type=DEVICE, default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per embedding batch (default: the run's eval_batch_size, 256); "
+                   "memory grows with it.")
+@click.option("--map", "map_dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="DATA made by `rsdml tile`: also write the class map to this folder (a "
+                   "GeoTIFF per scene and tiles.gpkg; docs/maps.md).")
 @click.option("--quiet", is_flag=True)
 def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, device: str | None,
-            quiet: bool) -> None:
+            batch_size: int | None, map_dir: str | None, quiet: bool) -> None:
     """Predict the class of every unlabelled image under DATA with the run folder RUN."""
     from rsdml.training.predict import predict_folder, write_predictions
 
-    pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet)
+    if map_dir:
+        from rsdml.geo.classmap import check_map_target
+
+        check_map_target(map_dir, data)
+    pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet,
+                          batch_size=batch_size)
     write_predictions(out_file, pred)
     click.echo(f"predicted {len(pred.paths)} image(s), {len(pred.classes)} classes -> {out_file} "
                "(least certain first)")
+    if map_dir:
+        from rsdml.geo.classmap import predictions_map
+
+        done = predictions_map(map_dir, data, pred, labels_file=labels_file, run_dir=run_dir)
+        click.echo(f"map of {sum(s['tiles'] for s in done['scenes'].values())} tiles -> "
+                   f"{map_dir} ({', '.join(f'{n}.tif' for n in done['scenes'])}, tiles.gpkg)")
 
 
 @click.command()

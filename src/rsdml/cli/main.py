@@ -241,6 +241,7 @@ def _register() -> None:
     from rsdml.cli.experiment import experiment
     from rsdml.cli.label import label, predict, suggest
     from rsdml.cli.search import index, search, serve
+    from rsdml.cli.tile import tile
     from rsdml.cli.tune import tune
 
     cli.add_command(experiment)
@@ -254,6 +255,7 @@ def _register() -> None:
     cli.add_command(suggest)
     cli.add_command(label)
     cli.add_command(predict)
+    cli.add_command(tile)
 
 
 _register()

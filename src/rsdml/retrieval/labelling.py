@@ -252,6 +252,9 @@ def create_label_app(s: LabelSession) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "label.html", headers={"Content-Security-Policy": PAGE_CSP})
 
+    from rsdml.geo.page import add_map_routes
+
+    add_map_routes(app, s)  # a tile folder (`rsdml tile`): the map view, tiles in context
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 

@@ -85,8 +85,9 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
 
 
 def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = None,
-                quiet: bool = False) -> ArchiveVectors:
-    """A trained run's embeddings of every image below ``data``."""
+                quiet: bool = False, batch_size: int | None = None) -> ArchiveVectors:
+    """A trained run's embeddings of every image below ``data`` (``batch_size``: images per
+    embedding batch, default the run's ``eval_batch_size``; memory grows with it)."""
     from rsdml.evaluation.suite import load_embeddings
     from rsdml.retrieval.index import l2_normalize
     from rsdml.training.embed import embed_paths, load_run_model
@@ -103,6 +104,7 @@ def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = N
         if all(p in where for p in paths):
             x = emb.embeddings[[where[p] for p in paths]]
             return ArchiveVectors(root, paths, l2_normalize(x), f"run:{run.root}")
-    loaded = load_run_model(run.root, device=device, quiet=quiet, data=root)
+    loaded = load_run_model(run.root, device=device, quiet=quiet, data=root,
+                            batch_size=batch_size)
     x, paths = embed_paths(loaded, root, paths, quiet=quiet)
     return ArchiveVectors(root, paths, l2_normalize(x), f"run:{run.root}")

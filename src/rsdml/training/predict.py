@@ -122,7 +122,7 @@ def run_labels(run_dir: str | Path) -> tuple[dict[str, str], Path | None]:
 
 def predict_folder(run_dir: str | Path, data: str | Path, *,
                    labels_file: str | Path | None = None, device: str | None = None,
-                   quiet: bool = False) -> Predictions:
+                   quiet: bool = False, batch_size: int | None = None) -> Predictions:
     """``rsdml predict``: the run's embeddings of ``data`` and predictions of its unlabelled
     images from the labels (``labels_file``, else the run's own)."""
     from rsdml.data.labels import read_labels
@@ -130,5 +130,5 @@ def predict_folder(run_dir: str | Path, data: str | Path, *,
 
     root, images = archive_images(data)
     labels = read_labels(labels_file, images) if labels_file else run_labels(run_dir)[0]
-    vec = run_vectors(run_dir, root, device=device, quiet=quiet)
+    vec = run_vectors(run_dir, root, device=device, quiet=quiet, batch_size=batch_size)
     return predict(vec.vectors, vec.paths, labels)

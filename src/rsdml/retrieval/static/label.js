@@ -10,6 +10,7 @@ let ticked = new Set(); // ids ticked among `similar`
 let queryId = null;     // the image the similarity search started from
 let chain = Promise.resolve();
 const done = new Set(); // ids labelled or skipped here: the queue moves on before the answer
+let geo = false;        // a tile folder (`rsdml tile`): tiles shown among their neighbours
 
 function nextInQueue() {
   return state ? state.queue.find((q) => !done.has(q.id)) || null : null;
@@ -111,7 +112,7 @@ function render(data) {
 
 function showCurrent() {
   if (current) {
-    $("current-img").src = `/api/images/${current.id}`;
+    $("current-img").src = geo ? `/api/geo/context/${current.id}` : `/api/images/${current.id}`;
     $("current-path").textContent = current.path;
   } else {
     $("current-img").removeAttribute("src");
@@ -301,3 +302,11 @@ $("tab-review").addEventListener("click", () => showTab("review"));
 
 api("GET", "/api/state").then((data) => { render(data); saved(""); $("class").focus(); })
   .catch((e) => status(e.message, true));
+// A tile folder: each tile is shown with its 8 neighbours on the ground around it (the context
+// land use needs), and the map view is linked.
+fetch("/api/geo/info").then((r) => {
+  if (!r.ok) return;
+  geo = true;
+  $("map-link").hidden = false;
+  showCurrent();
+}).catch(() => {});
