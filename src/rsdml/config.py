@@ -110,10 +110,7 @@ class TrainConfig:
     weights: str | None = _opt(None, "Local state dict for the trunk (overrides --pretrained).",
                                path=True)
     embedding_dim: int = _opt(128, "Embedding dimension D.", gt=0)
-    mlp_head: bool | None = _opt(
-        None, "Use a 2-layer MLP instead of one Linear layer as the head (default: on in fast "
-        "mode with a view method, chosen by `rsdml tune`, docs/results.md; else off, the "
-        "paper's).")
+    mlp_head: bool = _opt(False, "Use a 2-layer MLP instead of one Linear layer as the head.")
     freeze_backbone: bool | None = _opt(
         None, "Fast mode: freeze the trunk, cache its features (and its views, for the view "
         "methods) once, train only head and loss. Default: on a CPU with a pretrained trunk (the "
@@ -157,9 +154,7 @@ class TrainConfig:
         None, "Training budget in optimiser steps (instead of --epochs; the last epoch may be "
         "partial). Warm-ups, schedules and --eval-every stay in epochs of --epoch-unit.", gt=0)
     batch_size: int = _opt(128, "Labelled images per step.", gt=0)
-    unlabeled_batch_size: int | None = _opt(
-        None, "Unlabelled images per step (default: 4 x --batch-size in fast mode with a view "
-        "method, FixMatch's mu, chosen by `rsdml tune`; else 128).", gt=0)
+    unlabeled_batch_size: int = _opt(128, "Unlabelled images per step.", gt=0)
     optimizer: str = _opt(
         "adamw", "adamw, or sgd (Nesterov; the paper's). SGD's step grows with the loss's "
         "1/temperature = 20 and wrecks a fine-tuned trunk at the paper's lr.", choices=OPTIMIZERS

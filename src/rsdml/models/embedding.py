@@ -62,4 +62,4 @@ def build_model(cfg: TrainConfig, spec: InputSpec | None = None) -> EmbeddingNet
     trunk = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights)
     if spec is not None and (spec.channels != 3 or spec.rgb != (0, 1, 2)):
         adapt_input_channels(trunk, spec.channels, spec.rgb, pretrained=cfg.trunk_pretrained)
-    return EmbeddingNet(trunk, embedding_dim=cfg.embedding_dim, mlp_head=bool(cfg.mlp_head))
+    return EmbeddingNet(trunk, embedding_dim=cfg.embedding_dim, mlp_head=cfg.mlp_head)

@@ -99,25 +99,13 @@ def default_fast_mode(cfg: TrainConfig) -> bool:
     return resolve_device(cfg.device).type == "cpu" and cfg.trunk_pretrained
 
 
-#: Unlabelled images per step for a view method in fast mode, as a multiple of --batch-size
-#: (FixMatch's mu): a step there costs little, so more of the pool per step pays.
-FAST_VIEW_MU = 4
-
-
 def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
-    """The options fast mode's view methods default differently (chosen by `rsdml tune` on
-    held-out labelled images: configs/tune_aid150_levers.yaml), and the others' defaults."""
-    views = bool(cfg.freeze_backbone) and METHODS[cfg.method].uses_views
-    out: dict[str, Any] = {}
-    if cfg.unlabeled_batch_size is None:
-        out["unlabeled_batch_size"] = FAST_VIEW_MU * cfg.batch_size if views else 128
-    if cfg.mlp_head is None:
-        out["mlp_head"] = views
-    if views and cfg.view_stages is None:
+    """``--view-stages`` of fast mode's view methods, when not given: the backbone's."""
+    if cfg.freeze_backbone and METHODS[cfg.method].uses_views and cfg.view_stages is None:
         from rsdml.training.views import default_view_stages
 
-        out["view_stages"] = default_view_stages(cfg.backbone)
-    return out
+        return {"view_stages": default_view_stages(cfg.backbone)}
+    return {}
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
