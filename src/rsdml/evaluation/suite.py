@@ -23,7 +23,7 @@ from rsdml.evaluation.clustering import clustering_metrics
 from rsdml.evaluation.knn import knn_predict_many
 from rsdml.evaluation.retrieval_metrics import KS, retrieval_metrics
 from rsdml.fsutil import atomic_write_bytes, atomic_write_text
-from rsdml.retrieval.index import l2_normalize
+from rsdml.vectors import l2_normalize
 
 KNN_KS = (1, 5, 10)
 CONFUSION_K = 10

@@ -16,8 +16,8 @@ import numpy as np
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, choose_kind, is_index
 from rsdml.retrieval.identity import ModelIdentity
-from rsdml.retrieval.index import l2_normalize
 from rsdml.retrieval.trusted import remember
+from rsdml.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 

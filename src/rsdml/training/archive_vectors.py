@@ -60,10 +60,10 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     from rsdml.data.split import Split
     from rsdml.models.embedding import build_model
     from rsdml.models.registry import check_backbone
-    from rsdml.retrieval.index import l2_normalize
     from rsdml.training.frozen import frozen_features
     from rsdml.training.inputs import place_model
     from rsdml.training.runner import resolve_device
+    from rsdml.vectors import l2_normalize
 
     check_backbone(backbone)
     root, paths = archive_images(data)
@@ -88,9 +88,9 @@ def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = N
                 quiet: bool = False) -> ArchiveVectors:
     """A trained run's embeddings of every image below ``data``."""
     from rsdml.evaluation.suite import load_embeddings
-    from rsdml.retrieval.index import l2_normalize
     from rsdml.training.embed import embed_paths, load_run_model
     from rsdml.training.run_folder import RunFolder
+    from rsdml.vectors import l2_normalize
 
     run = RunFolder.open(run_dir, "--run")
     root, paths = archive_images(data)

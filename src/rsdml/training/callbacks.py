@@ -158,23 +158,31 @@ def pseudo_label_quality(method: Any, emb: Any, labels: Any) -> dict[str, float]
     transductive protocol: the unlabelled pool), in evaluation mode without augmentation:
     ``clf_acc`` (top class), ``pl_mask_rate`` (share the current thresholds accept) and
     ``pl_acc`` (accuracy of the accepted ones). For the report only: nothing here reaches
-    training, which never sees these labels."""
+    training, which never sees these labels. A metric that needs labels is computed on the
+    images that have one (label >= 0) and left out when none has (``--labels`` runs): an
+    image without a label is never compared with the label -1."""
     import torch
 
     if len(emb) == 0:
         return {}
+    labels = np.asarray(labels)
+    known = labels >= 0
+    out: dict[str, float] = {}
     with torch.no_grad():
         device = next(iter(method.parameters()), torch.zeros(0)).device
         probs = method.predict_proba(torch.as_tensor(emb, device=device))
         if probs is None:
             return {}
-        out = {"clf_acc": float((probs.argmax(1).cpu().numpy() == labels).mean())}
+        if known.any():
+            top = probs.argmax(1).cpu().numpy()
+            out["clf_acc"] = float((top[known] == labels[known]).mean())
         pl = method.pseudo_labels(probs)
     if pl is not None:
         target, accepted = (t.cpu().numpy() for t in pl)
         out["pl_mask_rate"] = float(accepted.mean())
-        if accepted.any():
-            out["pl_acc"] = float((target[accepted] == labels[accepted]).mean())
+        scored = accepted & known
+        if scored.any():
+            out["pl_acc"] = float((target[scored] == labels[scored]).mean())
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.knn import knn_predict
 from rsdml.fsutil import atomic_write_bytes
-from rsdml.retrieval.index import l2_normalize
+from rsdml.vectors import l2_normalize
 
 #: The softmax temperature of the loss (TrainConfig.temperature's default).
 TEMPERATURE = 0.05
