@@ -79,10 +79,16 @@ def label(data: str, labels_file: str, suggestions: str | None, predictions: str
           run_dir: str | None, host: str, port: int, device: str, quiet: bool) -> None:
     """A labelling page for the images under DATA, writing --labels FILE.csv."""
     from rsdml.retrieval.labelling import open_session, serve_labelling
+    from rsdml.retrieval.web import bind
 
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    session = open_session(data, labels_file, run=run_dir, suggestions=suggestions,
-                           predictions=predictions, device=device, quiet=quiet, log=log)
-    serve_labelling(session, host=host, port=port, log=log)
+    sock = bind(host, port, backlog=256)  # a busy port fails now, before any work
+    try:
+        session = open_session(data, labels_file, run=run_dir, suggestions=suggestions,
+                               predictions=predictions, device=device, quiet=quiet, log=log)
+    except BaseException:
+        sock.close()
+        raise
+    serve_labelling(session, sock=sock, log=log)

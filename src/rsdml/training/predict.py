@@ -2,11 +2,13 @@
 
 Method-agnostic, so it works for every method and for classes created after training (a new
 class in the labels file gets a prototype at once): the probability of class c is the softmax
-over classes of cos(x, mean unit embedding of the images labelled c) / temperature; the kNN
+over classes of cos(x, mean unit embedding of the images labelled c) / T, with the temperature
+T fitted on the labelled images held out one at a time (temperature scaling,
+:mod:`rsdml.evaluation.prototypes`), so that "0.8" is right about 8 times in 10. The kNN
 agreement is the share of the distance-weighted vote of the K nearest labelled images (as the
-kNN evaluation votes) that goes to the predicted class. The
-two disagree where an image sits between classes or in a class that has few labels: those are
-the predictions worth reviewing first (lowest probability first, then lowest agreement).
+kNN evaluation votes) that goes to the predicted class. The two disagree where an image sits
+between classes or in a class that has few labels: those are the predictions worth reviewing
+first (lowest probability first, then lowest agreement).
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ import numpy as np
 
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.knn import knn_predict
+from rsdml.evaluation.prototypes import Calibration, fit_temperature, prototype_predict
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.vectors import l2_normalize
 
-#: The softmax temperature of the loss (TrainConfig.temperature's default).
-TEMPERATURE = 0.05
 KNN_K = 10
 PREDICTION_COLUMNS = ("path", "class", "probability", "knn_agreement", "margin")
 
@@ -37,6 +38,8 @@ class Predictions:
     classes: list[str]
     proba: np.ndarray
     knn_agreement: np.ndarray
+    #: the fitted temperature (``held_out`` 0: too few labels to fit one; the default used)
+    calibration: Calibration = Calibration(0.05, 0)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -60,8 +63,9 @@ class Predictions:
 
 
 def predict(vectors: np.ndarray, paths: list[str], labels: dict[str, str], *,
-            temperature: float = TEMPERATURE, k: int = KNN_K) -> Predictions:
-    """Predictions for every image of ``paths`` not in ``labels`` (vectors: unit rows)."""
+            temperature: float | None = None, k: int = KNN_K) -> Predictions:
+    """Predictions for every image of ``paths`` not in ``labels`` (vectors: unit rows).
+    ``temperature``: None fits it on the labelled images (held out one at a time)."""
     where = {p: i for i, p in enumerate(paths)}
     lab = [p for p in labels if p in where]
     classes = sorted({labels[p] for p in lab})
@@ -71,15 +75,13 @@ def predict(vectors: np.ndarray, paths: list[str], labels: dict[str, str], *,
     x = l2_normalize(np.asarray(vectors, np.float32))
     li = np.asarray([where[p] for p in lab], np.int64)
     ly = np.asarray([classes.index(labels[p]) for p in lab], np.int64)
-    protos = l2_normalize(np.stack([x[li[ly == c]].mean(axis=0) for c in range(len(classes))]))
+    cal = fit_temperature(x[li], ly, len(classes)) if temperature is None \
+        else Calibration(float(temperature), 0)
     unl = np.setdiff1d(np.arange(len(paths)), li)
-    logits = x[unl] @ protos.T / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    proba = np.exp(logits)
-    proba /= proba.sum(axis=1, keepdims=True)
+    proba = prototype_predict(x[li], ly, x[unl], len(classes), cal.temperature)
     _, votes = knn_predict(x[li], ly, x[unl], k=k, num_classes=len(classes))
     agree = votes[np.arange(len(unl)), proba.argmax(axis=1)]
-    return Predictions([paths[i] for i in unl], classes, proba, agree)
+    return Predictions([paths[i] for i in unl], classes, proba, agree, cal)
 
 
 def predictions_csv(pred: Predictions) -> bytes:
@@ -125,10 +127,16 @@ def predict_folder(run_dir: str | Path, data: str | Path, *,
                    quiet: bool = False) -> Predictions:
     """``rsdml predict``: the run's embeddings of ``data`` and predictions of its unlabelled
     images from the labels (``labels_file``, else the run's own)."""
-    from rsdml.data.labels import read_labels
+    from rsdml.data.labels import check_under_data, read_labels
     from rsdml.training.archive_vectors import archive_images, run_vectors
 
     root, images = archive_images(data)
-    labels = read_labels(labels_file, images) if labels_file else run_labels(run_dir)[0]
+    if labels_file:
+        labels = read_labels(labels_file, images)
+    else:  # the run's labels name images of its own data folder: refused elsewhere
+        labels, source = run_labels(run_dir)
+        check_under_data(labels, images, f"the labels of {run_dir} ({source or 'its split.csv'})",
+                         f"give the folder the run was trained on, or --labels FILE.csv with "
+                         f"labels of images under {data}")
     vec = run_vectors(run_dir, root, device=device, quiet=quiet)
     return predict(vec.vectors, vec.paths, labels)

@@ -10,6 +10,9 @@ let ticked = new Set(); // ids ticked among `similar`
 let queryId = null;     // the image the similarity search started from
 let chain = Promise.resolve();
 const done = new Set(); // ids labelled or skipped here: the queue moves on before the answer
+// This tab's id: undo reverts only the changes made here (not another tab's).
+const client = Array.from(crypto.getRandomValues(new Uint8Array(12)),
+  (b) => b.toString(16).padStart(2, "0")).join("");
 
 function nextInQueue() {
   return state ? state.queue.find((q) => !done.has(q.id)) || null : null;
@@ -28,7 +31,7 @@ function saved(text, ok = true) {
 }
 
 async function api(method, url, body) {
-  const opts = { method, headers: {} };
+  const opts = { method, headers: { "X-Rsdml-Client": client } };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -71,6 +74,10 @@ function render(data) {
   state = data;
   $("count").textContent = data.labelled;
   $("total").textContent = data.total;
+  const sg = data.suggestions || { total: 0, done: 0, finished: false };
+  $("progress").textContent = !sg.total ? "no suggestions: folder order"
+    : sg.finished ? `suggestions done (${sg.total} of ${sg.total}); now in folder order`
+    : `suggestion ${sg.done + 1} of ${sg.total}`;
   $("file").textContent = data.file;
   const list = $("class-list");
   list.replaceChildren(...data.classes.map((c) => {
