@@ -393,7 +393,7 @@ def _start(cfg: TrainConfig, run: RunFolder, split: Split) -> tuple[Session, Tra
             session = build_session(cfg, run, split, train=True)
         trainer = make_trainer(session, make_callbacks(session))
         check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
-                     uses_channels_last(session.device), trainer.method.uses_unlabeled)
+                     uses_channels_last(session.device), trainer.method.graph_images())
     except Exception:
         if new:
             run.discard()
