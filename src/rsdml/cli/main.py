@@ -163,8 +163,10 @@ def _print_summary(result: dict[str, Any]) -> None:
     if not parts:  # --labels: no image outside the labels file has a label to test against
         parts = ["no test labels (trained from --labels); the report shows the predictions "
                  "per class, `rsdml predict` lists them"]
-    click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
-               + ", ".join(parts))
+    step = f", step {result['step']}" if result.get("step") is not None else ""
+    partial = " (partial)" if result.get("epoch_is_whole") is False else ""
+    click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch "
+               f"{result.get('epoch')}{partial}{step}): " + ", ".join(parts))
 
 
 @cli.command()

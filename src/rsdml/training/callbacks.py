@@ -65,6 +65,8 @@ class Trainer(Protocol):
     cfg: TrainConfig
     epoch: int
     global_step: int
+    position: dict[str, Any]  # rsdml.training.checkpoint.position: step, epoch, whole or not
+    finished: bool
     elapsed: float  # seconds of training so far (evaluation adds its own time)
     dist: Any  # rsdml.training.distributed.Dist: is_main
     model: Any
@@ -228,7 +230,12 @@ class _JsonLog(Callback):
             ) from None
 
     def on_resume(self, trainer: Trainer) -> None:
-        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= trainer.global_step]
+        step = trainer.global_step
+        # A run that stopped inside an epoch (--steps) logged that epoch at its last step; when
+        # training goes on (--extend), the epoch ends again later: its line is written then.
+        ends_again = not trainer.position["epoch_is_whole"] and not trainer.finished
+        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) < step
+                or (r.get("step", 0) == step and not (ends_again and r.get("epoch", 0) > 0))]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -323,7 +330,7 @@ class Checkpoints(Callback):
         if end.improved:
             save_checkpoint({"model": trainer.model.state_dict(),
                              "method": trainer.method.state_dict(), "epoch": trainer.epoch_done,
-                             "global_step": trainer.global_step,
+                             "global_step": trainer.global_step, "position": trainer.position,
                              "val_knn_acc": end.row["val_knn_acc"],
                              "config": trainer.cfg.to_dict()}, self.run.best)
         if trainer.epoch_done % self.every == 0 or trainer.finished:

@@ -43,7 +43,7 @@ from rsdml.training.callbacks import (
     TensorBoard,
     TrainLog,
 )
-from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.checkpoint import load_checkpoint, position_of
 from rsdml.training.inputs import (
     FeatureInputs,
     ImageInputs,
@@ -506,7 +506,10 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
         return distributed.broadcast(None)  # type: ignore[no-any-return]
     metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
                                s.split.classes, seed=s.cfg.seed)
-    final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
+    pos = position_of(state)  # the one training position (epoch, step, whole or not)
+    final = {"checkpoint": which, "epoch": pos["epoch"], "step": pos["step"],
+             **({"epoch_is_whole": pos["epoch_is_whole"]} if "epoch_is_whole" in pos else {}),
+             **headline_metrics(metrics)}
     write_json(s.run.final_metrics, final)
     try:
         if s.cfg.report:
