@@ -307,6 +307,9 @@ class Console(Callback):
         row = end.row
         acc = "".join(f"  {k} {row[k]:.4f}" for k in ("knn_acc", "val_knn_acc") if k in row)
         if end.start:
+            schedule = getattr(trainer, "schedule", None)
+            if schedule is not None:  # each phase in steps, once
+                print(f"rsdml: {schedule.describe()}", file=sys.stderr, flush=True)
             print(f"epoch 0 (before training){acc}", file=sys.stderr, flush=True)
             return
         means = end.means
