@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def split_from_labels(cfg: TrainConfig) -> Split:
     """The labelled rows of ``cfg.labels`` and every other image of ``cfg.data``."""
-    from rsdml.training.embed import list_images
+    from rsdml.data.scan import list_images
 
     assert cfg.data and cfg.labels
     root = Path(cfg.data).expanduser()

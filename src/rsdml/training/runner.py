@@ -44,6 +44,7 @@ from rsdml.training.callbacks import (
     TrainLog,
 )
 from rsdml.training.checkpoint import load_checkpoint, position_of
+from rsdml.training.distributed import resolve_device  # noqa: F401  (re-exported)
 from rsdml.training.inputs import (
     FeatureInputs,
     ImageInputs,
@@ -73,15 +74,6 @@ RESUMABLE_KEYS = frozenset({
 #: The budget: every rate is a function of it (the cosine ends at the last step), so changing
 #: it on resume changes the schedule of the steps still to run; only with ``extend``.
 BUDGET_KEYS = frozenset({"epochs", "steps"})
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a run uses; ``cuda`` is this rank's GPU under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RsdmlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(distributed.device_of(name))
 
 
 #: --image-size when not given, per device type: 256 px (the paper's) at the default batch
