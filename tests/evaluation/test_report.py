@@ -87,7 +87,7 @@ def test_report_tolerates_missing_inputs(fake_run):
     assert not (run / "eval" / "curves.png").exists()
     # retrieval examples fall back to label text when the images cannot be read
     assert (run / "eval" / "retrieval.png").is_file()
-    assert len(_IMG_SRC.findall(html)) == 3
+    assert len(_IMG_SRC.findall(html)) == 4  # confusion, t-SNE, retrieval, calibration
 
 
 def test_report_on_a_bare_run_folder(tmp_path):
