@@ -226,11 +226,12 @@ def demo(out: str, epochs: int | None, quiet: bool) -> None:
 @cli.command(name="list")
 def list_registries() -> None:
     """List the available methods and backbones."""
-    from rsdml.models.registry import BACKBONES
-    from rsdml.training.methods.registry import METHODS
+    # the torch-free catalogues (each registry checks at import that they agree with it)
+    from rsdml.models.catalogue import BACKBONE_NAMES
+    from rsdml.training.methods.params import CATALOGUE
 
-    click.echo("methods:   " + ", ".join(METHODS))
-    click.echo("backbones: " + ", ".join(BACKBONES))
+    click.echo("methods:   " + ", ".join(CATALOGUE))
+    click.echo("backbones: " + ", ".join(BACKBONE_NAMES))
 
 
 def _register() -> None:
