@@ -54,8 +54,13 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
 
     pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet)
     write_predictions(out_file, pred)
+    cal = pred.calibration
+    note = (f"probabilities calibrated on {cal.held_out} labelled images the run did not train "
+            f"on (T={cal.temperature:.3g})" if cal.held_out else
+            "probabilities not calibrated: every label was used in training (label more "
+            "images, then predict again: labels added since training calibrate them)")
     click.echo(f"predicted {len(pred.paths)} image(s), {len(pred.classes)} classes -> {out_file} "
-               "(least certain first)")
+               f"(least certain first); {note}")
 
 
 @click.command()

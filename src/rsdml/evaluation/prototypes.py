@@ -5,9 +5,13 @@ images), with a temperature fitted so that the probabilities mean what they say.
 per-class counts of the report match the predictions file.
 
 Calibration (temperature scaling, Guo et al. ICML 2017): the probability of class c is
-softmax_c(cos(x, prototype_c) / T). T is fitted on labelled images held out one at a time
-(each one's own class prototype recomputed without it, the others unchanged), by minimising
-their negative log-likelihood; the order of the predictions does not depend on T.
+softmax_c(cos(x, prototype_c) / T), T fitted by minimising the negative log-likelihood of
+labelled images held out: :func:`fit_temperature_on` takes images the model did not train on
+(a run's validation images, labels added since training); :func:`fit_temperature` holds each
+labelled image out in turn, which is only fair where the vectors were not trained with those
+labels (a pretrained trunk's): a trained embedding pulls its labelled images to their class
+(measured on AID 5 %, fast mode: T fitted that way 0.001, ECE 0.24 on the images not
+labelled). The order of the predictions does not depend on T.
 """
 
 from __future__ import annotations
@@ -73,7 +77,10 @@ def fit_temperature(x: np.ndarray, y: np.ndarray, num_classes: int) -> Calibrati
     cos, yy = held_out_cosines(x, y, num_classes)
     if len(yy) < MIN_HELD_OUT or len(np.unique(yy)) < 2:
         return Calibration(DEFAULT_TEMPERATURE, 0)
+    return _fit(cos, yy)
 
+
+def _fit(cos: np.ndarray, yy: np.ndarray) -> Calibration:
     def nll(t: float) -> float:
         z = cos / t
         z = z - z.max(axis=1, keepdims=True)
@@ -91,6 +98,16 @@ def fit_temperature(x: np.ndarray, y: np.ndarray, num_classes: int) -> Calibrati
             lo = a
     t = float(np.exp((lo + hi) / 2))
     return Calibration(t, len(yy), nll(t))
+
+
+def fit_temperature_on(ref: np.ndarray, ref_y: np.ndarray, held: np.ndarray,
+                       held_y: np.ndarray, num_classes: int) -> Calibration:
+    """The temperature minimising the negative log-likelihood of the ``held`` images (labels
+    ``held_y``) against the prototypes of ``ref``; the default below MIN_HELD_OUT images."""
+    if len(held_y) < MIN_HELD_OUT:
+        return Calibration(DEFAULT_TEMPERATURE, 0)
+    cos = (l2_normalize(held) @ prototypes(ref, ref_y, num_classes).T).astype(np.float64)
+    return _fit(cos, np.asarray(held_y))
 
 
 def prototype_predict(ref: np.ndarray, ref_y: np.ndarray, x: np.ndarray, num_classes: int,

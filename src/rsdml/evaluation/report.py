@@ -105,8 +105,9 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
     else:
         figures.append(("calibration.png", "Calibration of the predicted probabilities",
                         ("Reliability of the probabilities `rsdml predict` gives (softmax of the "
-                         "cosine to each class mean over a temperature fitted on the labelled "
-                         "images, each held out in turn), on the test images: points on the "
+                         "cosine to each class mean over a temperature fitted on labelled images "
+                         "the run did not train on: here its validation images), on the test "
+                         "images: points on the "
                          "diagonal mean that 0.8 is right 8 times in 10. ECE: the mean gap, "
                          "weighted by the share of images."),
                         lambda: _fig_calibration(inputs)))
@@ -575,7 +576,7 @@ _NO_LABEL_CAPTIONS = {
 def _fig_calibration(inputs: _Inputs) -> Figure | str:
     from rsdml.evaluation.prototypes import (
         expected_calibration_error,
-        fit_temperature,
+        fit_temperature_on,
         prototype_predict,
         reliability,
     )
@@ -588,7 +589,9 @@ def _fig_calibration(inputs: _Inputs) -> Figure | str:
     if len(ref) < 2 or not len(test):
         return "calibration needs labelled and test images"
     n = int(emb.labels[ref].max()) + 1
-    cal = fit_temperature(emb.embeddings[ref], emb.labels[ref], n)
+    val = np.flatnonzero((emb.roles == "val") & (emb.labels >= 0))  # not trained on
+    cal = fit_temperature_on(emb.embeddings[ref], emb.labels[ref], emb.embeddings[val],
+                             emb.labels[val], n)
     proba = prototype_predict(emb.embeddings[ref], emb.labels[ref], emb.embeddings[test], n,
                               cal.temperature)
     bins = reliability(proba, emb.labels[test])
@@ -597,7 +600,8 @@ def _fig_calibration(inputs: _Inputs) -> Figure | str:
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="#999999", lw=1, label="perfect")
     ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
-            color="#1f5fbf", label=f"T = {cal.temperature:.3f} (ECE {ece:.3f})")
+            color="#1f5fbf", label=f"T = {cal.temperature:.3f} (ECE {ece:.3f})"
+            + ("" if cal.held_out else ", not calibrated: no validation images"))
     ax.set_xlabel("predicted probability (mean of the bin)")
     ax.set_ylabel("share right")
     ax.set_xlim(0, 1)

@@ -2,9 +2,11 @@
 
 Method-agnostic, so it works for every method and for classes created after training (a new
 class in the labels file gets a prototype at once): the probability of class c is the softmax
-over classes of cos(x, mean unit embedding of the images labelled c) / T, with the temperature
-T fitted on the labelled images held out one at a time (temperature scaling,
-:mod:`rsdml.evaluation.prototypes`), so that "0.8" is right about 8 times in 10. The kNN
+over classes of cos(x, mean unit embedding of the images labelled c) / T. T is fitted on
+labelled images the run did not train on (labels added since training, a validation split:
+temperature scaling, :mod:`rsdml.evaluation.prototypes`), so that "0.8" is right about 8 times
+in 10; without such images it is 0.05 and the probabilities are not calibrated (they are
+overconfident: a trained embedding pulls its labelled images close to their class). The kNN
 agreement is the share of the distance-weighted vote of the K nearest labelled images (as the
 kNN evaluation votes) that goes to the predicted class. The two disagree where an image sits
 between classes or in a class that has few labels: those are the predictions worth reviewing
@@ -22,7 +24,12 @@ import numpy as np
 
 from rsdml.errors import RsdmlError
 from rsdml.evaluation.knn import knn_predict
-from rsdml.evaluation.prototypes import Calibration, fit_temperature, prototype_predict
+from rsdml.evaluation.prototypes import (
+    DEFAULT_TEMPERATURE,
+    Calibration,
+    fit_temperature_on,
+    prototype_predict,
+)
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.vectors import l2_normalize
 
@@ -39,7 +46,7 @@ class Predictions:
     proba: np.ndarray
     knn_agreement: np.ndarray
     #: the fitted temperature (``held_out`` 0: too few labels to fit one; the default used)
-    calibration: Calibration = Calibration(0.05, 0)
+    calibration: Calibration = Calibration(DEFAULT_TEMPERATURE, 0)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -63,9 +70,11 @@ class Predictions:
 
 
 def predict(vectors: np.ndarray, paths: list[str], labels: dict[str, str], *,
-            temperature: float | None = None, k: int = KNN_K) -> Predictions:
+            temperature: float | None = None, held_out: set[str] | None = None,
+            k: int = KNN_K) -> Predictions:
     """Predictions for every image of ``paths`` not in ``labels`` (vectors: unit rows).
-    ``temperature``: None fits it on the labelled images (held out one at a time)."""
+    ``held_out``: labelled images the vectors were not trained with; the temperature is fitted
+    on them (against the others' prototypes) unless ``temperature`` is given."""
     where = {p: i for i, p in enumerate(paths)}
     lab = [p for p in labels if p in where]
     classes = sorted({labels[p] for p in lab})
@@ -75,8 +84,12 @@ def predict(vectors: np.ndarray, paths: list[str], labels: dict[str, str], *,
     x = l2_normalize(np.asarray(vectors, np.float32))
     li = np.asarray([where[p] for p in lab], np.int64)
     ly = np.asarray([classes.index(labels[p]) for p in lab], np.int64)
-    cal = fit_temperature(x[li], ly, len(classes)) if temperature is None \
-        else Calibration(float(temperature), 0)
+    if temperature is not None:
+        cal = Calibration(float(temperature), 0)
+    else:
+        ho = np.asarray([p in (held_out or ()) for p in lab], bool)
+        cal = fit_temperature_on(x[li[~ho]], ly[~ho], x[li[ho]], ly[ho], len(classes)) \
+            if ho.any() and (~ho).any() else Calibration(DEFAULT_TEMPERATURE, 0)
     unl = np.setdiff1d(np.arange(len(paths)), li)
     proba = prototype_predict(x[li], ly, x[unl], len(classes), cal.temperature)
     _, votes = knn_predict(x[li], ly, x[unl], k=k, num_classes=len(classes))
@@ -139,4 +152,16 @@ def predict_folder(run_dir: str | Path, data: str | Path, *,
                          f"give the folder the run was trained on, or --labels FILE.csv with "
                          f"labels of images under {data}")
     vec = run_vectors(run_dir, root, device=device, quiet=quiet)
-    return predict(vec.vectors, vec.paths, labels)
+    return predict(vec.vectors, vec.paths, labels, held_out=set(labels) - trained_on(run_dir))
+
+
+def trained_on(run_dir: str | Path) -> set[str]:
+    """The images whose labels a run trained with (its split's labelled rows)."""
+    from rsdml.data.split import read_split
+    from rsdml.training.run_folder import RunFolder
+
+    run = RunFolder(Path(run_dir))
+    if not run.split.is_file():
+        return set()
+    split = read_split(run.split, what=f"{run.root}: split.csv")
+    return {split.paths[i] for i in split.index("labeled")}
