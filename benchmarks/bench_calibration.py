@@ -26,8 +26,8 @@ def main() -> None:
     ap.add_argument("data")
     args = ap.parse_args()
     from rsdml.evaluation.prototypes import expected_calibration_error
+    from rsdml.labelling.predict import predict, run_labels, trained_on
     from rsdml.training.archive_vectors import run_vectors
-    from rsdml.training.predict import predict, run_labels, trained_on
 
     t0 = time.perf_counter()
     vec = run_vectors(args.run, args.data, quiet=True)

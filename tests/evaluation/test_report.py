@@ -230,7 +230,7 @@ def test_the_report_of_a_labels_file_run_draws_nothing_it_has_not(fake_run):
 
     from rsdml.evaluation import report
     from rsdml.evaluation.suite import load_embeddings, write_evaluation
-    from rsdml.training.predict import predict
+    from rsdml.labelling.predict import predict
 
     run = fake_run(spectrum=False)
     cfg = yaml.safe_load((run / "config.yaml").read_text())

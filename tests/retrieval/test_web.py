@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from rsdml.data.labels import LabelStore
-from rsdml.retrieval.labelling import LabelSession, create_label_app
+from rsdml.labelling.labels import LabelStore
+from rsdml.labelling.page import LabelSession, create_label_app
 from rsdml.vectors import l2_normalize
 
 LOCAL = "http://localhost"

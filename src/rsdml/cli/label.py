@@ -28,7 +28,7 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: str | None,
             strategy: str, seed: int, device: str, quiet: bool) -> None:
     """Which images under DATA to label next (typical and diverse, or uncertain with --run)."""
-    from rsdml.training.suggest import suggest_for_folder, write_suggestions
+    from rsdml.labelling.suggest import suggest_for_folder, write_suggestions
 
     data_bytes, paths, used = suggest_for_folder(data, n, run=run_dir, labels_file=labels_file,
                                                  strategy=strategy, seed=seed, device=device,
@@ -50,7 +50,7 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
 def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, device: str | None,
             quiet: bool) -> None:
     """Predict the class of every unlabelled image under DATA with the run folder RUN."""
-    from rsdml.training.predict import predict_folder, write_predictions
+    from rsdml.labelling.predict import predict_folder, write_predictions
 
     pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet)
     write_predictions(out_file, pred)
@@ -83,7 +83,7 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
 def label(data: str, labels_file: str, suggestions: str | None, predictions: str | None,
           run_dir: str | None, host: str, port: int, device: str, quiet: bool) -> None:
     """A labelling page for the images under DATA, writing --labels FILE.csv."""
-    from rsdml.retrieval.labelling import open_session, serve_labelling
+    from rsdml.labelling.page import open_session, serve_labelling
     from rsdml.retrieval.web import bind
 
     def log(line: str) -> None:

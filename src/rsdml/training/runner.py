@@ -149,7 +149,7 @@ def build_split(cfg: TrainConfig) -> Split:
             split = dataclasses.replace(split, contract=SplitContract(
                 cfg.protocol, data_root=str(Path(cfg.data).expanduser().resolve())))
     elif cfg.labels:
-        from rsdml.training.labelled import split_from_labels
+        from rsdml.labelling.labelled import split_from_labels
 
         split = split_from_labels(cfg)
     else:

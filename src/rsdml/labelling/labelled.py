@@ -12,9 +12,9 @@ import logging
 from pathlib import Path
 
 from rsdml.config import TrainConfig
-from rsdml.data.labels import class_counts, read_labels
 from rsdml.data.split import Split, labels_split
 from rsdml.errors import DatasetNotFoundError, RsdmlError
+from rsdml.labelling.labels import class_counts, read_labels
 
 log = logging.getLogger(__name__)
 

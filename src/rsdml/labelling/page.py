@@ -7,7 +7,7 @@ relevance feedback over the whole folder, so a re-rank brings in images that wer
 first results. With ``--predictions`` (``rsdml predict``), a review view lists the least
 certain predictions; accepting or correcting one writes its label.
 
-Every change goes through :class:`rsdml.data.labels.LabelStore` (journal, fsync, atomic CSV)
+Every change goes through :class:`rsdml.labelling.labels.LabelStore` (journal, fsync, atomic CSV)
 before the request is answered: an acknowledged label survives a killed server. Undo is per
 tab: each page sends its own client id (header ``X-Rsdml-Client``), and undo reverts only that
 tab's changes (and only where nobody changed the image since).
@@ -47,8 +47,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from rsdml.data.labels import LabelStore, class_counts
 from rsdml.errors import RsdmlError
+from rsdml.labelling.labels import LabelStore, class_counts
 from rsdml.retrieval.feedback import rocchio
 from rsdml.retrieval.index import ExactIndex
 from rsdml.retrieval.web import (
@@ -116,8 +116,8 @@ class LabelSession:
 
 def read_review(path: str | Path, images: set[str]) -> list[Review]:
     """The rows of ``rsdml predict``'s CSV (least certain first); a file whose paths are not
-    under the data folder is refused (:func:`rsdml.data.labels.check_under_data`)."""
-    from rsdml.data.labels import check_under_data
+    under the data folder is refused (:func:`rsdml.labelling.labels.check_under_data`)."""
+    from rsdml.labelling.labels import check_under_data
 
     path = Path(path)
     if not path.is_file():
@@ -283,9 +283,9 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
                  device: str = "auto", quiet: bool = False,
                  log: Callable[[str], None] = print) -> LabelSession:
     """Everything ``rsdml label`` needs before it listens (one-line errors come now)."""
-    from rsdml.data.labels import check_under_data
+    from rsdml.labelling.labels import check_under_data
+    from rsdml.labelling.suggest import read_suggestions, suggest
     from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
-    from rsdml.training.suggest import read_suggestions, suggest
 
     order = read_suggestions(suggestions) if suggestions else []  # bad files fail before
     if predictions and not Path(predictions).is_file():           # the features are computed

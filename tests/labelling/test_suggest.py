@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from rsdml.errors import RsdmlError
+from rsdml.labelling.predict import predict
+from rsdml.labelling.suggest import resolve_strategy, suggest
 from rsdml.retrieval.index import l2_normalize
-from rsdml.training.predict import predict
-from rsdml.training.suggest import resolve_strategy, suggest
 
 
 def _blobs(n_groups: int = 6, per: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

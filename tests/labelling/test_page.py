@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rsdml.data.labels import LabelStore, read_labels
-from rsdml.retrieval.labelling import LabelSession, create_label_app
+from rsdml.labelling.labels import LabelStore, read_labels
+from rsdml.labelling.page import LabelSession, create_label_app
 from rsdml.training.archive_vectors import archive_images
 from rsdml.vectors import l2_normalize
 
@@ -85,7 +85,7 @@ def test_the_queue_says_how_far_the_suggestions_are(tmp_path):
 
 
 def test_review_lists_predictions_and_accepting_writes_the_label(tmp_path):
-    from rsdml.retrieval.labelling import read_review
+    from rsdml.labelling.page import read_review
 
     paths = [f"x/{i}.png" for i in range(6)]
     pred = tmp_path / "pred.csv"

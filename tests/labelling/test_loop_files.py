@@ -22,7 +22,7 @@ def _folder(root: Path, names: list[str]) -> Path:
 
 def test_suggest_refuses_a_labels_file_that_does_not_exist(tmp_path):
     """Defect 9: it ran as if there were no labels and suggested labelled images."""
-    from rsdml.training.suggest import suggest_for_folder
+    from rsdml.labelling.suggest import suggest_for_folder
 
     data = _folder(tmp_path / "data", ["a/0.png", "a/1.png", "b/0.png"])
     with pytest.raises(RsdmlError, match="does not exist"):
@@ -31,7 +31,7 @@ def test_suggest_refuses_a_labels_file_that_does_not_exist(tmp_path):
 
 def test_predict_refuses_a_folder_the_runs_labels_are_not_under(tmp_path):
     """Defect 10: predict RUN OTHER used the 1 of the run's labels found there, silently."""
-    from rsdml.training.predict import predict_folder
+    from rsdml.labelling.predict import predict_folder
     from rsdml.training.run_folder import RunFolder
 
     data = _folder(tmp_path / "data", ["a/0.png", "a/1.png", "b/0.png", "b/1.png"])
@@ -49,7 +49,7 @@ def test_predict_refuses_a_folder_the_runs_labels_are_not_under(tmp_path):
 
 def test_label_refuses_suggestions_made_for_another_folder(tmp_path):
     """Defect 11: suggestions naming none of DATA's images fell back to folder order."""
-    from rsdml.retrieval.labelling import open_session
+    from rsdml.labelling.page import open_session
 
     data = _folder(tmp_path / "data", ["a/0.png", "a/1.png"])
     sugg = tmp_path / "next.csv"
@@ -60,7 +60,7 @@ def test_label_refuses_suggestions_made_for_another_folder(tmp_path):
 
 
 def test_review_refuses_predictions_of_another_folder(tmp_path):
-    from rsdml.retrieval.labelling import read_review
+    from rsdml.labelling.page import read_review
 
     pred = tmp_path / "pred.csv"
     pred.write_text("path,class,probability,knn_agreement,margin\nx/3.png,Beach,0.4,0.3,0.05\n"

@@ -119,8 +119,8 @@ def write_predictions(path: str | Path, pred: Predictions) -> None:
 def run_labels(run_dir: str | Path) -> tuple[dict[str, str], Path | None]:
     """The labels a run was trained with: its labels file as it is now (``--labels`` runs:
     labels added since training count), else the labelled rows of its split.csv."""
-    from rsdml.data.labels import read_labels
     from rsdml.data.split import read_split
+    from rsdml.labelling.labels import read_labels
     from rsdml.training.run_folder import RunFolder
 
     run = RunFolder(Path(run_dir))
@@ -140,7 +140,7 @@ def predict_folder(run_dir: str | Path, data: str | Path, *,
                    quiet: bool = False) -> Predictions:
     """``rsdml predict``: the run's embeddings of ``data`` and predictions of its unlabelled
     images from the labels (``labels_file``, else the run's own)."""
-    from rsdml.data.labels import check_under_data, read_labels
+    from rsdml.labelling.labels import check_under_data, read_labels
     from rsdml.training.archive_vectors import archive_images, run_vectors
 
     root, images = archive_images(data)

@@ -207,7 +207,7 @@ def read_suggestions(path: str | Path, images: Iterable[str] | None = None) -> l
         raise RsdmlError(f"--suggestions {path} has no path column; make it with `rsdml suggest`")
     paths = [r["path"] for r in rows if r.get("path")]
     if images is not None:
-        from rsdml.data.labels import check_under_data
+        from rsdml.labelling.labels import check_under_data
 
         check_under_data(paths, images, f"--suggestions {path}",
                          "make them again with `rsdml suggest DATA` for this folder")
@@ -226,9 +226,9 @@ def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = Non
                        seed: int = 0, device: str = "auto", quiet: bool = False,
                        ) -> tuple[bytes, list[str], str]:
     """What ``rsdml suggest`` computes: (CSV bytes, suggested paths, the strategy used)."""
-    from rsdml.data.labels import read_labels
+    from rsdml.labelling.labels import read_labels
+    from rsdml.labelling.predict import predict
     from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
-    from rsdml.training.predict import predict
 
     root, images = archive_images(data)
     # a --labels file that does not exist is refused, as `train` and `predict` refuse it
