@@ -67,3 +67,21 @@ def test_review_refuses_predictions_of_another_folder(tmp_path):
                     "elsewhere/9.png,Beach,0.5,0.5,0.1\n")
     with pytest.raises(RsdmlError, match="--predictions .* names 1 image"):
         read_review(pred, {"x/3.png"})
+
+
+def test_label_on_a_busy_port_fails_before_any_work(tmp_path, capsys):
+    """Issue 25: `label --port BUSY` failed only after the TypiClust pass and left an empty
+    journal beside the labels file."""
+    import socket
+
+    from clihelp import assert_one_line_error, run_cli
+
+    data = _folder(tmp_path / "data", ["a/0.png", "a/1.png"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = run_cli(["label", str(data), "--labels", str(tmp_path / "labels.csv"),
+                                "--port", str(port), "--quiet"], capsys)
+    assert_one_line_error(code, err, "cannot listen", "--port")
+    assert not list(tmp_path.glob("labels.csv*"))  # no labels file, no journal

@@ -67,7 +67,9 @@ def read_labels(path: str | Path, images: Iterable[str] | None = None, *,
                          "then `rsdml label`) or add rows path,class")
     if images is not None:
         check_under_data(labels, images, what, "paths are relative to --data, e.g. "
-                         "Airport/airport_1.jpg: fix or delete those rows")
+                         "Airport/airport_1.jpg (an image that cannot be decoded is not counted "
+                         "as there: see the warning about unreadable images); fix or delete "
+                         "those rows")
     return labels
 
 
