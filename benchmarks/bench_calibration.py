@@ -9,6 +9,16 @@ RUN: a run trained on DATA; the temperature is fitted on labelled images it did 
 (rows added to its ``--labels`` file since training): e.g. train with ``--labels L.csv``
 holding 4 % of AID (``--backbone efficientnet_lite0 --freeze-backbone``), then add 1 % more
 rows to L.csv. Prints one JSON object.
+
+Measured (2026-12-05, AID, 5 % labels = 507 images, fast mode, 6 epochs): the run trained on
+406 of them (``rsdml train --data ../shared/data/AID --labels L.csv --out RUN --backbone
+efficientnet_lite0 --freeze-backbone``, 15 epochs stopped after 5 and resumed with
+``--epochs 6 --extend``), the other 101 added to L.csv afterwards. On the 9,493 images not
+labelled (accuracy 0.744): fitted T = 0.097, mean probability 0.768, ECE 0.038; the fixed
+T = 0.05 gave mean probability 0.917, 68 % of rows >= 0.95, ECE 0.173. Fitting T on the
+labelled images the run trained on (each held out in turn) gave T = 0.001 and ECE 0.238 on a
+15-epoch run with all 507 trained: those images sit at their class, so only labels the run did
+not train on calibrate.
 """
 
 from __future__ import annotations
