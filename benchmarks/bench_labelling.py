@@ -71,7 +71,7 @@ def knn_unlabelled(x: np.ndarray, paths: list[str], labels: dict[str, str]) -> f
 
 def choose(arm: str, root: Path, labels_csv: Path, n: int, run: Path | None, seed: int,
            device: str) -> list[str]:
-    from rsdml.training.suggest import suggest_for_folder
+    from rsdml.labelling.suggest import suggest_for_folder
 
     strategy = {"rsdml": "auto", "kcentre": "kcentre", "random": "random",
                 "typiclust": "typiclust"}[arm]
@@ -96,8 +96,8 @@ def train_round(root: Path, labels_csv: Path, out: Path, args: argparse.Namespac
 
 def main() -> None:
     args = parse()
-    from rsdml.data.labels import write_labels
     from rsdml.evaluation.suite import load_embeddings
+    from rsdml.labelling.labels import write_labels
     from rsdml.training.archive_vectors import archive_images, trunk_vectors
 
     out = Path(args.out)

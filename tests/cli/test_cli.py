@@ -91,3 +91,26 @@ def test_python_dash_m_entry_point():
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("rsdml: error:") and "Traceback" not in r.stderr
+
+
+def test_extend_after_a_partial_last_epoch_logs_each_epoch_once(tiny_scenes, tmp_path, capsys):
+    """Issue 25, defect 5: --steps 12 (7 steps an epoch), then --resume --steps 20 --extend
+    logged epochs (1,7), (2,12), (2,14), (3,20), and the final lines said epoch 1 then 2."""
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", str(tiny_scenes), "--out", str(run),
+                              "--freeze-backbone", "--backbone", "resnet18", "--steps", "12",
+                              "--eval-every", "1", *TINY], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    spe = rows[0]["step"]
+    assert 12 % spe and 2 * spe > 12  # the second epoch is partial
+    assert "epoch 2 (partial), step 12" in out
+    code, out, err = run_cli(["train", "--resume", str(run), "--steps", "20", "--extend",
+                              "--quiet"], capsys)
+    assert code == 0, err
+    for log in ("train_log.jsonl", "metrics.jsonl"):
+        rows = [json.loads(line) for line in (run / log).read_text().splitlines()]
+        epochs = [r["epoch"] for r in rows]
+        assert epochs == sorted(set(epochs)), (log, [(r["epoch"], r["step"]) for r in rows])
+    assert rows[-1]["epoch"] == -(-20 // spe) and rows[-1]["step"] == 20
+    assert f"epoch {-(-20 // spe)}" in out and "step 20" in out

@@ -58,3 +58,21 @@ def test_the_probe_sees_torch_when_it_is_imported():
     code = "import sys, rsdml.training.methods.registry; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.stdout.strip() == "True", res.stderr
+
+
+def test_rsdml_list_answers_without_torch_and_agrees_with_the_registries():
+    """Issue 25: `rsdml list` imported torch (about 5 s); the catalogues it reads now are
+    torch-free and each registry checks at import that they agree with it."""
+    code = ("import contextlib, io, sys\nfrom rsdml.cli.main import main\nbuf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n    try:\n        main(['list'])\n"
+            "    except SystemExit:\n        pass\nprint('torch' in sys.modules)\n"
+            "print(buf.getvalue())")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    torch_loaded, out = res.stdout.split("\n", 1)
+    assert torch_loaded == "False"
+    from rsdml.models.registry import BACKBONES
+    from rsdml.training.methods.registry import METHODS
+
+    assert f"methods:   {', '.join(METHODS)}" in out
+    assert f"backbones: {', '.join(BACKBONES)}" in out

@@ -87,7 +87,7 @@ def test_report_tolerates_missing_inputs(fake_run):
     assert not (run / "eval" / "curves.png").exists()
     # retrieval examples fall back to label text when the images cannot be read
     assert (run / "eval" / "retrieval.png").is_file()
-    assert len(_IMG_SRC.findall(html)) == 3
+    assert len(_IMG_SRC.findall(html)) == 4  # confusion, t-SNE, retrieval, calibration
 
 
 def test_report_on_a_bare_run_folder(tmp_path):
@@ -219,3 +219,52 @@ def test_cjk_class_names_are_never_drawn_as_boxes(fake_run, caplog, monkeypatch)
     inputs = report._Inputs(run)
     assert inputs.figure_name(1, 20) == "class 1"
     assert inputs.figure_name(1, 20) != inputs.class_name(1) == "\u6d77\u6ee9"  # tables keep it
+
+
+def test_the_report_of_a_labels_file_run_draws_nothing_it_has_not(fake_run):
+    """Issue 25, defect 12: clf_acc drawn flat at 0.0, the header said labeled_fraction 0.2,
+    every retrieval example framed red with query "class -1", a t-SNE legend of one entry
+    "class -1", and per-class counts that differed from predict's."""
+    import numpy as np
+    import yaml
+
+    from rsdml.evaluation import report
+    from rsdml.evaluation.suite import load_embeddings, write_evaluation
+    from rsdml.labelling.predict import predict
+
+    run = fake_run(spectrum=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg.update(labels="/somewhere/labels.csv", labeled_fraction=0.2, protocol="transductive")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    emb = load_embeddings(run / "eval" / "embeddings.npz")
+    roles = np.where(emb.roles == "labeled", "labeled", "test")
+    labels = np.where(roles == "labeled", emb.labels, -1)
+    write_evaluation(run / "eval", emb.embeddings, labels, roles, list(emb.paths),
+                     json.loads((run / "class_names.json").read_text()))
+    with open(run / "metrics.jsonl", "a") as f:  # what older --labels runs logged
+        f.write("\n" + json.dumps({"epoch": 3, "step": 30, "clf_acc": 0.0, "pl_acc": 0.0,
+                                   "pl_mask_rate": 0.5}) + "\n")
+    html = write_report(run).read_text()
+    assert "labeled_fraction" not in html.split("<h2>")[0]
+    assert "labels: labels.csv (12 labelled images)" in html
+    inputs = report._Inputs(run)
+    fig = report._fig_curves(inputs)
+    drawn = {line.get_label() for ax in fig.axes for line in ax.lines}
+    assert not drawn & {"clf_acc", "pl_acc", "knn_acc"}
+    fig = report._fig_retrieval(inputs, 0)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert not any("class -1" in t for t in titles) and any("(unlabelled)" in t for t in titles)
+    colours = {tuple(round(c, 3) for c in sp.get_edgecolor()) for ax in fig.axes
+               for sp in ax.spines.values()}
+    assert (0.839, 0.153, 0.157, 1.0) not in colours  # no red: nothing to judge by
+    fig = report._fig_tsne(inputs, 0)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "class -1" not in legend and len(legend) > 1
+    # the per-class counts are predict's
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    names = metrics["class_names"]
+    lab = {str(p): names[int(y)] for p, y, r in zip(emb.paths, labels, roles) if r == "labeled"}
+    pred = predict(emb.embeddings, [str(p) for p in emb.paths], lab)
+    counts = [int((pred.predicted == pred.classes.index(c)).sum()) if c in pred.classes else 0
+              for c in names]
+    assert metrics["predicted_per_class"] == counts

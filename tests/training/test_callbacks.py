@@ -31,3 +31,38 @@ def test_console_shows_the_metrics_the_row_holds(capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["epoch 0 (before training)  knn_acc 0.5000",
                    "epoch 2/2 (step 4)  loss 2.0000 ()  knn_acc 0.7500  val_knn_acc 0.2500  3.0s"]
+
+
+class _Method:
+    """A stand-in method: fixed class probabilities, pseudo-labels above 0.6."""
+
+    def __init__(self, probs):
+        import torch
+
+        self.probs = torch.tensor(probs)
+
+    def parameters(self):
+        return iter(())
+
+    def predict_proba(self, emb):
+        return self.probs
+
+    def pseudo_labels(self, probs):
+        conf, target = probs.max(1)
+        return target, conf >= 0.6
+
+
+def test_pseudo_label_quality_leaves_out_images_without_labels():
+    """Issue 25, defect 1: a --labels run's test images have the label -1; clf_acc and
+    pl_acc were 0.0 (every prediction compared with -1)."""
+    import numpy as np
+
+    from rsdml.training.callbacks import pseudo_label_quality
+
+    method = _Method([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.7, 0.3]])
+    emb = np.zeros((4, 2), np.float32)
+    out = pseudo_label_quality(method, emb, np.full(4, -1))
+    assert out == {"pl_mask_rate": 0.75}  # label-free; no accuracy without labels
+    out = pseudo_label_quality(method, emb, np.array([0, 0, -1, -1]))
+    assert out["clf_acc"] == 0.5  # of the two labelled images, not of four
+    assert out["pl_acc"] == 0.5 and out["pl_mask_rate"] == 0.75

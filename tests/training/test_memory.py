@@ -37,7 +37,7 @@ def test_a_step_too_large_stops_with_settings_that_fit(tiny_scenes, tmp_path, ca
                        unlabeled_batch_size=8)
     model = _model()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters())
-    est = memory.estimate(base, model, CPU, None, True, True, trainable)
+    est = memory.estimate(base, model, CPU, None, True, memory.step_images(base, True), trainable)
     # A machine with room for the weights' state and half of the step's activations.
     avail = int((est.fixed + 0.5 * est.need - 0.5 * est.fixed) / memory.USABLE)
     monkeypatch.setattr(memory, "available_memory", lambda device: avail)
@@ -54,7 +54,8 @@ def test_a_step_too_large_stops_with_settings_that_fit(tiny_scenes, tmp_path, ca
     assert size < 64 and batch < 8
     for fix in ({"image_size": size}, {"batch_size": batch, "unlabeled_batch_size": batch}):
         cfg = base.replace(**fix)
-        assert memory.check_memory(cfg, model, CPU, None, True, True) is not None  # it fits
+        assert memory.check_memory(cfg, model, CPU, None, True,
+                                   memory.step_images(cfg, True)) is not None  # it fits
 
 
 def test_the_check_is_skippable_and_skipped_in_fast_mode(monkeypatch):
@@ -62,11 +63,11 @@ def test_the_check_is_skippable_and_skipped_in_fast_mode(monkeypatch):
     cfg = TrainConfig(backbone="resnet18", pretrained="none", image_size=64)
     monkeypatch.delenv(memory.SKIP_ENV, raising=False)
     with pytest.raises(RsdmlError, match="one training step needs about"):
-        memory.check_memory(cfg, _model(), CPU, None, True, True)
+        memory.check_memory(cfg, _model(), CPU, None, True, 16)
     assert memory.check_memory(cfg.replace(freeze_backbone=True), _model(), CPU, None, True,
-                               True) is None
+                               16) is None
     monkeypatch.setenv(memory.SKIP_ENV, "1")
-    assert memory.check_memory(cfg, _model(), CPU, None, True, True) is None
+    assert memory.check_memory(cfg, _model(), CPU, None, True, 16) is None
 
 
 def test_the_probe_scales_with_the_area_and_changes_nothing():
@@ -94,7 +95,7 @@ def test_the_estimate_covers_a_measured_step():
     """The estimate is not below what one real forward+backward keeps for the backward."""
     model = _model()
     est = memory.estimate(TrainConfig(backbone="resnet18", image_size=64, batch_size=4,
-                                      unlabeled_batch_size=4), model, CPU, None, True, True, 0)
+                                      unlabeled_batch_size=4), model, CPU, None, True, 8, 0)
     saved: dict[int, int] = {}
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
 
@@ -115,3 +116,22 @@ def test_the_default_image_size_depends_on_the_device():
     assert validate_config(TrainConfig(device="cpu")).image_size == DEFAULT_IMAGE_SIZE["cpu"] == 128
     assert validate_config(TrainConfig(device="cpu", image_size=256)).image_size == 256
     assert DEFAULT_IMAGE_SIZE["cuda"] == 256
+
+
+def test_the_memory_check_counts_the_images_the_method_runs_with_a_graph():
+    """Issue 25, defect 7: --hr-view weak runs B + 2U images with a graph a step; the check
+    counted B + U."""
+    import torch as _torch
+
+    from rsdml.training.methods.registry import check_method, create_method
+
+    labels = _torch.tensor([0, 1, 2, 3])
+    base = TrainConfig(batch_size=8, unlabeled_batch_size=16)
+    counts = {}
+    for method, extra in (("hr-s2dml", {}), ("triplet", {}), ("fixmatch", {}),
+                          ("hr-match", {}), ("hr-match", {"hr_view": "weak"})):
+        cfg = check_method(base.replace(method=method, method_params=extra))
+        counts[(method, tuple(extra.values()))] = create_method(cfg, 4, labels).graph_images()
+    assert counts[("hr-match", ("weak",))] == 8 + 2 * 16
+    assert counts[("hr-match", ())] == counts[("fixmatch", ())] == 8 + 16
+    assert counts[("hr-s2dml", ())] == 8 + 16

@@ -114,10 +114,24 @@ def test_an_old_config_yaml_with_every_method_parameter_still_loads(tmp_path, ca
     assert not caplog.records  # another method's default value: dropped silently
 
 
-def test_another_methods_parameter_warns_when_set(caplog):
+def test_another_methods_parameter_is_refused_when_set():
     cfg = TrainConfig(method="snca", method_params={"triplet_margin": 0.3})
-    assert check_method(cfg).method_params == {"snca_momentum": 0.5}
-    assert "--triplet-margin applies to --method triplet; ignored for snca" in caplog.text
+    with pytest.raises(RsdmlError, match="--triplet-margin applies to --method triplet; "
+                                         "--method snca does not use it"):
+        check_method(cfg)
+
+
+@pytest.mark.parametrize(("method", "option", "value"), [
+    ("freematch", "threshold", 0.5), ("freematch", "hr_view", "weak"),
+    ("fixmatch", "freematch_ema", 0.9), ("fixmatch", "hr_view", "weak"),
+    ("hr-match", "freematch_ema", 0.9)])
+def test_each_consistency_method_has_its_own_parameters(method, option, value):
+    """Issue 25, defect 8: the three shared one class, so freematch took --threshold and
+    --hr-view without a word and used neither."""
+    with pytest.raises(RsdmlError, match=f"--{option.replace('_', '-')} applies to"):
+        check_method(TrainConfig(method=method, method_params={option: value}))
+    own = check_method(TrainConfig(method=method)).method_params
+    assert option not in own and own["consistency_weight"] == 1.0
 
 
 def test_flags_and_yaml_keys_of_the_builtin_parameters(tiny_scenes, tmp_path, capsys):
@@ -145,7 +159,7 @@ def test_the_torch_free_catalogue_and_the_registry_agree():
     assert list(catalogue.CATALOGUE) == list(METHODS)
     assert {n: c.params_class for n, c in METHODS.items()} == catalogue.CATALOGUE
     assert catalogue.param_classes() == param_classes()
-    assert catalogue.param_owners()["threshold"] == ["fixmatch", "freematch", "hr-match"]
+    assert catalogue.param_owners()["threshold"] == ["fixmatch", "hr-match"]  # not freematch
 
 
 def test_registering_a_method_adds_its_flags_and_a_clashing_flag_is_refused(toy):

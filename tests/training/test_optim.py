@@ -100,3 +100,23 @@ def test_bn_auto_follows_the_initialisation():
     assert TrainConfig(pretrained="none", weights="w.pt").bn_frozen
     assert TrainConfig(pretrained="none", bn="frozen").bn_frozen
     assert not TrainConfig(pretrained="imagenet", bn="train").bn_frozen
+
+
+@pytest.mark.parametrize("cfg, spe", [(TrainConfig(epochs=2), 7), (TrainConfig(steps=200), 500)])
+def test_a_budget_shorter_than_the_warmups_still_trains_the_trunk_and_says_so(cfg, spe):
+    """Issue 25, defect 3: --epochs 2 with the default warm-ups (head 3 epochs, rate 2, ramp
+    10) never trained the trunk, never decayed the head's rate and ended the ramp at 0.2,
+    without a word; so did --steps 200 on a large pool."""
+    sch = Schedule.of(cfg, steps_per_epoch=spe)
+    last = sch.total - 1
+    assert any(sch.lr_factors(s)["trunk"] > 0 for s in range(sch.total))
+    assert sch.lr_factors(last)["head"] < 0.1  # the cosine ran
+    assert sch.unlabeled_ramp(last) == 1.0
+    assert sch.scaled and "did not fit this budget" in sch.describe()
+
+
+def test_the_schedule_is_described_in_steps():
+    sch = Schedule.of(TrainConfig(epochs=30), steps_per_epoch=21)
+    assert not sch.scaled
+    assert sch.describe() == ("schedule (steps): head warm-up 0-63, trunk warm-up 63-105, "
+                              "cosine to 630, ramp to 210")

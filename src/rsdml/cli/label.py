@@ -28,7 +28,7 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: str | None,
             strategy: str, seed: int, device: str, quiet: bool) -> None:
     """Which images under DATA to label next (typical and diverse, or uncertain with --run)."""
-    from rsdml.training.suggest import suggest_for_folder, write_suggestions
+    from rsdml.labelling.suggest import suggest_for_folder, write_suggestions
 
     data_bytes, paths, used = suggest_for_folder(data, n, run=run_dir, labels_file=labels_file,
                                                  strategy=strategy, seed=seed, device=device,
@@ -56,7 +56,7 @@ def suggest(data: str, out_file: str, n: int, labels_file: str | None, run_dir: 
 def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, device: str | None,
             batch_size: int | None, map_dir: str | None, quiet: bool) -> None:
     """Predict the class of every unlabelled image under DATA with the run folder RUN."""
-    from rsdml.training.predict import predict_folder, write_predictions
+    from rsdml.labelling.predict import predict_folder, write_predictions
 
     if map_dir:
         from rsdml.geo.classmap import check_map_target
@@ -65,8 +65,13 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
     pred = predict_folder(run_dir, data, labels_file=labels_file, device=device, quiet=quiet,
                           batch_size=batch_size)
     write_predictions(out_file, pred)
+    cal = pred.calibration
+    note = (f"probabilities calibrated on {cal.held_out} labelled images the run did not train "
+            f"on (T={cal.temperature:.3g})" if cal.held_out else
+            "probabilities not calibrated: every label was used in training (label more "
+            "images, then predict again: labels added since training calibrate them)")
     click.echo(f"predicted {len(pred.paths)} image(s), {len(pred.classes)} classes -> {out_file} "
-               "(least certain first)")
+               f"(least certain first); {note}")
     if map_dir:
         from rsdml.geo.classmap import predictions_map
 
@@ -95,11 +100,17 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
 def label(data: str, labels_file: str, suggestions: str | None, predictions: str | None,
           run_dir: str | None, host: str, port: int, device: str, quiet: bool) -> None:
     """A labelling page for the images under DATA, writing --labels FILE.csv."""
-    from rsdml.retrieval.labelling import open_session, serve_labelling
+    from rsdml.labelling.page import open_session, serve_labelling
+    from rsdml.retrieval.web import bind
 
     def log(line: str) -> None:
         click.echo(line, err=True)
 
-    session = open_session(data, labels_file, run=run_dir, suggestions=suggestions,
-                           predictions=predictions, device=device, quiet=quiet, log=log)
-    serve_labelling(session, host=host, port=port, log=log)
+    sock = bind(host, port, backlog=256)  # a busy port fails now, before any work
+    try:
+        session = open_session(data, labels_file, run=run_dir, suggestions=suggestions,
+                               predictions=predictions, device=device, quiet=quiet, log=log)
+    except BaseException:
+        sock.close()
+        raise
+    serve_labelling(session, sock=sock, log=log)

@@ -160,15 +160,17 @@ def _print_summary(result: dict[str, Any]) -> None:
         return
     keys = ("knn_acc", "macro_f1", "cluster_acc", "nmi", "map_at_20", "map_at_r")
     parts = [f"{k} {result[k]:.4f}" for k in keys if isinstance(result.get(k), (int, float))]
-    if not any(k in result for k in keys):  # --labels: no image outside the labels file has a label to test against
+    if not any(k in result for k in keys):  # --labels: no image outside the file has a label
         parts = ["no test labels (trained from --labels); the report shows the predictions "
                  "per class, `rsdml predict` lists them"]
     if isinstance(result.get("copy_top1"), (int, float)):  # needs no labels
         parts.append(f"copy_top1 {result['copy_top1']:.4f}")
     if isinstance(result.get("wall_seconds"), (int, float)):
         parts.append(f"{result['wall_seconds'] / 60:.1f} min")
-    click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch {result.get('epoch')}): "
-               + ", ".join(parts))
+    step = f", step {result['step']}" if result.get("step") is not None else ""
+    partial = " (partial)" if result.get("epoch_is_whole") is False else ""
+    click.echo(f"done ({result.get('checkpoint', 'last')} checkpoint, epoch "
+               f"{result.get('epoch')}{partial}{step}): " + ", ".join(parts))
 
 
 @cli.command()
@@ -228,11 +230,12 @@ def demo(out: str, epochs: int | None, quiet: bool) -> None:
 @cli.command(name="list")
 def list_registries() -> None:
     """List the available methods and backbones."""
-    from rsdml.models.registry import BACKBONES
-    from rsdml.training.methods.registry import METHODS
+    # the torch-free catalogues (each registry checks at import that they agree with it)
+    from rsdml.models.catalogue import BACKBONE_NAMES
+    from rsdml.training.methods.params import CATALOGUE
 
-    click.echo("methods:   " + ", ".join(METHODS))
-    click.echo("backbones: " + ", ".join(BACKBONES))
+    click.echo("methods:   " + ", ".join(CATALOGUE))
+    click.echo("backbones: " + ", ".join(BACKBONE_NAMES))
 
 
 def _register() -> None:

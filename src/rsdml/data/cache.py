@@ -41,6 +41,7 @@ import torch
 from rsdml.config import CACHE_MODES
 from rsdml.data import imageio
 from rsdml.data.bands import Bands
+from rsdml.data.identity import add_files
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import fsync_dir, touch
 from rsdml.progress import progress as _progress
@@ -286,14 +287,7 @@ def _cache_key(root: Path, paths: Sequence[str], size: int, bands: Bands | None 
         head["bands"] = [list(bands.select) if bands.select else "all"]
     head["decoder"] = _decoder_fingerprint()
     h.update(json.dumps(head, sort_keys=True).encode())
-    for rel in paths:
-        try:
-            st = os.stat(root / rel)
-        except OSError as e:
-            raise RsdmlError(
-                f"cannot read image {root / rel} ({e.strerror or e}); check the data folder"
-            ) from e
-        h.update(f"\n{rel}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    add_files(h, root, paths)  # the one content identity of every cache
     return h.hexdigest()
 
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from rsdml.data.imageio import IMAGE_EXTENSIONS, MAX_PIXELS, ImageReadError, _diagnose
+from rsdml.data.imageio import IMAGE_EXTENSIONS, MAX_PIXELS, ImageReadError, _diagnose, check_image
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.progress import progress as _progress
 
@@ -289,3 +289,16 @@ def scan_image_folder(
     labels = np.repeat(np.arange(len(classes), dtype=np.int64), counts)
     kept = {k: sorted(v) for k, v in problems.items() if v}
     return ScanResult(root=root, classes=classes, paths=paths, labels=labels, problems=kept)
+
+
+def list_images(root: Path) -> tuple[list[str], list[str]]:
+    """All image files below ``root`` (any depth, hidden files skipped): (good, bad) paths."""
+    good, bad = [], []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if p.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        (bad if check_image(p) else good).append(rel.as_posix())
+    return good, bad

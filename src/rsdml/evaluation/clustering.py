@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
 from rsdml.errors import RsdmlError
-from rsdml.retrieval.index import l2_normalize
+from rsdml.vectors import l2_normalize
 
 N_INIT = 5  # k-means++ restarts; the lowest-inertia run is kept
 

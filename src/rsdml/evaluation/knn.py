@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from rsdml.errors import RsdmlError
-from rsdml.retrieval.index import ExactIndex, l2_normalize
+from rsdml.retrieval.index import ExactIndex
+from rsdml.vectors import l2_normalize
 
 _CHUNK = 2048  # queries per distance block (bounds the n x k x D float64 temporary)
 

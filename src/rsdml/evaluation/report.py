@@ -34,7 +34,8 @@ from rsdml.fsutil import atomic_write_bytes, atomic_write_text, read_jsonl
 
 log = logging.getLogger(__name__)
 
-FIGURES = ("curves.png", "confusion.png", "tsne.png", "retrieval.png", "spectrum.png")
+FIGURES = ("curves.png", "confusion.png", "tsne.png", "retrieval.png", "spectrum.png",
+           "calibration.png")
 TSNE_MAX_POINTS = 2000
 RETRIEVAL_QUERIES = 6
 RETRIEVAL_TOP = 10
@@ -99,6 +100,17 @@ def write_report(run_dir: Path, *, seed: int = 0) -> Path:
           "and the end of training: the rank the method maximises."),
          lambda: _fig_spectrum(inputs)),
     ]
+    if not inputs.has_test_labels:  # --labels: say what the figures can and cannot show
+        figures = [(n, t, _NO_LABEL_CAPTIONS.get(n, c), m) for n, t, c, m in figures]
+    else:
+        figures.append(("calibration.png", "Calibration of the predicted probabilities",
+                        ("Reliability of the probabilities `rsdml predict` gives (softmax of the "
+                         "cosine to each class mean over a temperature fitted on labelled images "
+                         "the run did not train on: here its validation images), on the test "
+                         "images: points on the "
+                         "diagonal mean that 0.8 is right 8 times in 10. ECE: the mean gap, "
+                         "weighted by the share of images."),
+                        lambda: _fig_calibration(inputs)))
     if any("mask_rate" in r for r in inputs.train_log or []):
         figures.append(("pseudo_labels.png", "Pseudo-labels",
                         ("Left: the share of unlabelled images whose weak view passed the "
@@ -158,6 +170,11 @@ class _Inputs:
     def class_name(self, label: int) -> str:
         names = self.class_names or (self.metrics or {}).get("class_names") or []
         return names[label] if 0 <= label < len(names) else f"class {label}"
+
+    @property
+    def has_test_labels(self) -> bool:
+        """False for a run trained from a labels file: its test images have no label."""
+        return (self.metrics or {}).get("test_labels") is not False
 
     @property
     def protocol(self) -> str | None:
@@ -322,8 +339,13 @@ def _note_section(title: str, note: str) -> str:
 
 def _page(run_dir: Path, inputs: _Inputs, sections: list[str]) -> str:
     cfg = inputs.config or {}
-    sub = " · ".join(_e(f"{k}: {cfg[k]}") for k in ("method", "backbone", "protocol",
-                                                       "labeled_fraction") if k in cfg)
+    keys = ("method", "backbone", "protocol") + (() if cfg.get("labels") else ("labeled_fraction",))
+    items = [f"{k}: {cfg[k]}" for k in keys if k in cfg]
+    if cfg.get("labels"):  # --labels: the fraction is not used; say what was labelled
+        n = ((inputs.metrics or {}).get("counts") or {}).get("labeled")
+        items.append(f"labels: {Path(str(cfg['labels'])).name}"
+                     + (f" ({n} labelled images)" if n is not None else ""))
+    sub = " · ".join(_e(i) for i in items)
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -355,6 +377,8 @@ def _fig_curves(inputs: _Inputs) -> Figure | str:
     accs = [k for k in ("knn_acc", "val_knn_acc") if any(k in r for r in acc_rows.values())]
     accs += sorted({k for r in acc_rows.values() for k in r
                     if k.endswith("_acc") and k not in accs and not k.startswith("loss_")})
+    if not inputs.has_test_labels:  # an older --labels run logged them against the label -1
+        accs = []
     if not (losses or accs):
         return "metrics.jsonl has no loss or accuracy values to plot"
     diags = [k for k in DIAGNOSTICS if any(k in r for r in acc_rows.values())]
@@ -398,7 +422,7 @@ def _fig_pseudo_labels(inputs: _Inputs) -> Figure | str:
     ax1, ax2 = fig.subplots(1, 2)
     ax1.plot([r["epoch"] for r in train_rows], [r["mask_rate"] for r in train_rows],
              marker="o", markersize=3, label="mask_rate (training)")
-    for key in ("pl_mask_rate", "pl_acc"):
+    for key in ("pl_mask_rate", "pl_acc") if inputs.has_test_labels else ("pl_mask_rate",):
         pts = [(r["epoch"], r[key]) for r in evals if _finite(r.get(key))]
         if pts:
             px, py = zip(*pts)
@@ -480,6 +504,10 @@ def _fig_tsne(inputs: _Inputs, seed: int) -> Figure | str:
         xy = TSNE(n_components=2, perplexity=perplexity, init="pca", method=method,
                   random_state=seed).fit_transform(x)
     labels = emb.labels[test]
+    title = f"t-SNE of {len(test)} test embeddings"
+    if (labels < 0).all():  # --labels: colour by the class `rsdml predict` gives
+        labels = _predicted(emb, test)
+        title += ", coloured by predicted class (no test labels)"
     classes = np.unique(labels)
     fig = Figure(figsize=(10, 7.5))
     ax = fig.subplots()
@@ -489,7 +517,7 @@ def _fig_tsne(inputs: _Inputs, seed: int) -> Figure | str:
         ax.scatter(xy[sel, 0], xy[sel, 1], s=6, color=colour, label=inputs.figure_name(int(cls), 32))
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(f"t-SNE of {len(test)} test embeddings")
+    ax.set_title(title)
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1.0, 0.5),
               ncol=1 if len(classes) <= 20 else 2, frameon=False)
     return fig
@@ -506,9 +534,13 @@ def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
     from rsdml.retrieval.index import ExactIndex
 
     rng = np.random.default_rng(seed)
-    # one query from each of several classes, chosen reproducibly
-    classes = rng.permutation(np.unique(emb.labels[test]))[:RETRIEVAL_QUERIES]
-    queries = [int(rng.choice(test[emb.labels[test] == c])) for c in classes]
+    labelled = (emb.labels[test] >= 0).any()
+    if labelled:  # one query from each of several classes, chosen reproducibly
+        classes = rng.permutation(np.unique(emb.labels[test]))[:RETRIEVAL_QUERIES]
+        queries = [int(rng.choice(test[emb.labels[test] == c])) for c in classes]
+    else:  # --labels: queries without a class; neighbours shown with theirs, not judged
+        queries = sorted(rng.choice(test, min(RETRIEVAL_QUERIES, len(test)),
+                                    replace=False).tolist())
     top = min(RETRIEVAL_TOP, len(ref))
     _, nbr = ExactIndex(emb.embeddings[ref]).search(emb.embeddings[queries], top)
     root = inputs.data_root()
@@ -517,15 +549,77 @@ def _fig_retrieval(inputs: _Inputs, seed: int) -> Figure | str:
     fig = Figure(figsize=(1.25 * cols, 1.45 * len(queries)))
     axes = np.atleast_2d(fig.subplots(len(queries), cols))
     for row, q in enumerate(queries):
-        cells = [(q, "#1f5fbf", f"query\n{inputs.figure_name(int(emb.labels[q]), CAPTION_CHARS)}")]
+        name = inputs.figure_name(int(emb.labels[q]), CAPTION_CHARS) if labelled \
+            else "(unlabelled)"
+        cells = [(q, "#1f5fbf", f"query\n{name}")]
         for rank, j in enumerate(ref[nbr[row]], start=1):
             ok = emb.labels[j] == emb.labels[q]
-            cells.append((int(j), "#1a9e3a" if ok else "#d62728",
+            colour = ("#1a9e3a" if ok else "#d62728") if labelled else "#888888"
+            cells.append((int(j), colour,
                           f"{rank}. {inputs.figure_name(int(emb.labels[j]), CAPTION_CHARS - 4)}"))
         for col, (idx, colour, text) in enumerate(cells):
             _thumb_cell(axes[row, col], _thumbnail(root, str(emb.paths[idx]), rgb), colour, text)
     fig.subplots_adjust(wspace=0.08, hspace=0.35)
     return fig
+
+
+_NO_LABEL_CAPTIONS = {
+    "tsne.png": (f"2-D t-SNE (scikit-learn) of the unit embeddings, at most {TSNE_MAX_POINTS} "
+                 "test images, coloured by the class `rsdml predict` gives them (the test "
+                 "images have no labels)."),
+    "retrieval.png": (f"Unlabelled test queries (left, blue) and their top {RETRIEVAL_TOP} from "
+                      "the labelled gallery with the neighbours' classes; grey borders: a "
+                      "query has no label to judge them by."),
+}
+
+
+def _fig_calibration(inputs: _Inputs) -> Figure | str:
+    from rsdml.evaluation.prototypes import (
+        expected_calibration_error,
+        fit_temperature_on,
+        prototype_predict,
+        reliability,
+    )
+
+    emb = inputs.embeddings
+    if emb is None:
+        return inputs.notes.get("eval/embeddings.npz", "no embeddings")
+    ref = np.flatnonzero(emb.roles == "labeled")
+    test = np.flatnonzero((emb.roles == "test") & (emb.labels >= 0))
+    if len(ref) < 2 or not len(test):
+        return "calibration needs labelled and test images"
+    n = int(emb.labels[ref].max()) + 1
+    val = np.flatnonzero((emb.roles == "val") & (emb.labels >= 0))  # not trained on
+    cal = fit_temperature_on(emb.embeddings[ref], emb.labels[ref], emb.embeddings[val],
+                             emb.labels[val], n)
+    proba = prototype_predict(emb.embeddings[ref], emb.labels[ref], emb.embeddings[test], n,
+                              cal.temperature)
+    bins = reliability(proba, emb.labels[test])
+    ece = expected_calibration_error(proba, emb.labels[test])
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", lw=1, label="perfect")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o",
+            color="#1f5fbf", label=f"T = {cal.temperature:.3f} (ECE {ece:.3f})"
+            + ("" if cal.held_out else ", not calibrated: no validation images"))
+    ax.set_xlabel("predicted probability (mean of the bin)")
+    ax.set_ylabel("share right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def _predicted(emb: Any, rows: np.ndarray) -> np.ndarray:
+    """The class `rsdml predict` gives each of ``rows`` (nearest class mean of the labelled)."""
+    from rsdml.evaluation.prototypes import prototypes
+    from rsdml.vectors import l2_normalize
+
+    ref = np.flatnonzero(emb.roles == "labeled")
+    n = int(emb.labels[ref].max()) + 1
+    protos = prototypes(emb.embeddings[ref], emb.labels[ref], n)
+    return np.asarray((l2_normalize(emb.embeddings[rows]) @ protos.T).argmax(axis=1))
 
 
 def _fig_spectrum(inputs: _Inputs) -> Figure | str:

@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from rsdml.errors import RsdmlError
-from rsdml.retrieval.index import l2_normalize, order_key, similarity_blocks
+from rsdml.retrieval.index import order_key, similarity_blocks
+from rsdml.vectors import l2_normalize
 
 KS = (5, 10, 20, 50, 100)
 _BLOCK_ELEMENTS = 1 << 24  # similarities per query block (~200 MB of temporaries)

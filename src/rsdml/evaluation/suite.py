@@ -23,7 +23,7 @@ from rsdml.evaluation.clustering import clustering_metrics
 from rsdml.evaluation.knn import knn_predict_many
 from rsdml.evaluation.retrieval_metrics import KS, retrieval_metrics
 from rsdml.fsutil import atomic_write_bytes, atomic_write_text
-from rsdml.retrieval.index import l2_normalize
+from rsdml.vectors import l2_normalize
 
 KNN_KS = (1, 5, 10)
 CONFUSION_K = 10
@@ -97,7 +97,8 @@ def _evaluate(embeddings, labels, roles, seed: int) -> dict[str, Any]:
 NO_TEST_LABELS = (
     "this run was trained from a labels file: no image outside it has a label, so kNN "
     "accuracy, clustering and retrieval scores cannot be measured. Shown instead: how the "
-    "unlabelled images are predicted (kNN, K=10, against the labelled images) per class, and "
+    "unlabelled images are predicted per class (nearest class mean, as `rsdml predict` "
+    "predicts them), and "
     "the training curves and collapse diagnostics; `rsdml predict RUN DATA --out FILE.csv` "
     "lists each image's predicted class, least certain first, to review"
 )
@@ -105,9 +106,12 @@ NO_TEST_LABELS = (
 
 def _evaluate_without_test_labels(x, y, r, ref, test, seed: int) -> dict[str, Any]:
     """The label-free part of the evaluation: the kNN predictions of the unlabelled images."""
+    from rsdml.evaluation.prototypes import prototypes
+
     x = l2_normalize(x)
     num_classes = int(y.max()) + 1
-    (pred, _), = knn_predict_many(x[ref], y[ref], x[test], (CONFUSION_K,), num_classes).values()
+    # the class `rsdml predict` gives (its temperature changes no argmax)
+    pred = (x[test] @ prototypes(x[ref], y[ref], num_classes).T).argmax(axis=1)
     return _jsonable({
         "test_labels": False,
         "note": NO_TEST_LABELS,

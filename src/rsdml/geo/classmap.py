@@ -176,8 +176,8 @@ def predictions_map(out: str | Path, data: str | Path, pred: Any, *,
     """The map of ``rsdml predict``'s predictions ``pred`` (paths, classes, predicted,
     probability) over the tile folder ``data``; labelled tiles (the labels ``rsdml predict``
     used: ``labels_file``, else the run's) have their labels."""
-    from rsdml.data.labels import read_labels
-    from rsdml.training.predict import run_labels
+    from rsdml.labelling.labels import read_labels
+    from rsdml.labelling.predict import run_labels
 
     index = _tile_root(data)
     if labels_file:

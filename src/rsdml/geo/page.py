@@ -144,7 +144,7 @@ def add_map_routes(app: FastAPI, session: Any) -> bool:
 
     @app.get("/map", include_in_schema=False)
     def page() -> FileResponse:
-        from rsdml.retrieval.labelling import PAGE_CSP
+        from rsdml.retrieval.web import PAGE_CSP
 
         return FileResponse(STATIC / "map.html", headers={"Content-Security-Policy": PAGE_CSP})
 

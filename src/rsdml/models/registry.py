@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from rsdml.config import PRETRAINED as PRETRAINED_CHOICES
 from rsdml.errors import RsdmlError
+from rsdml.models.catalogue import BACKBONE_NAMES
 from rsdml.models.efficientnet_lite import efficientnet_lite0
 from rsdml.models.resnet import resnet18
 
@@ -27,6 +28,9 @@ BACKBONES: dict[str, BackboneFactory] = {
     "resnet18": resnet18,
     "efficientnet_lite0": efficientnet_lite0,
 }
+if tuple(BACKBONES) != BACKBONE_NAMES:  # a programming error: the torch-free list disagrees
+    raise RuntimeError(f"models.catalogue.BACKBONE_NAMES {BACKBONE_NAMES} differs from the "
+                       f"registry's {tuple(BACKBONES)}; add the backbone to both")
 
 # Classifier layers of the source networks: present in their files, absent from a trunk.
 _CLASSIFIER_PREFIXES = ("fc.", "_fc.", "classifier.")

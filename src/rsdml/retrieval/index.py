@@ -14,24 +14,15 @@ import faiss
 import numpy as np
 
 from rsdml.errors import RsdmlError
+from rsdml.vectors import l2_normalize
+
+__all__ = ["ExactIndex", "l2_normalize", "order_key", "similarity_blocks"]
 
 # Extra candidates fetched beyond k so that a similarity tie at the k-th place can be resolved by
 # index; rows whose tie runs past them are recomputed exactly.
 _TIE_PAD = 8
 # Similarities per block in similarity_blocks (128 MB of float32).
 _BLOCK_ELEMENTS = 1 << 25
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """A C-contiguous float32 copy with unit rows (zero rows stay zero)."""
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    if x.ndim != 2:
-        raise RsdmlError(f"embeddings must be a 2-D array (N x D), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise RsdmlError("embeddings contain NaN or infinite values; re-run the evaluation")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 def order_key(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -16,8 +16,8 @@ import numpy as np
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, choose_kind, is_index
 from rsdml.retrieval.identity import ModelIdentity
-from rsdml.retrieval.index import l2_normalize
 from rsdml.retrieval.trusted import remember
+from rsdml.vectors import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,8 @@ def _gather(data: Path, index: ArchiveIndex | None, run_dir: str | Path | None, 
     if is_index(data):
         raise RsdmlError(f"{data} is an rsdml index, not an image folder; give the image folder "
                          "(or the `rsdml embed` .npz) to index")
-    from rsdml.training.embed import embed_paths_sharded, list_images
+    from rsdml.data.scan import list_images
+    from rsdml.training.embed import embed_paths_sharded
 
     if index is None:
         if run_dir is None:

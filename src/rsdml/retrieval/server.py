@@ -31,34 +31,43 @@ import tempfile
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rsdml.data.preprocess import Preprocess
 from rsdml.errors import RsdmlError
 from rsdml.retrieval.archive import ArchiveIndex, Hit
 from rsdml.retrieval.feedback import ALPHA, BETA, GAMMA, rocchio
+from rsdml.retrieval.web import (
+    LOOPBACK_HOSTS,
+    PAGE_CSP,
+    STATIC,
+    BodyLimit,
+    HostCheck,
+    bind,
+    create_base_app,
+    file_below,
+    host_names,
+    host_of,
+    quiet_signals,
+    shown_address,
+    warn_if_reachable,
+)
 
-STATIC = Path(__file__).with_name("static")
-#: The page may load nothing from elsewhere (it must work offline, and a CDN sees every user).
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-            "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
+__all__ = ["LOOPBACK_HOSTS", "PAGE_CSP", "STATIC", "BodyLimit", "HostCheck", "Limits",
+           "create_app", "host_names", "host_of", "serve"]
+
 _MULTIPART_SLACK = 64 * 1024  # boundary lines and part headers around the uploaded file
-#: Host header names a loopback-bound server answers (anything else may be DNS rebinding).
-LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 @dataclass(frozen=True)
@@ -113,89 +122,6 @@ class Admission:
         """Wait for a worker (in a pool thread), then compute."""
         with self._workers:
             return fn(*args)
-
-
-class BodyLimit:
-    """ASGI middleware: a request body above ``limit`` bytes is answered 413 -- by its
-    Content-Length before anything is read, or while it streams in (chunked uploads)."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await _too_large(self.limit)(scope, receive, send)
-            return
-        seen = 0
-        over = False
-        started = False
-
-        async def counted() -> Message:
-            nonlocal seen, over
-            if over:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    over = True
-                    return {"type": "http.disconnect"}  # the app stops reading
-            return message
-
-        async def guarded(message: Message) -> None:
-            nonlocal started
-            if over and message["type"].startswith("http.response"):
-                if not started:
-                    started = True
-                    await _too_large(self.limit)(scope, receive, send)
-                return  # whatever the app answered to the cut-off body is replaced
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, counted, guarded)
-        if over and not started:
-            await _too_large(self.limit)(scope, receive, send)
-
-
-def host_of(header: str) -> str:
-    """The host name of a Host header, without the port (``[::1]:8000`` -> ``::1``)."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[1:].split("]", 1)[0]
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
-
-
-class HostCheck:
-    """ASGI middleware: a request whose Host header is not an allowed name is answered 400.
-    A web page can make a browser resolve its own name to 127.0.0.1 (DNS rebinding) and then
-    read a loopback service as its own origin; the Host header still carries that page's name.
-    ``"*"`` allows every name."""
-
-    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
-        self.app = app
-        self.allowed = {h.strip("[]").lower() for h in allowed}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or "*" in self.allowed:
-            await self.app(scope, receive, send)
-            return
-        host = host_of(dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1"))
-        if host not in self.allowed:
-            await JSONResponse({"detail": f"Host {host!r} is not served here; open the page by "
-                                          "an allowed name (rsdml serve --allow-host)"},
-                               status_code=400)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": f"request body larger than {limit:,} bytes; send a smaller "
-                                   "image"}, status_code=413)
 
 
 class Embedder:
@@ -254,13 +180,7 @@ class Thumbnails:
         if r not in self.roots:
             raise HTTPException(404, f"the image folder of image {i} is not served; start rsdml "
                                      f"serve with --images {roots[r]} to show it")
-        rel = PurePosixPath(str(e["path"]))
-        if rel.is_absolute() or not rel.parts or ".." in rel.parts:
-            raise HTTPException(404, f"image {i} has no path inside its image folder")
-        path = Path(roots[r]) / rel
-        if not path.is_file():
-            raise HTTPException(404, f"the file of image {i} is not on this machine")
-        return path
+        return file_below(roots[r], str(e["path"]), f"image {i}")  # the shared policy
 
     def get(self, i: int) -> bytes:
         with self._lock:
@@ -342,13 +262,10 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
     # image, so the page adds this per-process revision to their URLs.
     revision = uuid.uuid4().hex[:12]
 
-    # No /docs or /redoc: FastAPI's pages load Swagger UI / ReDoc from a CDN (offline they are
-    # blank, online the CDN sees every visit); /openapi.json is the same content.
-    app = FastAPI(title="rsdml serve", version="1", docs_url=None, redoc_url=None,
-                  description="Search an rsdml index by image upload or by indexed image.")
+    app = create_base_app("rsdml serve", "index.html", allowed_hosts=allowed_hosts,
+                          body_limit=limits.max_upload_bytes + _MULTIPART_SLACK, version="1",
+                          description="Search an rsdml index by image upload or by indexed image.")
     app.state.index, app.state.limits, app.state.admission = index, limits, admission
-    app.add_middleware(BodyLimit, limit=limits.max_upload_bytes + _MULTIPART_SLACK)
-    app.add_middleware(HostCheck, allowed=allowed_hosts)  # outermost: checked first
 
     def input_preprocess() -> Preprocess:
         if preprocess is not None:
@@ -356,10 +273,6 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
         if model is not None:
             return model.preprocess
         return Preprocess(int(index.identity.image_size))
-
-    @app.exception_handler(RsdmlError)
-    async def _user_error(request: Request, e: RsdmlError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=400)
 
     @contextlib.asynccontextmanager
     async def admitted() -> AsyncIterator[None]:
@@ -506,40 +419,7 @@ def create_app(index: ArchiveIndex, *, limits: Limits | None = None, run_dir: st
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_CSP})
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
-
-
-@contextmanager
-def _quiet_signals() -> Iterator[None]:
-    """uvicorn re-raises the signal that stopped it after restoring the handlers it found;
-    a no-op there makes Ctrl+C / SIGTERM a clean exit instead of rsdml's training message."""
-    from rsdml.signals import stop_signals_to
-
-    with stop_signals_to(lambda *_: None):
-        yield
-
-
-def host_names(bound: str, extra: Sequence[str] = ()) -> list[str]:
-    """The Host header names a server bound to address ``bound`` answers: the loopback names
-    for a loopback address, the address and this machine's names for another one, any name
-    for a wildcard address unless ``extra`` (``--allow-host``) lists the names."""
-    import ipaddress
-    import socket
-
-    try:
-        ip = ipaddress.ip_address(bound.strip("[]"))
-    except ValueError:
-        return [bound, *extra]
-    if ip.is_loopback:
-        return [*LOOPBACK_HOSTS, *extra]
-    if ip.is_unspecified:
-        return list(extra) or ["*"]
-    return [str(ip), socket.gethostname(), socket.getfqdn(), *extra]
 
 
 def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
@@ -548,8 +428,6 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
           log: Callable[[str], None] = print) -> None:
     """Open the index, load its model, bind the port (errors are one line before anything
     runs), then serve until interrupted."""
-    import socket
-
     import uvicorn
 
     from rsdml.retrieval.trusted import allowed_roots
@@ -561,17 +439,8 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
             raise RsdmlError(f"--images {folder} is not a folder; give the image folder the "
                              "index was built from")
     Embedder(index, run_dir, device).load()  # a missing run fails now, not on the first upload
-    try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(2048)  # connections wait in the backlog from now on, before uvicorn runs
-    except OSError as e:
-        raise RsdmlError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another "
-                         "--port or --host") from None
-    bound_host, bound_port = sock.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    sock = bind(host, port)  # connections wait in the backlog from now on, before uvicorn runs
+    bound_host, shown, bound_port = shown_address(sock)
     hosts = host_names(bound_host, allow_hosts)
     app = create_app(index, limits=limits, run_dir=run_dir, device=device, allowed_hosts=hosts,
                      images=images)
@@ -579,13 +448,11 @@ def serve(index_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000,
     if hidden:
         log(f"rsdml: thumbnails of {', '.join(hidden)} are not shown: this user did not index "
             "that folder on this machine; pass --images FOLDER to show them")
-    if not sock.getsockname()[0].startswith(("127.", "::1")):
-        log(f"rsdml: warning: listening on {bound_host}, reachable from other machines; the "
-            "service has no authentication")
+    warn_if_reachable(sock, log, "the service has no authentication")
     log(f"rsdml: serving {index_dir} ({len(index)} images, {index.kind}) on "
         f"http://{shown}:{bound_port}/ (Ctrl+C stops)")
     config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5,
                             limit_concurrency=limits.workers + limits.queue + 64,
                             timeout_graceful_shutdown=1)
-    with _quiet_signals():
+    with quiet_signals():
         uvicorn.Server(config).run(sockets=[sock])

@@ -36,7 +36,7 @@ class ArchiveVectors:
 def archive_images(data: str | Path) -> tuple[Path, list[str]]:
     """Every image below ``data`` (any folder tree), sorted; unreadable ones skipped, said once."""
     from rsdml.data.datasets import resolve_data
-    from rsdml.training.embed import list_images
+    from rsdml.data.scan import list_images
 
     root = Path(resolve_data(str(data)) or data).expanduser()
     if not root.is_dir():
@@ -60,10 +60,10 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     from rsdml.data.split import Split
     from rsdml.models.embedding import build_model
     from rsdml.models.registry import check_backbone
-    from rsdml.retrieval.index import l2_normalize
+    from rsdml.training.distributed import resolve_device
     from rsdml.training.frozen import frozen_features
     from rsdml.training.inputs import place_model
-    from rsdml.training.runner import resolve_device
+    from rsdml.vectors import l2_normalize
 
     check_backbone(backbone)
     root, paths = archive_images(data)
@@ -89,9 +89,9 @@ def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = N
     """A trained run's embeddings of every image below ``data`` (``batch_size``: images per
     embedding batch, default the run's ``eval_batch_size``; memory grows with it)."""
     from rsdml.evaluation.suite import load_embeddings
-    from rsdml.retrieval.index import l2_normalize
     from rsdml.training.embed import embed_paths, load_run_model
     from rsdml.training.run_folder import RunFolder
+    from rsdml.vectors import l2_normalize
 
     run = RunFolder.open(run_dir, "--run")
     root, paths = archive_images(data)

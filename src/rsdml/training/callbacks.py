@@ -65,6 +65,8 @@ class Trainer(Protocol):
     cfg: TrainConfig
     epoch: int
     global_step: int
+    position: dict[str, Any]  # rsdml.training.checkpoint.position: step, epoch, whole or not
+    finished: bool
     elapsed: float  # seconds of training so far (evaluation adds its own time)
     dist: Any  # rsdml.training.distributed.Dist: is_main
     model: Any
@@ -158,23 +160,31 @@ def pseudo_label_quality(method: Any, emb: Any, labels: Any) -> dict[str, float]
     transductive protocol: the unlabelled pool), in evaluation mode without augmentation:
     ``clf_acc`` (top class), ``pl_mask_rate`` (share the current thresholds accept) and
     ``pl_acc`` (accuracy of the accepted ones). For the report only: nothing here reaches
-    training, which never sees these labels."""
+    training, which never sees these labels. A metric that needs labels is computed on the
+    images that have one (label >= 0) and left out when none has (``--labels`` runs): an
+    image without a label is never compared with the label -1."""
     import torch
 
     if len(emb) == 0:
         return {}
+    labels = np.asarray(labels)
+    known = labels >= 0
+    out: dict[str, float] = {}
     with torch.no_grad():
         device = next(iter(method.parameters()), torch.zeros(0)).device
         probs = method.predict_proba(torch.as_tensor(emb, device=device))
         if probs is None:
             return {}
-        out = {"clf_acc": float((probs.argmax(1).cpu().numpy() == labels).mean())}
+        if known.any():
+            top = probs.argmax(1).cpu().numpy()
+            out["clf_acc"] = float((top[known] == labels[known]).mean())
         pl = method.pseudo_labels(probs)
     if pl is not None:
         target, accepted = (t.cpu().numpy() for t in pl)
         out["pl_mask_rate"] = float(accepted.mean())
-        if accepted.any():
-            out["pl_acc"] = float((target[accepted] == labels[accepted]).mean())
+        scored = accepted & known
+        if scored.any():
+            out["pl_acc"] = float((target[scored] == labels[scored]).mean())
     return out
 
 
@@ -220,7 +230,12 @@ class _JsonLog(Callback):
             ) from None
 
     def on_resume(self, trainer: Trainer) -> None:
-        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= trainer.global_step]
+        step = trainer.global_step
+        # A run that stopped inside an epoch (--steps) logged that epoch at its last step; when
+        # training goes on (--extend), the epoch ends again later: its line is written then.
+        ends_again = not trainer.position["epoch_is_whole"] and not trainer.finished
+        rows = [r for r in read_jsonl(self.path) if r.get("step", 0) < step
+                or (r.get("step", 0) == step and not (ends_again and r.get("epoch", 0) > 0))]
         write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -292,6 +307,9 @@ class Console(Callback):
         row = end.row
         acc = "".join(f"  {k} {row[k]:.4f}" for k in ("knn_acc", "val_knn_acc") if k in row)
         if end.start:
+            schedule = getattr(trainer, "schedule", None)
+            if schedule is not None:  # each phase in steps, once
+                print(f"rsdml: {schedule.describe()}", file=sys.stderr, flush=True)
             print(f"epoch 0 (before training){acc}", file=sys.stderr, flush=True)
             return
         means = end.means
@@ -315,7 +333,7 @@ class Checkpoints(Callback):
         if end.improved:
             save_checkpoint({"model": trainer.model.state_dict(),
                              "method": trainer.method.state_dict(), "epoch": trainer.epoch_done,
-                             "global_step": trainer.global_step,
+                             "global_step": trainer.global_step, "position": trainer.position,
                              "val_knn_acc": end.row["val_knn_acc"],
                              "config": trainer.cfg.to_dict()}, self.run.best)
         if trainer.epoch_done % self.every == 0 or trainer.finished:

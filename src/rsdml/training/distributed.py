@@ -133,6 +133,16 @@ def joined(device: str) -> Iterator[Dist]:
     teardown()
 
 
+def resolve_device(name: str) -> torch.device:
+    """The device a run uses; ``cuda`` is this rank's GPU under torchrun. (Here, below the
+    runner and the embedding code that both need it.)"""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RsdmlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    return torch.device(device_of(name))
+
+
 def device_of(name: str) -> str:
     """``cuda`` means this rank's GPU under ``torchrun``."""
     if name == "cuda" and _current.enabled:

@@ -15,8 +15,9 @@ import torch
 
 from rsdml.config import TrainConfig
 from rsdml.data.bands import InputSpec
-from rsdml.data.imageio import IMAGE_EXTENSIONS, check_image
+from rsdml.data.imageio import IMAGE_EXTENSIONS
 from rsdml.data.preprocess import Preprocess
+from rsdml.data.scan import list_images  # noqa: F401  (re-exported)
 from rsdml.errors import DatasetNotFoundError, RsdmlError
 from rsdml.fsutil import atomic_write_bytes
 from rsdml.models.embedding import build_model
@@ -24,25 +25,12 @@ from rsdml.retrieval.identity import ModelIdentity
 from rsdml.training import distributed
 from rsdml.training.bands import run_preprocess
 from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.distributed import resolve_device
 from rsdml.training.inputs import embed_batches, image_inputs, place_model
 from rsdml.training.run_folder import RunFolder
-from rsdml.training.runner import resolve_device
 from rsdml.training.trainer import autocast_dtype
 
 log = logging.getLogger(__name__)
-
-
-def list_images(root: Path) -> tuple[list[str], list[str]]:
-    """All image files below ``root`` (any depth, hidden files skipped): (good, bad) paths."""
-    good, bad = [], []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        if p.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        (bad if check_image(p) else good).append(rel.as_posix())
-    return good, bad
 
 
 @dataclass

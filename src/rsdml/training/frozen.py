@@ -20,6 +20,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.data.augment import normalize
 from rsdml.data.cache import ImageCache, default_cache_dir
+from rsdml.data.identity import content_identity
 from rsdml.data.preprocess import Preprocess
 from rsdml.data.split import Split
 from rsdml.fsutil import touch
@@ -28,7 +29,7 @@ from rsdml.progress import progress
 from rsdml.training.inputs import uses_channels_last
 
 log = logging.getLogger(__name__)
-FEATURE_FORMAT = 2  # 2: the Preprocess fingerprint (band statistics included) in the key
+FEATURE_FORMAT = 3  # 3: the files' sizes and mtimes in the key (rsdml.data.identity)
 
 
 def feature_key(cfg: TrainConfig, split: Split, preprocess: Preprocess) -> str:
@@ -42,7 +43,8 @@ def feature_key(cfg: TrainConfig, split: Split, preprocess: Preprocess) -> str:
     ident = {
         "format": FEATURE_FORMAT,
         "data": str(Path(cfg.data or "").resolve()),
-        "paths": hashlib.sha256("\n".join(split.paths).encode()).hexdigest(),
+        # names, sizes and mtimes: an image replaced in place makes new features
+        "files": content_identity(Path(cfg.data or "").resolve(), split.paths),
         "backbone": cfg.backbone,
         "pretrained": cfg.pretrained,
         "weights": weights,

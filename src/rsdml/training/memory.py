@@ -52,9 +52,12 @@ class MemoryEstimate:
         return self.need <= USABLE * self.available
 
 
-def step_images(cfg: TrainConfig, uses_unlabeled: bool) -> int:
-    """Images in one training step (the last labelled batch may be up to twice as large)."""
-    return cfg.batch_size + (cfg.unlabeled_batch_size if uses_unlabeled else 0)
+def step_images(cfg: TrainConfig, uses_unlabeled: bool, weak_graph: bool = False) -> int:
+    """Images one step runs with a graph: the labelled batch, the unlabelled batch (the strong
+    view of the consistency methods) and, where a loss reads the weak view too (``--hr-view
+    weak``), the weak view again. :meth:`Method.graph_images` asks this for its method."""
+    u = cfg.unlabeled_batch_size if uses_unlabeled else 0
+    return cfg.batch_size + u + (u if weak_graph else 0)
 
 
 def activation_bytes(model: nn.Module, image_size: int, device: torch.device,
@@ -135,7 +138,7 @@ def _cgroup_headroom() -> int:
 
 def estimate(cfg: TrainConfig, model: nn.Module, device: torch.device,
              autocast_dtype: torch.dtype | None, channels_last: bool,
-             uses_unlabeled: bool, trainable_bytes: int) -> MemoryEstimate:
+             images: int, trainable_bytes: int) -> MemoryEstimate:
     """The measured estimate for ``cfg``'s image size and batch on ``device``."""
     n = _PROBE_IMAGES
     per_image = math.ceil(PEAK_FACTOR * activation_bytes(
@@ -143,19 +146,20 @@ def estimate(cfg: TrainConfig, model: nn.Module, device: torch.device,
     # Gradients (1x) and optimiser state (AdamW 2x, SGD momentum 1x) of the trainable weights.
     states = 2 if cfg.optimizer == "adamw" else 1
     return MemoryEstimate(per_image, (1 + states) * trainable_bytes,
-                          step_images(cfg, uses_unlabeled), available_memory(device))
+                          images, available_memory(device))
 
 
 def check_memory(cfg: TrainConfig, model: nn.Module, device: torch.device,
                  autocast_dtype: torch.dtype | None, channels_last: bool,
-                 uses_unlabeled: bool) -> MemoryEstimate | None:
+                 images: int) -> MemoryEstimate | None:
     """RsdmlError (exit 2, one line, naming an --image-size and a --batch-size that fit) when
     one training step would not fit in this device's memory; None when skipped (fast mode
-    trains no trunk; ``RSDML_SKIP_MEMORY_CHECK=1``)."""
+    trains no trunk; ``RSDML_SKIP_MEMORY_CHECK=1``). ``images``: the images one step runs
+    with a graph (the method says: ``Method.graph_images``)."""
     if cfg.freeze_backbone or os.environ.get(SKIP_ENV, "").strip() not in ("", "0"):
         return None
     trainable = sum(p.numel() * p.element_size() for p in model.parameters())
-    est = estimate(cfg, model, device, autocast_dtype, channels_last, uses_unlabeled, trainable)
+    est = estimate(cfg, model, device, autocast_dtype, channels_last, images, trainable)
     if not est.fits:
         raise RsdmlError(_message(cfg, est, device))
     return est

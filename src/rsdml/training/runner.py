@@ -43,7 +43,8 @@ from rsdml.training.callbacks import (
     TensorBoard,
     TrainLog,
 )
-from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.checkpoint import load_checkpoint, position_of
+from rsdml.training.distributed import resolve_device  # noqa: F401  (re-exported)
 from rsdml.training.inputs import (
     ActivationInputs,
     FeatureInputs,
@@ -74,15 +75,6 @@ RESUMABLE_KEYS = frozenset({
 #: The budget: every rate is a function of it (the cosine ends at the last step), so changing
 #: it on resume changes the schedule of the steps still to run; only with ``extend``.
 BUDGET_KEYS = frozenset({"epochs", "steps"})
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device a run uses; ``cuda`` is this rank's GPU under torchrun."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RsdmlError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-    return torch.device(distributed.device_of(name))
 
 
 #: --image-size when not given, per device type: 256 px (the paper's) at the default batch
@@ -175,7 +167,7 @@ def build_split(cfg: TrainConfig) -> Split:
             split = dataclasses.replace(split, contract=SplitContract(
                 cfg.protocol, data_root=str(Path(cfg.data).expanduser().resolve())))
     elif cfg.labels:
-        from rsdml.training.labelled import split_from_labels
+        from rsdml.labelling.labelled import split_from_labels
 
         split = split_from_labels(cfg)
     else:
@@ -429,7 +421,7 @@ def _start(cfg: TrainConfig, run: RunFolder, split: Split) -> tuple[Session, Tra
             session = build_session(cfg, run, split, train=True)
         trainer = make_trainer(session, make_callbacks(session))
         check_memory(cfg, session.model, session.device, trainer.autocast_dtype,
-                     uses_channels_last(session.device), trainer.method.uses_unlabeled)
+                     uses_channels_last(session.device), trainer.method.graph_images())
     except Exception:
         if new:
             run.discard()
@@ -542,7 +534,10 @@ def evaluate_session(s: Session, checkpoint: str = "auto", trainer: Trainer | No
         return distributed.broadcast(None)  # type: ignore[no-any-return]
     metrics = write_evaluation(s.run.eval, emb, s.split.labels, s.split.roles, s.split.paths,
                                s.split.classes, seed=s.cfg.seed, extra=copy_metrics(s, emb))
-    final = {"checkpoint": which, "epoch": int(state.get("epoch", 0)), **headline_metrics(metrics)}
+    pos = position_of(state)  # the one training position (epoch, step, whole or not)
+    final = {"checkpoint": which, "epoch": pos["epoch"], "step": pos["step"],
+             **({"epoch_is_whole": pos["epoch_is_whole"]} if "epoch_is_whole" in pos else {}),
+             **headline_metrics(metrics)}
     write_json(s.run.final_metrics, final)
     try:
         if s.cfg.report:

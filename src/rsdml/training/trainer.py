@@ -36,7 +36,7 @@ from rsdml.progress import progress
 from rsdml.signals import stop_signals_to
 from rsdml.training import distributed
 from rsdml.training.callbacks import Callback, EpochEnd
-from rsdml.training.checkpoint import load_checkpoint, save_checkpoint
+from rsdml.training.checkpoint import load_checkpoint, position, save_checkpoint
 from rsdml.training.diagnostics import (
     mixed_batch,
 )
@@ -131,6 +131,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch,
+            "position": self.position,
             "sums": dict(self.sums),
             "steps_in_sums": self.steps_in_sums,
             "elapsed": self.elapsed,
@@ -473,6 +474,11 @@ class Trainer:
     @property
     def finished(self) -> bool:
         return self.global_step >= self.total_steps
+
+    @property
+    def position(self) -> dict[str, Any]:
+        """Where training is (``checkpoint.position``): saved in every checkpoint."""
+        return position(self.global_step, self.steps_per_epoch)
 
 
 def steps_per_epoch(cfg: TrainConfig, labeled_batches: int, unlabeled: UnlabeledSet | None) -> int:

@@ -11,6 +11,9 @@ let queryId = null;     // the image the similarity search started from
 let chain = Promise.resolve();
 const done = new Set(); // ids labelled or skipped here: the queue moves on before the answer
 let geo = false;        // a tile folder (`rsdml tile`): tiles shown among their neighbours
+// This tab's id: undo reverts only the changes made here (not another tab's).
+const client = Array.from(crypto.getRandomValues(new Uint8Array(12)),
+  (b) => b.toString(16).padStart(2, "0")).join("");
 
 function nextInQueue() {
   return state ? state.queue.find((q) => !done.has(q.id)) || null : null;
@@ -29,7 +32,7 @@ function saved(text, ok = true) {
 }
 
 async function api(method, url, body) {
-  const opts = { method, headers: {} };
+  const opts = { method, headers: { "X-Rsdml-Client": client } };
   if (body !== undefined) {
     opts.headers["Content-Type"] = "application/json";
     opts.body = JSON.stringify(body);
@@ -72,6 +75,10 @@ function render(data) {
   state = data;
   $("count").textContent = data.labelled;
   $("total").textContent = data.total;
+  const sg = data.suggestions || { total: 0, done: 0, finished: false };
+  $("progress").textContent = !sg.total ? "no suggestions: folder order"
+    : sg.finished ? `suggestions done (${sg.total} of ${sg.total}); now in folder order`
+    : `suggestion ${sg.done + 1} of ${sg.total}`;
   $("file").textContent = data.file;
   const list = $("class-list");
   list.replaceChildren(...data.classes.map((c) => {

@@ -57,6 +57,12 @@ class Method(nn.Module):
         """Whether the weak view's embeddings need a graph (a loss on them, not only targets)."""
         return False
 
+    def graph_images(self) -> int:
+        """Images one training step runs with a graph (what the memory check counts)."""
+        from rsdml.training.memory import step_images
+
+        return step_images(self.cfg, self.uses_unlabeled, self.weak_needs_grad)
+
     def set_ramp(self, ramp: float) -> None:
         self.ramp = float(ramp)
         self.reg_weight = float(self.cfg.bnm_weight) * self.ramp

@@ -27,7 +27,7 @@ from rsdml.config import TrainConfig
 from rsdml.losses import BatchNuclearNormLoss, ViewContrastLoss
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.methods.margin_softmax import NSMMargin
-from rsdml.training.methods.params import ConsistencyParams
+from rsdml.training.methods.params import FixMatchParams, FreeMatchParams, HRMatchParams
 
 _DA_MOMENTUM = 0.99
 
@@ -36,7 +36,7 @@ class FixMatch(NSMMargin):
     """L = L_NSM(labelled) + ramp * w * PseudoLabel(strong | weak, threshold)."""
 
     name: ClassVar[str] = "fixmatch"
-    params_class: ClassVar[type | None] = ConsistencyParams
+    params_class: ClassVar[type | None] = FixMatchParams
     uses_unlabeled: ClassVar[bool] = True
     uses_views: ClassVar[bool] = True
     stat_terms: ClassVar[frozenset[str]] = frozenset({"mask_rate"})
@@ -109,6 +109,7 @@ class FreeMatch(FixMatch):
     """FixMatch with FreeMatch's self-adaptive, per-class thresholds."""
 
     name: ClassVar[str] = "freematch"
+    params_class: ClassVar[type | None] = FreeMatchParams
 
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)
@@ -127,6 +128,7 @@ class HRMatch(FixMatch):
     """FixMatch plus the high-rankness term: + ramp * lambda * BNM(P of the ``--hr-view``)."""
 
     name: ClassVar[str] = "hr-match"
+    params_class: ClassVar[type | None] = HRMatchParams
 
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)

@@ -19,18 +19,12 @@ HR_VIEWS = ("strong", "weak")
 
 @dataclass(frozen=True)
 class ConsistencyParams:
-    """Options of the consistency methods (``--consistency-weight`` etc.)."""
+    """What every consistency method reads (``--consistency-weight``); each method's own class
+    below adds its options, so an option the chosen method does not read is refused."""
 
     consistency_weight: float = option(
         1.0, "fixmatch / freematch / hr-match: weight of the pseudo-label term on the strong "
         "view (ramped up with --bnm-warmup-epochs, like the high-rankness term).", ge=0.0)
-    threshold: float = option(
-        0.95, "fixmatch / hr-match: probability the weak view's top class needs to become a "
-        "pseudo-label (softmax of the scaled cosines).", gt=0.0, le=1.0)
-    freematch_ema: float = option(
-        0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
-        "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
-        ge=0.0, lt=1.0)
     distribution_alignment: bool = option(
         False, "fixmatch / freematch / hr-match: multiply the weak view's probabilities by the "
         "labelled images' class frequencies over their running mean, then renormalise "
@@ -41,6 +35,31 @@ class ConsistencyParams:
         "(InfoNCE, temperature 0.1) between each unlabelled image's strong and weak views, "
         "which keeps images of one class apart (copy detection); ramped like the others.",
         ge=0.0)
+
+
+@dataclass(frozen=True)
+class FixMatchParams(ConsistencyParams):
+    """fixmatch's options: one confidence threshold."""
+
+    threshold: float = option(
+        0.95, "fixmatch / hr-match: probability the weak view's top class needs to become a "
+        "pseudo-label (softmax of the scaled cosines).", gt=0.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class FreeMatchParams(ConsistencyParams):
+    """freematch's options: its thresholds adapt (no --threshold), by moving averages."""
+
+    freematch_ema: float = option(
+        0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
+        "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
+        ge=0.0, lt=1.0)
+
+
+@dataclass(frozen=True)
+class HRMatchParams(FixMatchParams):
+    """hr-match's options: fixmatch's plus the view the high-rankness term sees."""
+
     hr_view: str = option(
         "strong", "hr-match: the unlabelled view whose prediction matrix the high-rankness "
         "term sees (weak: a graph through the weak view too, about a third more compute).",
@@ -71,9 +90,9 @@ CATALOGUE: dict[str, type | None] = {
     "snca": SNCAParams,
     "entmin": None,
     "fbnm": None,
-    "fixmatch": ConsistencyParams,
-    "freematch": ConsistencyParams,
-    "hr-match": ConsistencyParams,
+    "fixmatch": FixMatchParams,
+    "freematch": FreeMatchParams,
+    "hr-match": HRMatchParams,
 }
 
 
@@ -81,17 +100,20 @@ def param_classes() -> tuple[type, ...]:
     """The registered methods' parameter classes (each once), to pass to the options loader
     (``TrainConfig.from_dict(..., params=param_classes())``) and the CLI."""
     out: list[type] = []
-    owner: dict[str, str] = {}
+    owner: dict[str, tuple[str, dataclasses.Field]] = {}
     core = set(TrainConfig.field_names())
     for name, params in CATALOGUE.items():
         if params is None or params in out:
             continue
         for f in dataclasses.fields(params):
+            if f.name in owner and owner[f.name][1] is f:
+                continue  # one declaration, inherited (FixMatchParams -> HRMatchParams)
             # A programming error, not a user's: two declarations of one flag.
             if f.name in core or f.name in owner:
                 raise RuntimeError(f"method {name!r} declares option {f.name!r}, which "
-                                   f"{owner.get(f.name, 'TrainConfig')} already has")
-            owner[f.name] = f"method {name!r}"
+                                   f"{owner[f.name][0] if f.name in owner else 'TrainConfig'} "
+                                   "already has")
+            owner[f.name] = (f"method {name!r}", f)
         out.append(params)
     return tuple(out)
 

@@ -113,7 +113,8 @@ def auto_method(cfg: TrainConfig) -> str:
 def check_method(cfg: TrainConfig) -> TrainConfig:
     """The method is registered and its parameters are valid; returns the config with exactly
     the method's parameters (defaults filled in, so config.yaml records them). A parameter of
-    another method is dropped, with a warning when it is not that method's default."""
+    another method is dropped when it has that method's default (an old config.yaml holds
+    them all) and refused when it is set: the chosen method would not read it."""
     if cfg.method == AUTO:
         cfg = cfg.replace(method=auto_method(cfg))
     if cfg.method not in METHODS:
@@ -136,9 +137,10 @@ def check_method(cfg: TrainConfig) -> TrainConfig:
         other = METHODS[owners[key][0]].params_class
         assert other is not None
         check_bounds(make_params(other, {key: value}))
-        if value != _default(other, key):
-            log.warning("--%s applies to --method %s; ignored for %s", key.replace("_", "-"),
-                        "/".join(owners[key]), cfg.method)
+        if value != _default(other, key):  # another method's default: an old config, dropped
+            raise RsdmlError(f"--{key.replace('_', '-')} applies to --method "
+                             f"{'/'.join(owners[key])}; --method {cfg.method} does not use it: "
+                             "remove it or choose one of those methods")
     values: dict[str, Any] = dataclasses.asdict(own) if own is not None else {}
     return cfg.replace(method_params=values)
 

@@ -12,16 +12,16 @@ import logging
 from pathlib import Path
 
 from rsdml.config import TrainConfig
-from rsdml.data.labels import class_counts, read_labels
 from rsdml.data.split import Split, labels_split
 from rsdml.errors import DatasetNotFoundError, RsdmlError
+from rsdml.labelling.labels import class_counts, read_labels
 
 log = logging.getLogger(__name__)
 
 
 def split_from_labels(cfg: TrainConfig) -> Split:
     """The labelled rows of ``cfg.labels`` and every other image of ``cfg.data``."""
-    from rsdml.training.embed import list_images
+    from rsdml.data.scan import list_images
 
     assert cfg.data and cfg.labels
     root = Path(cfg.data).expanduser()

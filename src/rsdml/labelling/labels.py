@@ -66,15 +66,22 @@ def read_labels(path: str | Path, images: Iterable[str] | None = None, *,
         raise RsdmlError(f"{what} holds no labels; label some images first (`rsdml suggest`, "
                          "then `rsdml label`) or add rows path,class")
     if images is not None:
-        known = set(images)
-        unknown = [p for p in labels if p not in known]
-        if unknown:
-            raise RsdmlError(
-                f"{what} names {len(unknown)} image(s) not in the data folder (first: "
-                f"{', '.join(unknown[:3])}); paths are relative to --data, e.g. "
-                "Airport/airport_1.jpg: fix or delete those rows"
-            )
+        check_under_data(labels, images, what, "paths are relative to --data, e.g. "
+                         "Airport/airport_1.jpg (an image that cannot be decoded is not counted "
+                         "as there: see the warning about unreadable images); fix or delete "
+                         "those rows")
     return labels
+
+
+def check_under_data(paths: Iterable[str], images: Iterable[str], what: str, fix: str) -> None:
+    """The one rule for every file of the labelling loop (labels, suggestions, predictions, a
+    run's labels used on a folder): each path it names is an image of the data folder, or the
+    file is refused with one line naming how many are not, the first ones, and ``fix``."""
+    known = set(images)
+    unknown = [p for p in paths if p not in known]
+    if unknown:
+        raise RsdmlError(f"{what} names {len(unknown)} image(s) not in the data folder (first: "
+                         f"{', '.join(unknown[:3])}); {fix}")
 
 
 def parse_labels(text: str, what: str) -> dict[str, str]:
@@ -140,15 +147,16 @@ class LabelStore:
     """The labels of one file, changed one durable step at a time (see the module docstring).
 
     Each change is ``set`` (label or relabel an image) or ``remove``; :meth:`undo` reverts the
-    last change of this session by writing its inverse, so the journal stays append-only.
+    last change of one client (a page's tab) by writing its inverse, so the journal stays
+    append-only. An image another client changed since is left as that client set it.
     """
 
     def __init__(self, path: str | Path, images: Iterable[str] | None = None) -> None:
         self.path = Path(path)
         self.journal = journal_path(self.path)
         self._lock = threading.Lock()
-        #: one entry per change: (image, class before it) of each image it touched
-        self._history: list[list[tuple[str, str | None]]] = []
+        #: per client, one entry per change: (image, class before, class after) of each image
+        self._history: dict[str, list[list[tuple[str, str | None, str | None]]]] = {}
         self.images = set(images) if images is not None else None
         if not self.path.parent.is_dir():
             raise RsdmlError(f"--labels folder {self.path.parent} does not exist; create it first")
@@ -195,7 +203,7 @@ class LabelStore:
         os.fsync(self._fh.fileno())
         write_labels(self.path, self.labels)
 
-    def set_many(self, paths: list[str], cls: str) -> int:
+    def set_many(self, paths: list[str], cls: str, client: str = "") -> int:
         """Label every image of ``paths`` as ``cls``; durable when this returns."""
         cls = check_class_name(cls)
         with self._lock:
@@ -204,26 +212,30 @@ class LabelStore:
                     raise RsdmlError(f"{p} is not an image of this data folder")
             changed = list(dict.fromkeys(p for p in paths if self.labels.get(p) != cls))
             if changed:
-                self._history.append([(p, self.labels.get(p)) for p in changed])
+                self._history.setdefault(client, []).append(
+                    [(p, self.labels.get(p), cls) for p in changed])
                 for p in changed:
                     self.labels[p] = cls
                 self._append([{"op": "set", "path": p, "class": cls} for p in changed])
             return len(changed)
 
-    def remove(self, path: str) -> bool:
+    def remove(self, path: str, client: str = "") -> bool:
         with self._lock:
             if path not in self.labels:
                 return False
-            self._history.append([(path, self.labels.pop(path))])
+            self._history.setdefault(client, []).append([(path, self.labels.pop(path), None)])
             self._append([{"op": "remove", "path": path}])
             return True
 
-    def undo(self) -> list[tuple[str, str | None]]:
-        """Revert the last change: [(image, its class now or None)]; empty when none is left."""
+    def undo(self, client: str = "") -> list[tuple[str, str | None]]:
+        """Revert ``client``'s last change: [(image, its class now or None)]; empty when none
+        is left. Images another client changed since keep their label (and are not listed)."""
         with self._lock:
-            if not self._history:
+            history = self._history.get(client)
+            if not history:
                 return []
-            group = self._history.pop()
+            group = [(p, before) for p, before, after in history.pop()
+                     if self.labels.get(p) == after]
             events = []
             for p, before in group:
                 if before is None:
@@ -232,7 +244,8 @@ class LabelStore:
                 else:
                     self.labels[p] = before
                     events.append({"op": "set", "path": p, "class": before})
-            self._append(events)
+            if events:
+                self._append(events)
             return group
 
     def snapshot(self) -> dict[str, str]:

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from rsdml.data.labels import LabelStore, read_labels
-from rsdml.retrieval.index import l2_normalize
-from rsdml.retrieval.labelling import LabelSession, create_label_app
+from rsdml.labelling.labels import LabelStore, read_labels
+from rsdml.labelling.page import LabelSession, create_label_app
 from rsdml.training.archive_vectors import archive_images
+from rsdml.vectors import l2_normalize
 
 CHROMIUM = Path("/usr/bin/chromium")
+LOCAL = "http://localhost"  # a Host name the page answers (rsdml.retrieval.web.HostCheck)
 
 
 def _session(tmp_path: Path, vectors: np.ndarray, paths: list[str]) -> LabelSession:
@@ -36,7 +37,7 @@ def _session(tmp_path: Path, vectors: np.ndarray, paths: list[str]) -> LabelSess
 def test_api_labels_undo_skip_and_the_queue(tmp_path):
     paths = [f"x/{i}.png" for i in range(12)]
     s = _session(tmp_path, np.random.default_rng(0).normal(size=(12, 8)), paths)
-    c = TestClient(create_label_app(s))
+    c = TestClient(create_label_app(s), base_url=LOCAL)
     st = c.get("/api/state").json()
     assert [q["path"] for q in st["queue"]][:3] == ["x/11.png", "x/10.png", "x/9.png"]
     r = c.post("/api/label", json={"ids": [11, 10], "class": "Beach"})
@@ -51,17 +52,48 @@ def test_api_labels_undo_skip_and_the_queue(tmp_path):
     assert read_labels(tmp_path / "labels.csv", allow_empty=True) == {}
 
 
+def test_undo_is_per_tab(tmp_path):
+    """Issue 25: undo was global, so tab A's undo reverted tab B's label."""
+    paths = [f"x/{i}.png" for i in range(6)]
+    c = TestClient(create_label_app(_session(tmp_path, np.eye(6), paths)), base_url=LOCAL)
+    a, b = {"X-Rsdml-Client": "tab-a"}, {"X-Rsdml-Client": "tab-b"}
+    c.post("/api/label", json={"ids": [0], "class": "Beach"}, headers=a)
+    c.post("/api/label", json={"ids": [1], "class": "Forest"}, headers=b)
+    r = c.post("/api/undo", headers=a).json()
+    assert [u["path"] for u in r["undone"]] == ["x/0.png"]
+    assert read_labels(tmp_path / "labels.csv") == {"x/1.png": "Forest"}  # B's label kept
+    assert c.post("/api/undo", headers=a).json()["undone"] == []  # A has nothing left
+    # A relabels what B labelled; B's undo then leaves A's newer label alone
+    c.post("/api/label", json={"ids": [1], "class": "Meadow"}, headers=a)
+    assert c.post("/api/undo", headers=b).json()["undone"] == []
+    assert read_labels(tmp_path / "labels.csv") == {"x/1.png": "Meadow"}
+
+
+def test_the_queue_says_how_far_the_suggestions_are(tmp_path):
+    """Issue 25, defect 11: after the suggestions ran out the page went on in folder order
+    with no word; the state now says how many are done and when they are finished."""
+    paths = [f"x/{i}.png" for i in range(6)]
+    s = _session(tmp_path, np.eye(6), paths)
+    s.suggestions = ["x/4.png", "x/2.png"]
+    c = TestClient(create_label_app(s), base_url=LOCAL)
+    assert c.get("/api/state").json()["suggestions"] == {"total": 2, "done": 0, "finished": False}
+    c.post("/api/label", json={"ids": [4], "class": "A"})
+    c.post("/api/skip", json={"id": 2})
+    st = c.get("/api/state").json()
+    assert st["suggestions"] == {"total": 2, "done": 2, "finished": True}
+    assert st["queue"][0]["path"] == "x/0.png"  # then folder order
+
+
 def test_review_lists_predictions_and_accepting_writes_the_label(tmp_path):
-    from rsdml.retrieval.labelling import read_review
+    from rsdml.labelling.page import read_review
 
     paths = [f"x/{i}.png" for i in range(6)]
     pred = tmp_path / "pred.csv"
     pred.write_text("path,class,probability,knn_agreement,margin\n"
-                    "x/3.png,Beach,0.41,0.30,0.05\nx/4.png,Forest,0.90,1.00,0.80\n"
-                    "elsewhere/9.png,Beach,0.5,0.5,0.1\n")
+                    "x/3.png,Beach,0.41,0.30,0.05\nx/4.png,Forest,0.90,1.00,0.80\n")
     s = _session(tmp_path, np.random.default_rng(0).normal(size=(6, 8)), paths)
     s.review = read_review(pred, set(paths))
-    c = TestClient(create_label_app(s))
+    c = TestClient(create_label_app(s), base_url=LOCAL)
     review = c.get("/api/state").json()["review"]
     assert [(r["path"], r["predicted"]) for r in review] == [("x/3.png", "Beach"), ("x/4.png", "Forest")]
     after = c.post("/api/label", json={"ids": [3], "class": "Beach"}).json()  # accept
@@ -81,7 +113,7 @@ def test_rerank_brings_in_images_not_among_the_first_results(tmp_path):
     other = rng.normal(size=(30, d))
     x = np.vstack([q, group_b, other])
     paths = [f"i/{i}.png" for i in range(len(x))]
-    c = TestClient(create_label_app(_session(tmp_path, x, paths)))
+    c = TestClient(create_label_app(_session(tmp_path, x, paths)), base_url=LOCAL)
     first = [h["id"] for h in c.get("/api/similar?id=0&k=5").json()["results"]]
     assert set(first) <= set(range(1, 11))
     again = c.post("/api/rerank", json={"id": 0, "relevant": first, "k": 10}).json()["results"]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rsdml.data.labels import LabelStore, journal_path, read_labels, write_labels
 from rsdml.errors import RsdmlError
+from rsdml.labelling.labels import LabelStore, journal_path, read_labels, write_labels
 
 IMAGES = [f"a/{i}.png" for i in range(5)] + [f"b/{i}.png" for i in range(5)]
 

@@ -8,9 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from rsdml.data.labels import write_labels
 from rsdml.data.split import has_test_labels, labels_split, read_split, write_split_csv
 from rsdml.errors import RsdmlError
+from rsdml.labelling.labels import write_labels
 
 
 def test_round_trip_keeps_unlabelled_rows_without_labels(tmp_path):

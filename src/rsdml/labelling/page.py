@@ -7,8 +7,14 @@ relevance feedback over the whole folder, so a re-rank brings in images that wer
 first results. With ``--predictions`` (``rsdml predict``), a review view lists the least
 certain predictions; accepting or correcting one writes its label.
 
-Every change goes through :class:`rsdml.data.labels.LabelStore` (journal, fsync, atomic CSV)
-before the request is answered: an acknowledged label survives a killed server.
+Every change goes through :class:`rsdml.labelling.labels.LabelStore` (journal, fsync, atomic CSV)
+before the request is answered: an acknowledged label survives a killed server. Undo is per
+tab: each page sends its own client id (header ``X-Rsdml-Client``), and undo reverts only that
+tab's changes (and only where nobody changed the image since).
+
+The Host check, the body limit, the thumbnails' trusted-file policy (symlinks followed as
+written, as training reads them), the error answers and the page's head come from
+:mod:`rsdml.retrieval.web`, shared with ``rsdml serve``.
 
 Endpoints::
 
@@ -17,7 +23,7 @@ Endpoints::
     GET  /api/labels          every label (path -> class)
     POST /api/label           {"ids": [...], "class": "..."}: label them (durable on answer)
     POST /api/unlabel         {"id": I}
-    POST /api/undo            revert the last change
+    POST /api/undo            revert the last change made from this tab (X-Rsdml-Client)
     GET  /api/similar?id=I&k  the k images most like image I (cosine), I left out
     POST /api/rerank          {"id", "relevant", "non_relevant", "k"}: Rocchio, whole folder
     GET  /api/images/{id}     a JPEG thumbnail
@@ -27,28 +33,35 @@ from __future__ import annotations
 
 import csv
 import io
+import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from rsdml.data.labels import LabelStore, class_counts
 from rsdml.errors import RsdmlError
+from rsdml.labelling.labels import LabelStore, class_counts
 from rsdml.retrieval.feedback import rocchio
 from rsdml.retrieval.index import ExactIndex
+from rsdml.retrieval.web import (
+    LOOPBACK_HOSTS,
+    bind,
+    create_base_app,
+    file_below,
+    host_names,
+    quiet_signals,
+    shown_address,
+    warn_if_reachable,
+)
 
-STATIC = Path(__file__).with_name("static")
-PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; "
-            "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'")
 MAX_K = 200
 THUMB_PX = 192
 MAX_PIXELS = 50_000_000
@@ -92,9 +105,20 @@ class LabelSession:
                     and p not in seen][: n - len(out)]
         return out
 
+    def progress(self) -> dict[str, Any]:
+        """How far the suggestions are: their number, how many are labelled or skipped, and
+        whether they are done (the queue then goes on in folder order)."""
+        labels = self.store.snapshot()
+        total = len(self.suggestions)
+        done = sum(1 for p in self.suggestions if p in labels or p in self.skipped)
+        return {"total": total, "done": done, "finished": total > 0 and done >= total}
+
 
 def read_review(path: str | Path, images: set[str]) -> list[Review]:
-    """The rows of ``rsdml predict``'s CSV (least certain first), images of this folder only."""
+    """The rows of ``rsdml predict``'s CSV (least certain first); a file whose paths are not
+    under the data folder is refused (:func:`rsdml.labelling.labels.check_under_data`)."""
+    from rsdml.labelling.labels import check_under_data
+
     path = Path(path)
     if not path.is_file():
         raise RsdmlError(f"--predictions {path} does not exist; make it with `rsdml predict "
@@ -102,10 +126,12 @@ def read_review(path: str | Path, images: set[str]) -> list[Review]:
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
         out = [Review(r["path"], r["class"], float(r["probability"]), float(r["knn_agreement"]))
-               for r in rows if r.get("path") in images]
+               for r in rows]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as e:
         raise RsdmlError(f"--predictions {path} is not a predictions CSV ({type(e).__name__}); "
                          "make it with `rsdml predict`") from None
+    check_under_data([r.path for r in out], images, f"--predictions {path}",
+                     "make it again with `rsdml predict RUN DATA` for this folder")
     return out
 
 
@@ -129,7 +155,7 @@ class Thumbnails:
     """JPEG thumbnails, kept in a bounded LRU (the page shows the same ones again)."""
 
     def __init__(self, root: Path, paths: list[str], keep: int = 4096) -> None:
-        self.root, self.paths, self.keep = root.resolve(), paths, keep
+        self.root, self.paths, self.keep = root, paths, keep
         self._cache: OrderedDict[int, bytes] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -150,9 +176,7 @@ class Thumbnails:
 
         from rsdml.data.imageio import ImageReadError, read_rgb
 
-        path = (self.root / self.paths[i]).resolve()
-        if not path.is_relative_to(self.root) or not path.is_file():
-            raise HTTPException(404, f"the file of image {i} is not on this machine")
+        path = file_below(self.root, self.paths[i], f"image {i}")  # serve's policy
         try:
             rgb = read_rgb(path, max_pixels=MAX_PIXELS)
         except ImageReadError as e:
@@ -164,14 +188,16 @@ class Thumbnails:
         return buf.getvalue()
 
 
-def create_label_app(s: LabelSession) -> FastAPI:
-    """The page and its JSON API over one :class:`LabelSession`."""
-    app = FastAPI(title="rsdml label", docs_url=None, redoc_url=None)
-    thumbs = Thumbnails(s.root, s.paths)
+#: The header a page sends its client id in (one per tab): undo reverts that tab's changes.
+CLIENT = Header("", alias="X-Rsdml-Client", max_length=64)
 
-    @app.exception_handler(RsdmlError)
-    async def _user_error(request: Request, e: RsdmlError) -> JSONResponse:
-        return JSONResponse({"detail": str(e)}, status_code=400)
+
+def create_label_app(s: LabelSession, *,
+                     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> FastAPI:
+    """The page and its JSON API over one :class:`LabelSession` (``allowed_hosts``: the Host
+    header names answered, as ``rsdml serve``'s)."""
+    app = create_base_app("rsdml label", "label.html", allowed_hosts=allowed_hosts)
+    thumbs = Thumbnails(s.root, s.paths)
 
     def check_id(i: int) -> int:
         if not 0 <= i < len(s.paths):
@@ -192,6 +218,7 @@ def create_label_app(s: LabelSession) -> FastAPI:
         return {"classes": [{"name": c, "count": n} for c, n in class_counts(labels).items()],
                 "labelled": len(labels), "total": len(s.paths), "file": str(s.store.path),
                 "queue": [item(p, labels) for p in s.queue()], "review": review,
+                "suggestions": s.progress(),
                 "recent": [item(p, labels) for p in list(labels)[-12:][::-1]]}
 
     def hits(q: np.ndarray, k: int, exclude: int) -> list[dict[str, Any]]:
@@ -209,14 +236,14 @@ def create_label_app(s: LabelSession) -> FastAPI:
         return s.store.snapshot()
 
     @app.post("/api/label")
-    def post_label(req: LabelRequest) -> dict[str, Any]:
+    def post_label(req: LabelRequest, client: str = CLIENT) -> dict[str, Any]:
         paths = [s.paths[check_id(i)] for i in req.ids]
-        changed = s.store.set_many(paths, req.cls)
+        changed = s.store.set_many(paths, req.cls, client=client)
         return {"saved": changed, **state()}
 
     @app.post("/api/unlabel")
-    def post_unlabel(req: IdRequest) -> dict[str, Any]:
-        s.store.remove(s.paths[check_id(req.id)])
+    def post_unlabel(req: IdRequest, client: str = CLIENT) -> dict[str, Any]:
+        s.store.remove(s.paths[check_id(req.id)], client=client)
         return state()
 
     @app.post("/api/skip")
@@ -225,8 +252,8 @@ def create_label_app(s: LabelSession) -> FastAPI:
         return state()
 
     @app.post("/api/undo")
-    def post_undo() -> dict[str, Any]:
-        undone = s.store.undo()
+    def post_undo(client: str = CLIENT) -> dict[str, Any]:
+        undone = s.store.undo(client=client)
         return {"undone": [{"id": s.ids[p], "path": p, "label": c} for p, c in undone],
                 **state()}
 
@@ -248,14 +275,9 @@ def create_label_app(s: LabelSession) -> FastAPI:
         return Response(thumbs.get(check_id(image_id)), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=3600"})
 
-    @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        return FileResponse(STATIC / "label.html", headers={"Content-Security-Policy": PAGE_CSP})
-
     from rsdml.geo.page import add_map_routes
 
     add_map_routes(app, s)  # a tile folder (`rsdml tile`): the map view, tiles in context
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
@@ -264,15 +286,21 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
                  device: str = "auto", quiet: bool = False,
                  log: Callable[[str], None] = print) -> LabelSession:
     """Everything ``rsdml label`` needs before it listens (one-line errors come now)."""
-    from rsdml.training.archive_vectors import run_vectors, trunk_vectors
-    from rsdml.training.suggest import read_suggestions, suggest
+    from rsdml.labelling.labels import check_under_data
+    from rsdml.labelling.suggest import read_suggestions, suggest
+    from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
 
     order = read_suggestions(suggestions) if suggestions else []  # bad files fail before
     if predictions and not Path(predictions).is_file():           # the features are computed
         raise RsdmlError(f"--predictions {predictions} does not exist; make it with `rsdml "
                          "predict RUN DATA --out FILE.csv`")
+    if order:
+        _, images = archive_images(data)
+        check_under_data(order, images, f"--suggestions {suggestions}",
+                         "make them again with `rsdml suggest DATA` for this folder")
     vec = run_vectors(run, data, device=None if device == "auto" else device, quiet=quiet) \
         if run is not None else trunk_vectors(data, device=device, quiet=quiet)
+    review = read_review(predictions, set(vec.paths)) if predictions else []
     store = LabelStore(labels_file, vec.paths)
     if not order:  # nothing given: TypiClust's choice among the unlabelled images
         labels = store.snapshot()
@@ -282,39 +310,26 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
             log(f"rsdml: choosing {n} images to label first (typiclust; `rsdml suggest` "
                 "for other choices)")
             order = [vec.paths[i] for i in suggest(vec.vectors, lab, n, strategy="typiclust")]
-    review = read_review(predictions, set(vec.paths)) if predictions else []
     return LabelSession(vec.root, vec.paths, vec.vectors, store, order, review)
 
 
 def serve_labelling(session: LabelSession, *, host: str = "127.0.0.1", port: int = 8001,
+                    sock: socket.socket | None = None,
                     log: Callable[[str], None] = print) -> None:
-    """Bind the port (a one-line error if it cannot be), then serve until interrupted."""
-    import socket
-
+    """Serve until interrupted on ``sock`` (``rsdml label`` binds it before any work, so a
+    busy port fails at once), else on a socket bound to ``host:port`` now."""
     import uvicorn
 
-    from rsdml.signals import stop_signals_to
-
-    app = create_label_app(session)
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(256)
-    except OSError as e:
-        raise RsdmlError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another "
-                         "--port or --host") from None
-    bound_host, bound_port = sock.getsockname()[:2]
-    if not bound_host.startswith(("127.", "::1")):
-        log(f"rsdml: warning: listening on {bound_host}, reachable from other machines; the "
-            "page has no authentication and writes your labels file")
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    log(f"rsdml: labelling {session.root} ({len(session.paths)} images) into "
-        f"{session.store.path} on http://{shown}:{bound_port}/ (Ctrl+C stops)")
-    config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)
-    try:
-        with stop_signals_to(lambda *_: None):
+        sock = sock if sock is not None else bind(host, port, backlog=256)
+        bound_host, shown, bound_port = shown_address(sock)
+        warn_if_reachable(sock, log, "the page has no authentication and writes your labels "
+                                     "file")
+        app = create_label_app(session, allowed_hosts=host_names(bound_host))
+        log(f"rsdml: labelling {session.root} ({len(session.paths)} images) into "
+            f"{session.store.path} on http://{shown}:{bound_port}/ (Ctrl+C stops)")
+        config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=5)
+        with quiet_signals():
             uvicorn.Server(config).run(sockets=[sock])
     finally:
         session.store.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -191,8 +192,9 @@ def suggestions_csv(paths: list[str], picks: list[int], strategy: str,
     return buf.getvalue().encode("utf-8")
 
 
-def read_suggestions(path: str | Path) -> list[str]:
-    """The image paths of a suggestions CSV (``rsdml suggest --out``), in rank order."""
+def read_suggestions(path: str | Path, images: Iterable[str] | None = None) -> list[str]:
+    """The image paths of a suggestions CSV (``rsdml suggest --out``), in rank order;
+    ``images``: the data folder's, and a path not among them refuses the file."""
     path = Path(path)
     if not path.is_file():
         raise RsdmlError(f"--suggestions {path} does not exist; make it with `rsdml suggest`")
@@ -203,7 +205,13 @@ def read_suggestions(path: str | Path) -> list[str]:
                          "again with `rsdml suggest`") from None
     if rows and "path" not in rows[0]:
         raise RsdmlError(f"--suggestions {path} has no path column; make it with `rsdml suggest`")
-    return [r["path"] for r in rows if r.get("path")]
+    paths = [r["path"] for r in rows if r.get("path")]
+    if images is not None:
+        from rsdml.labelling.labels import check_under_data
+
+        check_under_data(paths, images, f"--suggestions {path}",
+                         "make them again with `rsdml suggest DATA` for this folder")
+    return paths
 
 
 def write_suggestions(path: str | Path, data: bytes) -> None:
@@ -218,13 +226,13 @@ def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = Non
                        seed: int = 0, device: str = "auto", quiet: bool = False,
                        ) -> tuple[bytes, list[str], str]:
     """What ``rsdml suggest`` computes: (CSV bytes, suggested paths, the strategy used)."""
-    from rsdml.data.labels import read_labels
+    from rsdml.labelling.labels import read_labels
+    from rsdml.labelling.predict import predict
     from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
-    from rsdml.training.predict import predict
 
     root, images = archive_images(data)
-    labels = read_labels(labels_file, images, allow_empty=True) \
-        if labels_file and Path(labels_file).exists() else {}
+    # a --labels file that does not exist is refused, as `train` and `predict` refuse it
+    labels = read_labels(labels_file, images, allow_empty=True) if labels_file else {}
     has_pred = run is not None and len(set(labels.values())) >= 2
     if run is not None and not has_pred and strategy in ("auto", "uncertain"):
         raise RsdmlError("--run needs --labels FILE.csv with labelled images of at least 2 "
