@@ -18,11 +18,11 @@ import pytest
 from fastapi.testclient import TestClient
 from geoscenes import GRID, write_scene
 
-from rsdml.labelling.labels import LabelStore, read_labels
 from rsdml.geo.tileindex import TileIndex
 from rsdml.geo.tiling import tile_scenes
-from rsdml.retrieval.index import l2_normalize
+from rsdml.labelling.labels import LabelStore, read_labels
 from rsdml.labelling.page import LabelSession, create_label_app, read_review
+from rsdml.retrieval.index import l2_normalize
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
