@@ -57,7 +57,7 @@ def test_the_map_api_gives_every_tile_its_class_and_context(tmp_path):
     from PIL import Image
 
     s, index = _session(tmp_path, GRID, tile=32)
-    c = TestClient(create_label_app(s))
+    c = TestClient(create_label_app(s), base_url="http://127.0.0.1")
     info = c.get("/api/geo/info").json()
     assert info == {"crs": "EPSG:32631", "scenes": ["scene"], "tiles": 12}
     data = c.get("/api/geo/scenes").json()
@@ -77,7 +77,7 @@ def test_the_map_api_gives_every_tile_its_class_and_context(tmp_path):
 def test_a_folder_that_is_not_tiles_has_no_map(tmp_path):
     paths = [f"x/{i}.png" for i in range(4)]
     s = LabelSession(tmp_path, paths, l2_normalize(np.eye(4)), LabelStore(tmp_path / "l.csv", paths))
-    c = TestClient(create_label_app(s))
+    c = TestClient(create_label_app(s), base_url="http://127.0.0.1")
     assert c.get("/api/geo/info").status_code == 404 and c.get("/map").status_code == 404
 
 
