@@ -144,7 +144,8 @@ def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, 
 
 def test_freematch_state_is_checkpointed(tiny_scenes, tmp_path):
     run = tmp_path / "fm"
-    train(_cfg(tiny_scenes, run, method="freematch", epochs=1, eval_every=5))
+    train(_cfg(tiny_scenes, run, method="freematch", epochs=1, eval_every=5)
+          .replace(method_params={}))  # freematch has no --threshold
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert float(state["method"]["adaptive.tau"]) > 1 / 4  # moved from 1/C
 

@@ -78,6 +78,7 @@ def _fast_cfg(scenes: str, out: str) -> TrainConfig:
     process's trajectory up to float summation order."""
     return TrainConfig(data=scenes, out=out, pretrained="none", image_size=32, epochs=3,
                        batch_size=8, unlabeled_batch_size=8, freeze_backbone=True, lr=0.01,
+                       method="hr-s2dml",  # the plain features: no per-rank view draws
                        head_warmup_epochs=0, warmup_epochs=0.5, bnm_warmup_epochs=1,
                        eval_every=100, device="cpu", quiet=True, report=False)
 

@@ -142,6 +142,7 @@ def test_all_bands_from_an_imagenet_trunk(eurosat_ms, tmp_path, capsys):
         code, _, err = run_cli(["train", "--data", str(eurosat_ms), "--out",
                                 str(tmp_path / f"fz{seed}"), "--bands", "all", "--rgb-bands",
                                 "4,3,2", "--weights", str(weights), "--freeze-backbone",
+                                "--method", "hr-s2dml",  # the plain features (no views)
                                 "--seed", seed, "--cache-dir", str(cache), "--protocol",
                                 "inductive", *TINY], capsys)
         assert code == 0, err

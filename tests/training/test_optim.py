@@ -120,3 +120,12 @@ def test_the_schedule_is_described_in_steps():
     assert not sch.scaled
     assert sch.describe() == ("schedule (steps): head warm-up 0-63, trunk warm-up 63-105, "
                               "cosine to 630, ramp to 210")
+
+
+def test_warmups_a_user_sets_are_kept_even_when_they_fill_the_budget():
+    """Only the default warm-ups scale (defect 3); a head warm-up of the whole budget, set on
+    purpose, trains only the head, as asked."""
+    sch = Schedule.of(TrainConfig(epochs=1, head_warmup_epochs=1.0, warmup_epochs=0.5),
+                      steps_per_epoch=10)
+    assert not sch.scaled and sch.head_warmup == 10.0
+    assert all(sch.lr_factors(s)["trunk"] == 0.0 for s in range(sch.total))

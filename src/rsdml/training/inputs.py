@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rsdml.data.activation_views import strong_activation, symmetries
 from rsdml.data.augment import TrainAugment, normalize
 from rsdml.data.bands import gather
 from rsdml.data.cache import ImageCache
@@ -170,8 +171,6 @@ class ActivationInputs:
         return a.contiguous(memory_format=torch.channels_last) if uses_channels_last(self.device) else a
 
     def _weak(self, a: Tensor, generator: torch.Generator) -> Tensor:
-        from rsdml.training.views import symmetries
-
         which = torch.randint(0, 8, (len(a),), generator=generator, device=generator.device)
         return symmetries(a, which.to(a.device))
 
@@ -179,8 +178,6 @@ class ActivationInputs:
         return self._weak(self._rows(index), generator)
 
     def views(self, index: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        from rsdml.training.views import strong_activation
-
         a = self._rows(index)
         return self._weak(a, generator), strong_activation(a, generator)
 

@@ -67,6 +67,13 @@ def make_optimizer(model: nn.Module, method: nn.Module,
 
 #: The default budget in epochs (TrainConfig.epochs), whose warm-ups were measured on AID.
 DEFAULT_EPOCHS = 30
+_WARMUP_KEYS = ("head_warmup_epochs", "warmup_epochs", "bnm_warmup_epochs")
+
+
+def _field_default(name: str) -> object:
+    import dataclasses
+
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
 
 
 def _r(x: float) -> str:
@@ -125,7 +132,10 @@ class Schedule:
         n = int(total if total is not None else total_steps(cfg, spe))
         head = cfg.head_warmup_epochs * spe if trunk else 0.0
         warmup, ramp = cfg.warmup_epochs * spe, cfg.bnm_warmup_epochs * spe
-        scaled = head + warmup >= n or ramp > n
+        # Only the default warm-ups scale: values a user (or a test) set are kept as given,
+        # and the schedule line shows where each phase falls.
+        defaults = all(getattr(cfg, k) == _field_default(k) for k in _WARMUP_KEYS)
+        scaled = defaults and (head + warmup >= n or ramp > n)
         if scaled:
             per_epoch = n / DEFAULT_EPOCHS  # the budget's steps per default epoch
             head, warmup, ramp = (head / spe * per_epoch, warmup / spe * per_epoch,
