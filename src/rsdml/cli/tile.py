@@ -25,7 +25,7 @@ import click
 def tile(scenes: tuple[str, ...], out_dir: str, size: int, stride: int | None, min_valid: float,
          compress: str, force: bool, quiet: bool) -> None:
     """Cut the rasters SCENES (GeoTIFF or anything GDAL reads; one CRS) into georeferenced
-    tiles, which every command of rsdml takes as an image folder (docs/maps.md)."""
+    tiles that every command here reads as an image folder (docs/maps.md)."""
     from rsdml.geo.tiling import tile_scenes
 
     index = tile_scenes(scenes, out_dir, size=size, stride=stride, min_valid=min_valid,
