@@ -11,10 +11,10 @@ import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, playwright_or_skip
 from fastapi.testclient import TestClient
 from geoscenes import GRID, write_scene
 
@@ -24,7 +24,6 @@ from rsdml.labelling.labels import LabelStore, read_labels
 from rsdml.labelling.page import LabelSession, create_label_app, read_review
 from rsdml.retrieval.index import l2_normalize
 
-CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 BIG_GRID = [(row * 3)[:10] for row in GRID] * 2  # 6 x 10 tiles
 
@@ -101,24 +100,8 @@ def map_server(tmp_path: Path) -> Iterator[tuple[str, LabelSession, TileIndex]]:
         s.store.close()
 
 
-def _playwright_or_skip():
-    """Skipped without a browser locally; CI (.ci/run sets RSDML_CI) must run it."""
-    def missing(why: str) -> NoReturn:
-        if os.environ.get("RSDML_CI"):
-            pytest.fail(f"the browser test must run in CI: {why}")
-        pytest.skip(why)
-
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        missing("needs the playwright package (pip install -e '.[dev]')")
-    if not CHROMIUM.exists():
-        missing("needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
-    return sync_playwright, expect
-
-
 def test_the_page_shows_the_class_map_and_labels_a_clicked_tile(map_server, tmp_path):
-    sync_playwright, expect = _playwright_or_skip()
+    sync_playwright, expect = playwright_or_skip()
     url, s, index = map_server
     target = index.by_cell[("scene", 4, 7)]
     with sync_playwright() as p:

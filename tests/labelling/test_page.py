@@ -14,10 +14,10 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import numpy as np
 import pytest
+from browser import CHROMIUM, playwright_or_skip
 from fastapi.testclient import TestClient
 
 from rsdml.labelling.labels import LabelStore, read_labels
@@ -25,7 +25,6 @@ from rsdml.labelling.page import LabelSession, create_label_app
 from rsdml.training.archive_vectors import archive_images
 from rsdml.vectors import l2_normalize
 
-CHROMIUM = Path("/usr/bin/chromium")
 LOCAL = "http://localhost"  # a Host name the page answers (rsdml.retrieval.web.HostCheck)
 
 
@@ -191,24 +190,8 @@ def test_a_killed_server_keeps_every_acknowledged_label(label_server, tiny_scene
     recovered.close()
 
 
-def _playwright_or_skip():
-    """Skipped without a browser locally; CI (.ci/run sets RSDML_CI) must run it."""
-    def missing(why: str) -> NoReturn:
-        if os.environ.get("RSDML_CI"):
-            pytest.fail(f"the browser test must run in CI: {why}")
-        pytest.skip(why)
-
-    try:
-        from playwright.sync_api import expect, sync_playwright
-    except ImportError:
-        missing("needs the playwright package (pip install -e '.[dev]')")
-    if not CHROMIUM.exists():
-        missing("needs Debian's chromium at /usr/bin/chromium (apt-get install -y chromium)")
-    return sync_playwright, expect
-
-
 def test_label_ten_images_by_keyboard_and_reload(label_server):
-    sync_playwright, expect = _playwright_or_skip()
+    sync_playwright, expect = playwright_or_skip()
     url, _, labels = label_server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM),

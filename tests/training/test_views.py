@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import rsdml.training.views as views
+from rsdml.data.activation_views import strong_activation, symmetry
 from rsdml.data.cache import CacheStats, ImageCache
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import EmbeddingNet
@@ -16,7 +17,7 @@ from rsdml.models.resnet import resnet18
 from rsdml.models.stages import TrunkCut, trunk_stages
 from rsdml.training.frozen import compute_features
 from rsdml.training.inputs import FeatureInputs
-from rsdml.training.views import ViewPlan, strong_activation, symmetry, view_features
+from rsdml.training.views import ViewPlan, view_features
 
 
 def test_symmetries_are_the_eight_distinct_elements_of_the_group():

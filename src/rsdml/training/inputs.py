@@ -103,16 +103,15 @@ class FeatureInputs:
     ``features``: (N, F), one vector an image, or (N, V, F), cached views
     (``rsdml.training.views``): views 0 .. ``weak`` - 1 are the weak ones (0 is the image
     itself, the one evaluation uses), the rest strong. With views, the labelled images are
-    augmented by a random weak view each step (``augment_labeled``)."""
+    augmented by a random weak view each step."""
 
     def __init__(self, features: Tensor, device: torch.device, weak: int = 1,
-                 augment_labeled: bool = True, mapped: bool = False) -> None:
+                 mapped: bool = False) -> None:
         # float16 views stay float16 (gathered rows become float32); a memory-mapped cache
         # (``mapped``) stays on the host.
         self.features = features if mapped else features.to(device)
         self.device = device
         self.weak = int(weak)
-        self.augment_labeled = bool(augment_labeled)
 
     @property
     def has_views(self) -> bool:
@@ -132,7 +131,7 @@ class FeatureInputs:
         return torch.randint(lo, hi, (n,), generator=generator, device=generator.device).cpu()
 
     def train(self, index: Tensor, generator: torch.Generator) -> Tensor:
-        if self.has_views and self.augment_labeled and self.weak > 1:
+        if self.has_views and self.weak > 1:
             return self._rows(index, self._draw(len(index), 0, self.weak, generator))
         return self._rows(index, 0)
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rsdml.data.activation_views import strong_activation, symmetries, symmetry  # noqa: F401
+from rsdml.data.activation_views import strong_activation, symmetry
 from rsdml.data.cache import ImageCache
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import atomic_write_text, touch
@@ -254,7 +254,3 @@ DEFAULT_VIEW_STAGES = {"efficientnet_lite0": 2, "resnet18": 1}
 
 def default_view_stages(backbone: str) -> int:
     return DEFAULT_VIEW_STAGES.get(backbone, 0)
-
-
-def view_nbytes(n_images: int, plan: ViewPlan, num_features: int) -> int:
-    return n_images * plan.count * num_features * 2
