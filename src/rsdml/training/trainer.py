@@ -307,7 +307,8 @@ class Trainer:
                     emb_w = self.inputs.embed(self.forward_model, x_weak).float()
             emb = self._train_forward(x).float()
             terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
-                                 self.cfg.unlabeled_batch_size, emb_w)
+                                 self.cfg.unlabeled_batch_size, emb_w,
+                                 self.unlabeled_batch(self.global_step) if views else None)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         distributed.average_gradients(self.method.parameters())
@@ -375,6 +376,24 @@ class Trainer:
             return None
         return torch.linalg.svdvals(probs.float()).cpu().tolist()
 
+    def propagate(self) -> None:
+        """Label propagation over every training image (``rsdml.training.propagation``): at
+        the first step over the frozen trunk's features in fast mode (the head is still
+        random), later over the current embeddings."""
+        from rsdml.training.propagation import propagate
+
+        assert self.unlabeled is not None
+        pool = torch.cat([self.labeled.index, self.unlabeled.index])
+        if self.global_step == 0 and isinstance(self.inputs, FeatureInputs):
+            vectors = torch.cat([self.inputs.eval(c).cpu() for c in pool.split(4096)]).numpy()
+        else:
+            vectors = self.embed(pool)
+        n_l = len(self.labeled.index)
+        prop = propagate(vectors, np.arange(n_l), self.labeled.labels.cpu().numpy(),
+                         self.method.num_classes)
+        weight = prop.certainty * prop.class_weight[prop.labels]
+        self.method.set_propagated(pool, torch.from_numpy(prop.labels), torch.from_numpy(weight))
+
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
@@ -432,6 +451,9 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
+        if getattr(self.method, "needs_propagation", False) and (
+                self.global_step % self.steps_per_epoch == 0 or not self.method.has_propagated):
+            self.propagate()
         end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         t0 = time.monotonic()
         todo = range(self.global_step, end)
@@ -491,13 +513,15 @@ def steps_per_epoch(cfg: TrainConfig, labeled_batches: int, unlabeled: Unlabeled
 
 
 def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, index: Tensor,
-                 n_unlabeled: int, emb_weak: Tensor | None = None) -> dict[str, Tensor]:
+                 n_unlabeled: int, emb_weak: Tensor | None = None,
+                 index_u: Tensor | None = None) -> dict[str, Tensor]:
     """The method's loss terms on the global batch. ``emb``: this rank's embeddings, its slice
     of the labelled batch (``n_local`` rows) then its slice of the unlabelled one; ``labels``
     and ``index``: the whole labelled batch's; ``n_unlabeled``: the global unlabelled batch's
     size. Every rank gathers all slices (with autograd) and computes the same loss one
     process would on the concatenated batch; DDP's gradient average then gives that
-    process's gradient (``distributed``'s docstring says why)."""
+    process's gradient (``distributed``'s docstring says why). ``index_u``: the whole
+    unlabelled batch's images (view methods only: the propagated labels are looked up by it)."""
     emb_l = distributed.gather_cat(emb[:n_local], total=len(labels))
     if not method.uses_unlabeled:
         return method(emb_l, labels, index)  # type: ignore[no-any-return]
@@ -510,7 +534,9 @@ def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, inde
     emb_s = distributed.gather_cat(emb[n_local:n_local + n_u], total=n_unlabeled)
     local_w = emb_weak if emb_weak is not None else emb[n_local + n_u:]
     emb_w = distributed.gather_cat(local_w, total=n_unlabeled)
-    return method(emb_l, labels, index, emb_s, emb_w)  # type: ignore[no-any-return]
+    if index_u is None:
+        return method(emb_l, labels, index, emb_s, emb_w)  # type: ignore[no-any-return]
+    return method(emb_l, labels, index, emb_s, emb_w, index_u)  # type: ignore[no-any-return]
 
 
 class _Embedder(torch.nn.Module):

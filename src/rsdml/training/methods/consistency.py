@@ -14,6 +14,11 @@ margin", not a plain linear head's calibration; docs/losses.md reports the measu
 
 HR-Match adds the high-rankness term (BNM) on the unlabelled predictions of one view
 (``--hr-view``): confident pseudo-labels and a prediction matrix of high rank together.
+
+With ``--propagation-weight`` the strong view also learns each unlabelled image's class from
+label propagation over the training images' neighbour graph (``rsdml.training.propagation``),
+which the trainer refreshes each epoch: where the classifier's own confident predictions are
+few (one or two labels a class), the graph still labels most images.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from rsdml.config import TrainConfig
@@ -50,6 +56,36 @@ class FixMatch(NSMMargin):
         self.register_buffer("p_target", prior / prior.sum())
         #: running mean of the weak view's class probabilities (distribution alignment)
         self.register_buffer("p_model", self.p_target.clone())
+        #: per training image (by its index in the inputs): the propagated class (-1: none)
+        #: and the weight of its term (certainty x class balance); sized by the first refresh
+        self.register_buffer("lp_target", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("lp_weight", torch.zeros(0))
+
+    @property
+    def needs_propagation(self) -> bool:
+        return bool(self.params.propagation_weight > 0)
+
+    @property
+    def has_propagated(self) -> bool:
+        return len(self.lp_target) > 0
+
+    @torch.no_grad()
+    def set_propagated(self, index: Tensor, labels: Tensor, weight: Tensor) -> None:
+        """The propagated classes and term weights of the images ``index`` (the trainer's)."""
+        n = int(index.max()) + 1 if len(index) else 0
+        dev = self.p_model.device
+        target = torch.full((n,), -1, dtype=torch.long, device=dev)
+        w = torch.zeros(n, device=dev)
+        target[index.to(dev)] = labels.to(dev)
+        w[index.to(dev)] = weight.to(dev, torch.float32)
+        self.lp_target, self.lp_weight = target, w
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        for name in ("lp_target", "lp_weight"):  # sized by the data: take the saved size
+            saved = state_dict.get(prefix + name)
+            if saved is not None:
+                setattr(self, name, torch.empty_like(saved, device=self.p_model.device))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def scaled_cosines(self, emb: Tensor) -> Tensor:
         return self.cfg.logit_scale_u * self.nsm.cosines(emb)
@@ -67,7 +103,8 @@ class FixMatch(NSMMargin):
         return float(self.params.threshold)
 
     def forward(self, emb_l: Tensor, labels_l: Tensor, index_l: Tensor,
-                emb_u: Tensor | None = None, emb_w: Tensor | None = None) -> dict[str, Tensor]:
+                emb_u: Tensor | None = None, emb_w: Tensor | None = None,
+                index_u: Tensor | None = None) -> dict[str, Tensor]:
         if emb_u is None or emb_w is None:
             raise ValueError(f"{self.name} needs the weak and the strong view of an unlabelled batch")
         nsm = self.nsm(emb_l, labels_l)
@@ -86,7 +123,18 @@ class FixMatch(NSMMargin):
             inst = self.contrast(emb_u, emb_w)
             terms["total"] = terms["total"] + self.ramp * self.params.instance_weight * inst
             terms["instance"] = inst
+        if self.needs_propagation and index_u is not None and self.has_propagated:
+            prop = self.propagation_term(emb_u, index_u)
+            terms["total"] = terms["total"] + self.ramp * self.params.propagation_weight * prop
+            terms["propagation"] = prop
         return self.extra_terms(terms, emb_u, emb_w)
+
+    def propagation_term(self, emb_s: Tensor, index_u: Tensor) -> Tensor:
+        """sum_i w_i CE(strong view_i, propagated class_i) / batch (Iscen et al.'s eq. 9)."""
+        index_u = index_u.to(self.lp_target.device)
+        target, weight = self.lp_target[index_u], self.lp_weight[index_u]
+        ce = F.cross_entropy(self.scaled_cosines(emb_s), target.clamp_min(0), reduction="none")
+        return (weight * ce * (target >= 0)).sum() / max(1, len(target))
 
     def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
         return terms

@@ -35,6 +35,12 @@ class ConsistencyParams:
         "(InfoNCE, temperature 0.1) between each unlabelled image's strong and weak views, "
         "which keeps images of one class apart (copy detection); ramped like the others.",
         ge=0.0)
+    propagation_weight: float = option(
+        0.0, "fixmatch / freematch / hr-match: weight of a label-propagation term (Iscen et al. "
+        "2019): each epoch the labels are diffused over the nearest-neighbour graph of every "
+        "training image (the first time over the trunk's features in fast mode, then over the "
+        "embeddings), and the strong view learns each unlabelled image's propagated class, "
+        "weighted by its certainty. Most useful with few labels a class.", ge=0.0)
 
 
 @dataclass(frozen=True)

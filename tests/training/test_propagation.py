@@ -1,0 +1,120 @@
+"""Label propagation: the sparse conjugate-gradient diffusion against a dense closed-form solve,
+the term a consistency method adds, and a fast-mode run that uses it and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rsdml.training.propagation import propagate
+from rsdml.training.runner import train
+from rsdml.training.trainer import Trainer, TrainingInterrupted
+from tests.training.test_consistency import _cfg, _method, _params
+
+
+def _dense(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, c: int, k: int,
+           gamma: float, alpha: float) -> np.ndarray:
+    """The same diffusion written out densely: all pairs, a full sort, an exact inverse."""
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    s = z @ z.T
+    np.fill_diagonal(s, -np.inf)
+    w = np.zeros_like(s)
+    for i in range(len(z)):
+        nn = np.argsort(-s[i])[:k]
+        w[i, nn] = np.maximum(s[i, nn], 0) ** gamma
+    w = w + w.T
+    d = 1 / np.sqrt(w.sum(1))
+    y = np.zeros((len(z), c))
+    counts = np.bincount(labels, minlength=c)
+    y[labeled, labels] = 1 / counts[labels]
+    return np.linalg.solve(np.eye(len(z)) - alpha * (d[:, None] * w * d[None, :]), y)
+
+
+def test_propagation_equals_a_dense_closed_form_solve():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 6)) * 2
+    y = np.repeat(np.arange(3), 20)
+    x = (centres[y] + rng.normal(size=(60, 6))).astype(np.float32)
+    labeled = np.array([0, 1, 20, 40])
+    out = propagate(x, labeled, y[labeled], 3, k=8, gamma=3, alpha=0.9, iters=200)
+    scores = np.maximum(_dense(x, labeled, y[labeled], 3, 8, 3, 0.9), 0)
+    scores[labeled] = 0
+    scores[labeled, y[labeled]] = 1
+    p = scores / scores.sum(1, keepdims=True)
+    assert np.array_equal(out.labels, p.argmax(1))
+    ent = -(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(1)
+    assert np.allclose(out.certainty, 1 - ent / np.log(3), atol=1e-4)
+    assert (out.labels == y).mean() > 0.9  # the check means something: clusters are found
+    freq = np.bincount(out.labels, minlength=3)
+    assert np.allclose(out.class_weight, 60 / (3 * freq))
+
+
+def test_a_class_with_more_seeds_does_not_win_by_count():
+    # two tight groups, 5 seeds in one and 1 in the other: each group keeps its own class
+    x = np.concatenate([np.tile([1.0, 0.0], (10, 1)), np.tile([0.0, 1.0], (10, 1))])
+    x += np.random.default_rng(1).normal(scale=0.05, size=x.shape)
+    out = propagate(x.astype(np.float32), np.array([0, 1, 2, 3, 4, 10]),
+                    np.array([0, 0, 0, 0, 0, 1]), 2, k=5)
+    assert out.labels.tolist() == [0] * 10 + [1] * 10
+
+
+def test_the_propagation_term_by_hand():
+    m = _method("hr-match", propagation_weight=2.0)
+    m.set_ramp(0.5)
+    m.set_propagated(torch.tensor([5, 7, 9]), torch.tensor([1, 2, 0]), torch.tensor([0.5, 1.0, 2.0]))
+    assert m.lp_target.tolist() == [-1] * 5 + [1, -1, 2, -1, 0]
+    s, w = F.normalize(torch.randn(4, 8), dim=1), F.normalize(torch.randn(4, 8), dim=1)
+    emb, y = F.normalize(torch.randn(4, 8), dim=1), torch.tensor([0, 1, 2, 0])
+    index_u = torch.tensor([7, 6, 5, 9])  # 6 has no propagated class: no term
+    with_term = m(emb, y, torch.arange(4), s, w, index_u)
+    logits = m.scaled_cosines(s)
+    expected = (1.0 * F.cross_entropy(logits[0], torch.tensor(2))
+                + 0.5 * F.cross_entropy(logits[2], torch.tensor(1))
+                + 2.0 * F.cross_entropy(logits[3], torch.tensor(0))) / 4
+    assert with_term["propagation"].item() == pytest.approx(expected.item(), rel=1e-5)
+    without = m(emb, y, torch.arange(4), s, w)
+    assert with_term["total"].item() == pytest.approx(
+        without["total"].item() + 0.5 * 2.0 * expected.item(), rel=1e-5)
+    # the propagated classes travel with the method's state into a fresh method
+    fresh = _method("hr-match", propagation_weight=2.0)
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.lp_target, m.lp_target) and torch.equal(fresh.lp_weight, m.lp_weight)
+
+
+def test_fast_mode_with_propagation_logs_its_term_and_resumes_exactly(tiny_scenes, tmp_path,
+                                                                        monkeypatch):
+    kw = dict(method="hr-match", freeze_backbone=True, view_weak=4, view_strong=2, view_stages=1)
+
+    def cfg(out):
+        c = _cfg(tiny_scenes, out, **kw)
+        return c.replace(method_params={**c.method_params, "propagation_weight": 1.0})
+
+    straight = tmp_path / "straight"
+    train(cfg(straight))
+    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    assert all(row["loss_propagation"] > 0 for row in log)
+    resumed = tmp_path / "resumed"
+    original = Trainer.train_step
+    stop_at = log[0]["step"] + 1  # in the middle of epoch 2, after a refresh
+
+    def step_then_signal(self, batch, *a):
+        out = original(self, batch, *a)
+        if self.global_step == stop_at:
+            self._stop_signal = 2
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg(resumed))
+    monkeypatch.setattr(Trainer, "train_step", original)
+    from rsdml.config import TrainConfig
+
+    train(TrainConfig(), resume=resumed, overrides={})
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys() and "method.lp_target" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
