@@ -99,12 +99,11 @@ def choose(arm: str, root: Path, labels_csv: Path, n: int, run: Path | None, see
 
 def train_round(root: Path, labels_csv: Path, out: Path, args: argparse.Namespace,
                 seed: int) -> None:
-    from rsdml.config import TrainConfig
-    from rsdml.training.runner import train
-
     import yaml
 
+    from rsdml.config import TrainConfig
     from rsdml.training.methods.params import param_classes
+    from rsdml.training.runner import train
 
     extra = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
     cfg = TrainConfig.from_dict(

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tests.training.test_consistency import _cfg, _method, _params
 
 from rsdml.training.propagation import propagate
 from rsdml.training.runner import train
 from rsdml.training.trainer import Trainer, TrainingInterrupted
-from tests.training.test_consistency import _cfg, _method, _params
 
 
 def _dense(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, c: int, k: int,
