@@ -100,6 +100,21 @@ def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
     return {}
 
 
+#: The consistency methods' terms that fast mode on cached views turns on when the user does
+#: not say: chosen on held-out labelled images (``configs/tune_aid150_propagation3.yaml``,
+#: docs/results.md, "Levers"). Fine-tuning was not measured with them: 0 there.
+FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
+
+
+def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
+    """``--instance-weight`` / ``--propagation-weight`` filled in where the user left them out
+    (None): ``FAST_VIEW_TERMS`` in fast mode on cached views, else 0."""
+    cached = bool(cfg.freeze_backbone) and not cfg.train_stages
+    fill = {k: (v if cached else 0.0) for k, v in FAST_VIEW_TERMS.items()
+            if k in cfg.method_params and cfg.method_params[k] is None}
+    return cfg.replace(method_params={**cfg.method_params, **fill}) if fill else cfg
+
+
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """All a run's options must satisfy: the config's own checks, then the registries' (the
     method and its parameters, filled in with their defaults; the backbone). Defaults that
@@ -110,6 +125,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
     cfg = check_method(cfg.validate())
     check_backbone(cfg.backbone)
     cfg = cfg.replace(**cached_view_defaults(cfg))
+    cfg = view_term_defaults(cfg)
     if cfg.image_size is None:
         cfg = cfg.replace(image_size=DEFAULT_IMAGE_SIZE[resolve_device(cfg.device).type])
     return cfg

@@ -63,7 +63,7 @@ class FixMatch(NSMMargin):
 
     @property
     def needs_propagation(self) -> bool:
-        return bool(self.params.propagation_weight > 0)
+        return bool(self.params.propagation_weight)  # None (not resolved) counts as 0
 
     @property
     def has_propagated(self) -> bool:
@@ -119,7 +119,7 @@ class FixMatch(NSMMargin):
         w = self.ramp * self.params.consistency_weight
         terms = {"total": nsm + w * loss_c, "nsm": nsm, "consistency": loss_c,
                  "mask_rate": mask.float().mean()}
-        if self.params.instance_weight > 0:
+        if self.params.instance_weight:  # None (not resolved by the runner) counts as 0
             inst = self.contrast(emb_u, emb_w)
             terms["total"] = terms["total"] + self.ramp * self.params.instance_weight * inst
             terms["instance"] = inst

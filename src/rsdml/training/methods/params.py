@@ -30,17 +30,19 @@ class ConsistencyParams:
         "labelled images' class frequencies over their running mean, then renormalise "
         "(ReMixMatch's distribution alignment), so the pseudo-labels keep the labelled class "
         "balance.")
-    instance_weight: float = option(
-        0.0, "fixmatch / freematch / hr-match: weight of an instance-discrimination term "
+    instance_weight: float | None = option(
+        None, "fixmatch / freematch / hr-match: weight of an instance-discrimination term "
         "(InfoNCE, temperature 0.1) between each unlabelled image's strong and weak views, "
-        "which keeps images of one class apart (copy detection); ramped like the others.",
-        ge=0.0)
-    propagation_weight: float = option(
-        0.0, "fixmatch / freematch / hr-match: weight of a label-propagation term (Iscen et al. "
+        "which keeps images of one class apart (copy detection); ramped like the others. "
+        "Default: 1 in fast mode on cached views (chosen on held-out labelled images, "
+        "docs/results.md), 0 when the trunk trains.", ge=0.0)
+    propagation_weight: float | None = option(
+        None, "fixmatch / freematch / hr-match: weight of a label-propagation term (Iscen et al. "
         "2019): each epoch the labels are diffused over the nearest-neighbour graph of every "
         "training image (the first time over the trunk's features in fast mode, then over the "
         "embeddings), and the strong view learns each unlabelled image's propagated class, "
-        "weighted by its certainty. Most useful with few labels a class.", ge=0.0)
+        "weighted by its certainty. Default: 1 in fast mode on cached views (chosen on "
+        "held-out labelled images, docs/results.md), 0 when the trunk trains.", ge=0.0)
 
 
 @dataclass(frozen=True)
