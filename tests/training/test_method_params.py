@@ -196,3 +196,19 @@ def test_the_registry_refuses_a_catalogue_that_disagrees(monkeypatch):
     monkeypatch.delitem(catalogue.CATALOGUE, "snca")
     with pytest.raises(RuntimeError, match="must list the same methods"):
         registry._check_catalogue()
+
+
+@pytest.mark.parametrize("frozen, stages, expected", [(True, 0, 1.0), (False, 0, 0.0), (True, 1, 0.0)])
+def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
+    from rsdml.training.runner import validate_config
+
+    cfg = validate_config(TrainConfig(data="x", method="hr-match", freeze_backbone=frozen,
+                                      train_stages=stages, backbone="efficientnet_lite0"))
+    assert cfg.method_params["instance_weight"] == expected
+    assert cfg.method_params["propagation_weight"] == expected
+    # a value the user gives is kept, in either mode
+    given = validate_config(TrainConfig(data="x", method="fixmatch", freeze_backbone=frozen,
+                                        train_stages=stages, backbone="efficientnet_lite0")
+                            .replace(method_params={"instance_weight": 0.5}))
+    assert given.method_params["instance_weight"] == 0.5
+    assert given.method_params["propagation_weight"] == expected
