@@ -94,6 +94,22 @@ def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**base).replace(method_params={"threshold": 0.3})
 
 
+def interrupted_at(monkeypatch, stop_at: int, run) -> None:
+    """``run()`` stopped by a signal after step ``stop_at`` (its checkpoint saved)."""
+    original = Trainer.train_step
+
+    def step_then_signal(self, batch, *a):
+        out = original(self, batch, *a)
+        if self.global_step == stop_at:
+            self._stop_signal = 2
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted):
+        run()
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
 def _params(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     return {**{f"model.{k}": v for k, v in state["model"].items()},
@@ -118,19 +134,8 @@ def test_consistency_run_logs_views_statistics_and_resumes_exactly(tiny_scenes, 
     assert {"clf_acc", "pl_mask_rate"} <= metrics[-1].keys()
     # interrupted mid-epoch 2 and resumed: the same weights and method state (histogram)
     resumed = tmp_path / "resumed"
-    original = Trainer.train_step
     stop_at = log[0]["step"] + 1
-
-    def step_then_signal(self, batch, *a):
-        out = original(self, batch, *a)
-        if self.global_step == stop_at:
-            self._stop_signal = 2
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(TrainingInterrupted):
-        train(_cfg(tiny_scenes, resumed))
-    monkeypatch.setattr(Trainer, "train_step", original)
+    interrupted_at(monkeypatch, stop_at, lambda: train(_cfg(tiny_scenes, resumed)))
     assert load_checkpoint(resumed / "checkpoints" / "last.pt")["global_step"] == stop_at + 1
     train(TrainConfig(), resume=resumed, overrides={})
     a, b = _params(straight), _params(resumed)

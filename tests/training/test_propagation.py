@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.training.test_consistency import _cfg, _method, _params
+from tests.training.test_consistency import _cfg, _method, _params, interrupted_at
 
 from rsdml.training.propagation import propagate
 from rsdml.training.runner import train
-from rsdml.training.trainer import Trainer, TrainingInterrupted
 
 
 def _dense(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, c: int, k: int,
@@ -98,19 +97,8 @@ def test_fast_mode_with_propagation_logs_its_term_and_resumes_exactly(tiny_scene
     log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
     assert all(row["loss_propagation"] > 0 for row in log)
     resumed = tmp_path / "resumed"
-    original = Trainer.train_step
-    stop_at = log[0]["step"] + 1  # in the middle of epoch 2, after a refresh
-
-    def step_then_signal(self, batch, *a):
-        out = original(self, batch, *a)
-        if self.global_step == stop_at:
-            self._stop_signal = 2
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", step_then_signal)
-    with pytest.raises(TrainingInterrupted):
-        train(cfg(resumed))
-    monkeypatch.setattr(Trainer, "train_step", original)
+    # stopped in the middle of epoch 2, after a refresh
+    interrupted_at(monkeypatch, log[0]["step"] + 1, lambda: train(cfg(resumed)))
     from rsdml.config import TrainConfig
 
     train(TrainConfig(), resume=resumed, overrides={})
