@@ -12,7 +12,7 @@ from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 from rsdml.models.embedding import build_model
 from rsdml.training import memory
-from rsdml.training.runner import DEFAULT_IMAGE_SIZE, validate_config
+from rsdml.training.runner import DEFAULT_IMAGE_SIZE, FAST_CPU_IMAGE_SIZE, validate_config
 
 TINY = ["--backbone", "resnet18", "--pretrained", "none", "--batch-size", "8",
         "--unlabeled-batch-size", "8", "--epochs", "1", "--device", "cpu", "--quiet",
@@ -113,7 +113,11 @@ def test_the_estimate_covers_a_measured_step():
 
 def test_the_default_image_size_depends_on_the_device():
     assert TrainConfig().image_size is None
-    assert validate_config(TrainConfig(device="cpu")).image_size == DEFAULT_IMAGE_SIZE["cpu"] == 128
+    assert validate_config(TrainConfig(device="cpu", freeze_backbone=False)).image_size \
+        == DEFAULT_IMAGE_SIZE["cpu"] == 128
+    # fast mode on a CPU (the default there with a pretrained trunk) reads 150 px
+    assert validate_config(TrainConfig(device="cpu")).freeze_backbone
+    assert validate_config(TrainConfig(device="cpu")).image_size == FAST_CPU_IMAGE_SIZE == 150
     assert validate_config(TrainConfig(device="cpu", image_size=256)).image_size == 256
     assert DEFAULT_IMAGE_SIZE["cuda"] == 256
 
