@@ -60,7 +60,9 @@ def test_unlabelled_methods_use_only_embeddings_of_the_unlabelled_batch():
 
     for cls in METHODS.values():
         params = list(inspect.signature(cls.forward).parameters)
-        views = ["emb_w"] if cls.uses_views else []  # the weak view's embeddings: no labels
+        # the weak view's embeddings and the unlabelled images' positions (where their
+        # propagated classes, made from the labelled images only, are looked up): no labels
+        views = ["emb_w", "index_u"] if cls.uses_views else []
         assert params == ["self", "emb_l", "labels_l", "index_l", "emb_u", *views]
 
 
