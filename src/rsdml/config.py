@@ -267,6 +267,11 @@ class TrainConfig:
         return self.bn == "frozen" or (self.bn == "auto" and self.trunk_pretrained)
 
     @property
+    def cache_max_memory_bytes(self) -> int:
+        """``--cache-max-memory-gb`` in bytes: above it caches are memory-mapped, not loaded."""
+        return int(self.cache_max_memory_gb * 2**30)
+
+    @property
     def logit_scale_u(self) -> float:
         return self.bnm_logit_scale if self.bnm_logit_scale is not None else 1.0 / self.temperature
 

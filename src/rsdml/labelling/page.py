@@ -34,8 +34,6 @@ from __future__ import annotations
 import csv
 import io
 import socket
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ from rsdml.retrieval.feedback import rocchio
 from rsdml.retrieval.index import ExactIndex
 from rsdml.retrieval.web import (
     LOOPBACK_HOSTS,
+    ThumbnailCache,
     bind,
     create_base_app,
     file_below,
@@ -151,41 +150,15 @@ class RerankRequest(BaseModel):
     k: int = Field(60, ge=1, le=MAX_K)
 
 
-class Thumbnails:
-    """JPEG thumbnails, kept in a bounded LRU (the page shows the same ones again)."""
+class Thumbnails(ThumbnailCache):
+    """JPEG thumbnails of the folder's images (serve's file policy and cache)."""
 
     def __init__(self, root: Path, paths: list[str], keep: int = 4096) -> None:
-        self.root, self.paths, self.keep = root, paths, keep
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(THUMB_PX, MAX_PIXELS, keep=keep)
+        self.root, self.paths = root, paths
 
-    def get(self, i: int) -> bytes:
-        with self._lock:
-            if i in self._cache:
-                self._cache.move_to_end(i)
-                return self._cache[i]
-        data = self._render(i)
-        with self._lock:
-            self._cache[i] = data
-            while len(self._cache) > self.keep:
-                self._cache.popitem(last=False)
-        return data
-
-    def _render(self, i: int) -> bytes:
-        from PIL import Image
-
-        from rsdml.data.imageio import ImageReadError, read_rgb
-
-        path = file_below(self.root, self.paths[i], f"image {i}")  # serve's policy
-        try:
-            rgb = read_rgb(path, max_pixels=MAX_PIXELS)
-        except ImageReadError as e:
-            raise HTTPException(404, f"this image cannot be shown ({e.detail})") from None
-        im = Image.fromarray(rgb)
-        im.thumbnail((THUMB_PX, THUMB_PX), Image.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
-        return buf.getvalue()
+    def file_of(self, i: int) -> Path:
+        return file_below(self.root, self.paths[i], f"image {i}")  # serve's policy
 
 
 #: The header a page sends its client id in (one per tab): undo reverts that tab's changes.

@@ -26,11 +26,9 @@ alone names.
 from __future__ import annotations
 
 import contextlib
-import io
 import tempfile
 import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +52,7 @@ from rsdml.retrieval.web import (
     STATIC,
     BodyLimit,
     HostCheck,
+    ThumbnailCache,
     bind,
     create_base_app,
     file_below,
@@ -154,17 +153,15 @@ class Embedder:
             return embed_pixels(loaded, pixels)
 
 
-class Thumbnails:
-    """JPEG thumbnails of indexed images, kept in a bounded LRU (a page shows the same ones
-    again after every re-rank). ``roots``: the numbers of the index's image folders that may
-    be read (see :func:`rsdml.retrieval.trusted.allowed_roots`)."""
+class Thumbnails(ThumbnailCache):
+    """JPEG thumbnails of indexed images (a page shows the same ones again after every
+    re-rank). ``roots``: the numbers of the index's image folders that may be read (see
+    :func:`rsdml.retrieval.trusted.allowed_roots`)."""
 
     def __init__(self, index: ArchiveIndex, px: int, max_pixels: int, roots: set[int],
                  max_bytes: int | None = None, keep: int = 4096) -> None:
-        self.index, self.px, self.max_pixels, self.keep = index, px, max_pixels, keep
-        self.roots, self.max_bytes = roots, max_bytes
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._lock = threading.Lock()
+        super().__init__(px, max_pixels, max_bytes, keep)
+        self.index, self.roots = index, roots
 
     def file_of(self, i: int) -> Path:
         """The image file of entry ``i``: its relative path below an allowed image folder.
@@ -181,33 +178,6 @@ class Thumbnails:
             raise HTTPException(404, f"the image folder of image {i} is not served; start rsdml "
                                      f"serve with --images {roots[r]} to show it")
         return file_below(roots[r], str(e["path"]), f"image {i}")  # the shared policy
-
-    def get(self, i: int) -> bytes:
-        with self._lock:
-            if i in self._cache:
-                self._cache.move_to_end(i)
-                return self._cache[i]
-        data = self._render(self.file_of(i))
-        with self._lock:
-            self._cache[i] = data
-            while len(self._cache) > self.keep:
-                self._cache.popitem(last=False)
-        return data
-
-    def _render(self, path: Path) -> bytes:
-        from PIL import Image
-
-        from rsdml.data.imageio import ImageReadError, read_rgb
-
-        try:
-            rgb = read_rgb(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
-        except ImageReadError as e:
-            raise HTTPException(404, f"this image cannot be shown ({e.detail})") from None
-        im = Image.fromarray(rgb)
-        im.thumbnail((self.px, self.px), Image.BILINEAR)
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
-        return buf.getvalue()
 
 
 class RerankRequest(BaseModel):

@@ -15,7 +15,10 @@ policy, so that a fix made for one page holds for the other.
 
 from __future__ import annotations
 
+import io
 import socket
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -210,3 +213,45 @@ def host_names(bound: str, extra: Sequence[str] = ()) -> list[str]:
     return [str(ip), socket.gethostname(), socket.getfqdn(), *extra]
 
 
+
+
+class ThumbnailCache:
+    """JPEG thumbnails of a page's images in a bounded LRU (a page shows the same ones again);
+    one for ``rsdml serve`` and ``rsdml label``, which say which file an id is (``file_of``,
+    under the shared file policy) and how large a thumbnail and a readable image may be."""
+
+    def __init__(self, px: int, max_pixels: int, max_bytes: int | None = None,
+                 keep: int = 4096) -> None:
+        self.px, self.max_pixels, self.max_bytes, self.keep = px, max_pixels, max_bytes, keep
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def file_of(self, i: int) -> Path:
+        raise NotImplementedError
+
+    def get(self, i: int) -> bytes:
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+        data = self._render(self.file_of(i))
+        with self._lock:
+            self._cache[i] = data
+            while len(self._cache) > self.keep:
+                self._cache.popitem(last=False)
+        return data
+
+    def _render(self, path: Path) -> bytes:
+        from PIL import Image
+
+        from rsdml.data.imageio import ImageReadError, read_rgb
+
+        try:
+            rgb = read_rgb(path, max_pixels=self.max_pixels, max_bytes=self.max_bytes)
+        except ImageReadError as e:
+            raise HTTPException(404, f"this image cannot be shown ({e.detail})") from None
+        im = Image.fromarray(rgb)
+        im.thumbnail((self.px, self.px), Image.BILINEAR)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()

@@ -73,7 +73,7 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
                   np.full(len(paths), "test"))
     dev = resolve_device(device)
     cache = load_image_cache(root, paths, image_size, mode=cfg.cache,
-                             max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
+                             max_memory_bytes=cfg.cache_max_memory_bytes,
                              progress=not quiet)
     torch.manual_seed(0)
     model = place_model(build_model(cfg).to(dev), dev)

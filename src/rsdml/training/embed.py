@@ -80,7 +80,7 @@ def embed_paths(loaded: LoadedModel, root: Path, paths: list[str], *,
     def cache_of(paths: list[str]) -> Any:
         return load_image_cache(root, paths, cfg.image_size, mode=cfg.cache,
                                 cache_dir=cfg.cache_dir,
-                                max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30),
+                                max_memory_bytes=cfg.cache_max_memory_bytes,
                                 workers=cfg.workers, progress=not quiet,
                                 bands=loaded.preprocess.bands)
 

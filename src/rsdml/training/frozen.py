@@ -70,9 +70,14 @@ def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.devic
     return torch.cat(out)
 
 
+def cache_folder(cfg: TrainConfig) -> Path:
+    """Where the run's trunk features, views and activations are cached."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
 def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
                     device: torch.device, preprocess: Preprocess) -> Tensor:
-    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    folder = cache_folder(cfg)
     path = folder / f"features-{feature_key(cfg, split, preprocess)}.pt"
     if path.is_file():
         try:
@@ -107,10 +112,9 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
 
     assert cfg.view_stages is not None
     plan = ViewPlan(cfg.view_weak, cfg.view_strong, cfg.view_stages)
-    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     spec = preprocess.spec
     band_norm = spec.normalizer() if spec is not None else None
-    limit = int(cfg.cache_max_memory_gb * 2**30)
+    limit = cfg.cache_max_memory_bytes
     if not cfg.quiet:
         import sys
 
@@ -118,7 +122,7 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
         print(f"rsdml: fast mode (trunk frozen): {cfg.method} on {plan.count} cached views an image "
               f"({plan.weak} symmetries + {plan.strong} strong, made {where}); built once, reused by "
               "every run on these images", file=sys.stderr, flush=True)
-    feats = view_features(feature_key(cfg, split, preprocess), folder, plan, model, cache, device,
+    feats = view_features(feature_key(cfg, split, preprocess), cache_folder(cfg), plan, model, cache, device,
                           preprocess.normalizer(), band_norm, limit, not cfg.quiet)
     return feats, feats.numel() * 2 > limit
 
@@ -130,8 +134,7 @@ def frozen_activations(cfg: TrainConfig, split: Split, model: EmbeddingNet, cach
     from rsdml.models.stages import TrunkCut
     from rsdml.training.views import activations
 
-    folder = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    limit = int(cfg.cache_max_memory_gb * 2**30)
-    acts = activations(feature_key(cfg, split, preprocess), folder, cfg.train_stages, model,
+    limit = cfg.cache_max_memory_bytes
+    acts = activations(feature_key(cfg, split, preprocess), cache_folder(cfg), cfg.train_stages, model,
                        cache, device, preprocess.normalizer(), limit, not cfg.quiet)
     return acts, acts.numel() * 2 > limit, TrunkCut(model.trunk, cfg.train_stages)

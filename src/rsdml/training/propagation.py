@@ -29,6 +29,11 @@ class Propagated(NamedTuple):
     certainty: np.ndarray  # float32 [N] in [0, 1]: 1 - entropy / log(C) of the diffused scores
     class_weight: np.ndarray  # float32 [C]: inverse frequency of ``labels``, mean 1 over images
 
+    @property
+    def term_weight(self) -> np.ndarray:
+        """float32 [N]: each image's weight in the training term, certainty x class balance."""
+        return self.certainty * self.class_weight[self.labels]
+
 
 def propagate(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, num_classes: int, *,
               k: int = NEIGHBOURS, gamma: float = GAMMA, alpha: float = ALPHA,

@@ -240,7 +240,7 @@ def load_cache(cfg: TrainConfig, split: Split, run: RunFolder | None = None) -> 
     spec = InputSpec.load(run.bands) if run is not None and run.bands.is_file() else None
     return load_image_cache(
         cfg.data, split.paths, cfg.image_size, mode=cfg.cache, cache_dir=cfg.cache_dir,
-        max_memory_bytes=int(cfg.cache_max_memory_gb * 2**30), workers=cfg.workers,
+        max_memory_bytes=cfg.cache_max_memory_bytes, workers=cfg.workers,
         progress=not cfg.quiet, bands=band_selection(cfg, spec),
     )
 

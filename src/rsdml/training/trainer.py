@@ -287,9 +287,10 @@ class Trainer:
         n_l = len(images)
         views = self.method.uses_views
         x_weak = None
+        index_u = None  # the whole unlabelled batch (view methods look propagated classes up by it)
         if views:  # the labelled images' augmentation, then the weak and strong unlabelled views
-            unl = distributed.shard(self.unlabeled_batch(self.global_step), d)
-            x_weak, x_strong = self.inputs.views(unl, gen)
+            index_u = self.unlabeled_batch(self.global_step)
+            x_weak, x_strong = self.inputs.views(distributed.shard(index_u, d), gen)
             x = torch.cat([self.inputs.train(images, gen), x_strong])
             if self.method.weak_needs_grad:
                 x, x_weak = torch.cat([x, x_weak]), None
@@ -307,8 +308,7 @@ class Trainer:
                     emb_w = self.inputs.embed(self.forward_model, x_weak).float()
             emb = self._train_forward(x).float()
             terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
-                                 self.cfg.unlabeled_batch_size, emb_w,
-                                 self.unlabeled_batch(self.global_step) if views else None)
+                                 self.cfg.unlabeled_batch_size, emb_w, index_u)
         self.optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         distributed.average_gradients(self.method.parameters())
@@ -391,8 +391,8 @@ class Trainer:
         n_l = len(self.labeled.index)
         prop = propagate(vectors, np.arange(n_l), self.labeled.labels.cpu().numpy(),
                          self.method.num_classes)
-        weight = prop.certainty * prop.class_weight[prop.labels]
-        self.method.set_propagated(pool, torch.from_numpy(prop.labels), torch.from_numpy(weight))
+        self.method.set_propagated(pool, torch.from_numpy(prop.labels),
+                                   torch.from_numpy(prop.term_weight))
 
     # ------------------------------------------------------------------ the loop
     @contextlib.contextmanager
@@ -451,7 +451,7 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         cfg, epoch = self.cfg, self.epoch
-        if getattr(self.method, "needs_propagation", False) and (
+        if self.method.needs_propagation and (
                 self.global_step % self.steps_per_epoch == 0 or not self.method.has_propagated):
             self.propagate()
         end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
@@ -534,8 +534,6 @@ def global_terms(method: Method, emb: Tensor, n_local: int, labels: Tensor, inde
     emb_s = distributed.gather_cat(emb[n_local:n_local + n_u], total=n_unlabeled)
     local_w = emb_weak if emb_weak is not None else emb[n_local + n_u:]
     emb_w = distributed.gather_cat(local_w, total=n_unlabeled)
-    if index_u is None:
-        return method(emb_l, labels, index, emb_s, emb_w)  # type: ignore[no-any-return]
     return method(emb_l, labels, index, emb_s, emb_w, index_u)  # type: ignore[no-any-return]
 
 

@@ -83,6 +83,15 @@ class Method(nn.Module):
     #: Whether :meth:`on_train_start` needs the labelled embeddings (they cost a pass).
     needs_start_embeddings: ClassVar[bool] = False
 
+    @property
+    def needs_propagation(self) -> bool:
+        """Whether the trainer refreshes label propagation each epoch (``set_propagated``)."""
+        return False
+
+    @property
+    def has_propagated(self) -> bool:
+        return False
+
     def predict_proba(self, emb: Tensor) -> Tensor | None:
         """Class probabilities for the rank spectrum plot; None for methods without a classifier."""
         return None

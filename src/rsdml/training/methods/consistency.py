@@ -132,9 +132,9 @@ class FixMatch(NSMMargin):
     def propagation_term(self, emb_s: Tensor, index_u: Tensor) -> Tensor:
         """sum_i w_i CE(strong view_i, propagated class_i) / batch (Iscen et al.'s eq. 9)."""
         index_u = index_u.to(self.lp_target.device)
-        target, weight = self.lp_target[index_u], self.lp_weight[index_u]
+        target, weight = self.lp_target[index_u], self.lp_weight[index_u]  # weight 0: no class
         ce = F.cross_entropy(self.scaled_cosines(emb_s), target.clamp_min(0), reduction="none")
-        return (weight * ce * (target >= 0)).sum() / max(1, len(target))
+        return (weight * ce).sum() / max(1, len(target))
 
     def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
         return terms
