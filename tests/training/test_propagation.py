@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.training.test_consistency import _cfg, _method, _params, interrupted_at
+from consistencyhelp import _cfg, _method, _params, interrupted_at
 
 from rsdml.training.propagation import propagate
 from rsdml.training.runner import train
