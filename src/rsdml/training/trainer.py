@@ -51,6 +51,7 @@ from rsdml.training.methods.base import Method
 from rsdml.training.optim import Schedule, make_optimizer
 from rsdml.training.run_folder import RunFolder
 from rsdml.training.sets import LabeledSet, UnlabeledSet
+from rsdml.training.teacher import EmaTeacher
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,8 @@ class Trainer:
         self.dist = distributed.current()
         self.optimizer = make_optimizer(model, method, cfg)
         self.forward_model = torch.compile(model) if cfg.compile else model
+        #: The EMA teacher that embeds the weak view (consistency methods, --teacher-ema).
+        self.teacher = EmaTeacher(model, method.teacher_momentum) if method.teacher_momentum else None
         self.autocast_dtype = autocast_dtype(cfg.amp, device)
         # The budget: steps per epoch (--epoch-unit), total steps (--steps or --epochs).
         self.labeled_cycle = len(self.labeled_batches(0))
@@ -125,6 +128,7 @@ class Trainer:
         return {
             **callbacks,
             "model": self.model.state_dict(),
+            **({"teacher": self.teacher.state_dict()} if self.teacher is not None else {}),
             "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
@@ -141,6 +145,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if self.teacher is not None:
+            if "teacher" not in state:
+                raise RsdmlError("the checkpoint has no EMA teacher but this run has "
+                                 "--teacher-ema; resume with the run's own config.yaml")
+            self.teacher.load_state_dict(state["teacher"])
         self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.global_step = int(state["global_step"])
@@ -304,8 +313,9 @@ class Trainer:
         with self.autocast():
             emb_w = None
             if x_weak is not None:  # pseudo-label targets only: no graph, a third of the cost
+                net = self.forward_model if self.teacher is None else self.teacher.network
                 with torch.no_grad():
-                    emb_w = self.inputs.embed(self.forward_model, x_weak).float()
+                    emb_w = self.inputs.embed(net, x_weak).float()
             emb = self._train_forward(x).float()
             terms = global_terms(self.method, emb, n_l, y_l, to_device(index_l, self.device),
                                  self.cfg.unlabeled_batch_size, emb_w, index_u)
@@ -313,6 +323,9 @@ class Trainer:
         terms["total"].backward()
         distributed.average_gradients(self.method.parameters())
         self.optimizer.step()
+        if self.teacher is not None:
+            self.teacher.update(self.model)
+            self.method.update_teacher()
         return {k: v.detach() for k, v in terms.items()}
 
     def run_step(self, batch: Tensor, epoch: int, step: int | None = None) -> None:

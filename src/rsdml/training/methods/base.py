@@ -92,6 +92,15 @@ class Method(nn.Module):
     def has_propagated(self) -> bool:
         return False
 
+    @property
+    def teacher_momentum(self) -> float:
+        """Momentum of the EMA teacher that embeds the weak view (0: none; the trainer keeps
+        the teacher network, the method its classifier, ``rsdml.training.teacher``)."""
+        return 0.0
+
+    def update_teacher(self) -> None:
+        """One EMA step of the method's teacher classifier (after the optimiser's step)."""
+
     def predict_proba(self, emb: Tensor) -> Tensor | None:
         """Class probabilities for the rank spectrum plot; None for methods without a classifier."""
         return None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
 from rsdml.losses import BatchNuclearNormLoss, ViewContrastLoss
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
 from rsdml.training.methods.margin_softmax import NSMMargin
@@ -60,6 +61,25 @@ class FixMatch(NSMMargin):
         #: and the weight of its term (certainty x class balance); sized by the first refresh
         self.register_buffer("lp_target", torch.zeros(0, dtype=torch.long))
         self.register_buffer("lp_weight", torch.zeros(0))
+        if self.teacher_momentum:  # the EMA teacher's class weights (rsdml.training.teacher)
+            self.register_buffer("teacher_weight", self.nsm.weight.detach().clone())
+
+    @property
+    def teacher_momentum(self) -> float:
+        return float(self.params.teacher_ema)
+
+    @torch.no_grad()
+    def update_teacher(self) -> None:
+        if self.teacher_momentum:
+            self.teacher_weight.lerp_(self.nsm.weight.detach(), 1.0 - self.teacher_momentum)
+
+    def weak_proba(self, emb_w: Tensor) -> Tensor:
+        """The weak view's class probabilities: the teacher's classifier when there is one."""
+        if not self.teacher_momentum:
+            return self.predict_proba(emb_w)
+        e = F.normalize(emb_w.float(), dim=1)
+        w = F.normalize(self.teacher_weight.float(), dim=1)
+        return (self.cfg.logit_scale_u * (e @ w.t()).clamp(-1.0, 1.0)).softmax(dim=1)
 
     @property
     def needs_propagation(self) -> bool:
@@ -109,7 +129,7 @@ class FixMatch(NSMMargin):
             raise ValueError(f"{self.name} needs the weak and the strong view of an unlabelled batch")
         nsm = self.nsm(emb_l, labels_l)
         with torch.no_grad():
-            probs_w = self.predict_proba(emb_w.detach())
+            probs_w = self.weak_proba(emb_w.detach())
             if self.params.distribution_alignment:
                 probs_w = self.align(probs_w)
         tau = self.current_threshold(probs_w)
@@ -181,6 +201,9 @@ class HRMatch(FixMatch):
     def __init__(self, cfg: TrainConfig, num_classes: int, labeled_labels: Tensor) -> None:
         super().__init__(cfg, num_classes, labeled_labels)
         self.bnm = BatchNuclearNormLoss()
+        if self.teacher_momentum and self.weak_needs_grad:
+            raise RsdmlError("--teacher-ema needs --hr-view strong: with --hr-view weak the "
+                             "student embeds the weak view; drop one of the two")
 
     @property
     def weak_needs_grad(self) -> bool:

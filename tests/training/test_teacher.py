@@ -1,0 +1,85 @@
+"""The EMA teacher of the consistency methods (--teacher-ema): its update by hand, the weak
+view's pseudo-labels from the teacher, and a run that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from consistencyhelp import _cfg, _method, _params, interrupted_at
+
+from rsdml.config import TrainConfig
+from rsdml.errors import RsdmlError
+from rsdml.training.checkpoint import load_checkpoint
+from rsdml.training.runner import train
+from rsdml.training.teacher import EmaTeacher
+
+
+def test_ema_teacher_update_by_hand():
+    student = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[1.0, 2.0]]))
+        student.bias.fill_(0.0)
+    teacher = EmaTeacher(student, 0.9)
+    student.bias.requires_grad_(False)  # frozen: the teacher's copy must not move
+    with torch.no_grad():
+        student.weight.copy_(torch.tensor([[3.0, -2.0]]))
+        student.bias.fill_(5.0)
+    teacher.update(student)
+    # 0.9 * (1, 2) + 0.1 * (3, -2) = (1.2, 1.6)
+    assert teacher.network.weight.tolist() == [pytest.approx([1.2, 1.6])]
+    assert teacher.network.bias.item() == 0.0
+    assert not any(p.requires_grad for p in teacher.network.parameters())
+    with pytest.raises(ValueError, match="momentum"):
+        EmaTeacher(student, 1.0)
+
+
+def test_the_weak_view_is_scored_by_the_teacher_classifier():
+    m = _method("fixmatch", teacher_ema=0.5)
+    emb = F.normalize(torch.randn(5, 8), dim=1)
+    before = m.weak_proba(emb)
+    assert torch.allclose(before, m.predict_proba(emb), atol=1e-6)  # teacher = student at start
+    w0 = m.nsm.weight.detach().clone()
+    with torch.no_grad():
+        m.nsm.weight.add_(torch.randn_like(m.nsm.weight))
+    assert torch.equal(m.weak_proba(emb), before)  # the student moved, the teacher did not
+    m.update_teacher()
+    assert torch.allclose(m.teacher_weight, 0.5 * w0 + 0.5 * m.nsm.weight.detach())
+    assert not torch.allclose(m.weak_proba(emb), before)
+    plain = _method("fixmatch")
+    assert plain.teacher_momentum == 0.0 and "teacher_weight" not in plain.state_dict()
+
+
+def test_a_teacher_with_the_weak_view_under_a_graph_is_refused():
+    with pytest.raises(RsdmlError, match="--teacher-ema needs --hr-view strong"):
+        _method("hr-match", teacher_ema=0.9, hr_view="weak")
+
+
+def test_fast_mode_with_a_teacher_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):
+    kw = dict(method="hr-match", freeze_backbone=True, view_weak=4, view_strong=2, view_stages=1)
+
+    def cfg(out):
+        c = _cfg(tiny_scenes, out, **kw)
+        return c.replace(method_params={**c.method_params, "teacher_ema": 0.9})
+
+    straight = tmp_path / "straight"
+    train(cfg(straight))
+    state = load_checkpoint(straight / "checkpoints" / "last.pt")
+    teacher, student = state["teacher"], state["model"]
+    assert teacher.keys() == student.keys()
+    moved = [k for k in student if student[k].is_floating_point()
+             and not torch.equal(student[k], teacher[k])]
+    assert moved and all(k.startswith("head") for k in moved), moved  # the trunk is frozen
+    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    resumed = tmp_path / "resumed"
+    interrupted_at(monkeypatch, log[0]["step"] + 1, lambda: train(cfg(resumed)))
+    train(TrainConfig(), resume=resumed, overrides={})
+    a, b = _params(straight), _params(resumed)
+    assert "method.teacher_weight" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    t2 = load_checkpoint(resumed / "checkpoints" / "last.pt")["teacher"]
+    for k in teacher:
+        assert torch.equal(teacher[k], t2[k]), k
