@@ -165,3 +165,43 @@ def test_partial_fine_tuning_trains_only_the_last_stages(tiny_scenes, tmp_path):
     assert changed and all(k.startswith("layer4.") for k in changed)
     assert any(k.endswith("conv1.weight") for k in changed)
     assert 0.0 <= result["knn_acc"] <= 1.0
+
+
+def test_fairness_loss_by_hand():
+    from rsdml.losses.pseudo_label import fairness_loss
+
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [3.0, 0.0, 1.0], [0.0, 0.0, 5.0]],
+                          dtype=torch.float64)
+    mask = torch.tensor([True, True, True, False])
+    p_model = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    label_hist = torch.tensor([0.6, 0.4, 0.0], dtype=torch.float64)
+    # by hand: accepted rows 0-2; their top classes 0, 1, 0 -> hist_s = (2/3, 1/3, 0)
+    rows = [[math.exp(v) for v in r] for r in logits[:3].tolist()]
+    probs = [[v / sum(r) for v in r] for r in rows]
+    mean = [sum(p[c] for p in probs) / 3 for c in range(3)]
+    b = [mean[0] / (2 / 3), mean[1] / (1 / 3), 0.0]
+    b = [v / sum(b) for v in b]
+    a = [0.5 / 0.6, 0.3 / 0.4, 0.0]
+    a = [v / sum(a) for v in a]
+    expected = sum(x * math.log(y + 1e-12) for x, y in zip(a, b))
+    got = fairness_loss(logits, mask, p_model, label_hist)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    none = fairness_loss(logits.requires_grad_(), torch.zeros(4, dtype=torch.bool), p_model, label_hist)
+    assert none.item() == 0.0
+
+
+def test_freematch_tracks_the_top_class_histogram_and_adds_fairness():
+    t = SelfAdaptiveThreshold(num_classes=2, momentum=0.5)
+    t.update(torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]]))
+    assert t.hist.tolist() == pytest.approx([0.5 * 0.5 + 0.5 * 2 / 3, 0.5 * 0.5 + 0.5 / 3])
+    old = {k: v for k, v in t.state_dict().items() if k != "hist"}  # a checkpoint from before
+    SelfAdaptiveThreshold(num_classes=2).load_state_dict(old)
+    m = _method("freematch", fairness_weight=0.01)
+    emb = F.normalize(torch.randn(4, 8), dim=1)
+    weak = F.normalize(m.nsm.weight.detach()[[0, 1, 2, 0]] + 0.01, dim=1)
+    terms = m(emb, torch.tensor([0, 1, 2, 0]), torch.arange(4), emb, weak)
+    assert "fairness" in terms and torch.isfinite(terms["fairness"])
+    base = terms["nsm"] + terms["consistency"] + 0.01 * terms["fairness"]
+    assert terms["total"].item() == pytest.approx(base.item(), rel=1e-5)
+    assert "fairness" not in _method("freematch")(emb, torch.tensor([0, 1, 2, 0]),
+                                                  torch.arange(4), emb, weak)

@@ -1,5 +1,6 @@
 """Pseudo-labels from a weak view, learnt on a strong view (FixMatch, Sohn et al. NeurIPS 2020),
-and FreeMatch's self-adaptive thresholds (Wang et al. ICLR 2023).
+FreeMatch's self-adaptive thresholds and its self-adaptive fairness term (Wang et al. ICLR
+2023).
 
 Why two pieces: the loss is the same for both methods, only the threshold differs (one number,
 or one per class that follows the model's own confidence).
@@ -48,6 +49,12 @@ class SelfAdaptiveThreshold(nn.Module):
         self.momentum = float(momentum)
         self.register_buffer("tau", torch.tensor(1.0 / num_classes))
         self.register_buffer("p", torch.full((num_classes,), 1.0 / num_classes))
+        #: moving average of the weak view's top-class histogram (FreeMatch's label_hist)
+        self.register_buffer("hist", torch.full((num_classes,), 1.0 / num_classes))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:
+        state_dict.setdefault(prefix + "hist", self.hist.clone())  # saved before it existed
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
 
     @torch.no_grad()
     def update(self, probs_weak: Tensor) -> None:
@@ -55,7 +62,34 @@ class SelfAdaptiveThreshold(nn.Module):
         m = self.momentum
         self.tau.mul_(m).add_(q.max(dim=1).values.mean(), alpha=1 - m)
         self.p.mul_(m).add_(q.mean(dim=0), alpha=1 - m)
+        top = torch.bincount(q.argmax(dim=1), minlength=len(self.p)).float()
+        self.hist.mul_(m).add_(top / top.sum().clamp_min(1), alpha=1 - m)
 
     def thresholds(self) -> Tensor:
         """(C,) per-class thresholds from the current averages."""
         return self.tau * self.p / self.p.max()
+
+
+def fairness_loss(logits_s: Tensor, mask: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
+    """FreeMatch's self-adaptive fairness term, as USB computes it (``entropy_loss``):
+    sum_c a_c log b_c with a = SumNorm(p_model / label_hist) (the averages of the weak view)
+    and b = SumNorm(mean_b p_s / hist_s) over the accepted rows' strong-view probabilities
+    p_s (hist_s their top-class histogram; a class absent from it gets 0). Minimised, it
+    pushes the accepted predictions' mean away from the classes the model already favours.
+    0 when no row is accepted."""
+    if not bool(mask.any()):
+        return logits_s.sum() * 0.0
+    x = logits_s[mask]
+    prob_s = (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x).softmax(dim=1)
+    c = prob_s.shape[1]
+    hist_s = torch.bincount(prob_s.argmax(dim=1), minlength=c).to(prob_s.dtype)
+    hist_s = hist_s / hist_s.sum()
+
+    def inverse(x: Tensor) -> Tensor:  # 1/x, 0 where x is 0
+        return torch.where(x > 0, 1.0 / x.clamp_min(1e-30), torch.zeros_like(x)).detach()
+
+    a = p_model.to(prob_s.dtype) * inverse(label_hist.to(prob_s.dtype))
+    a = a / a.sum()
+    b = prob_s.mean(dim=0) * inverse(hist_s)
+    b = b / b.sum()
+    return (a * torch.log(b + 1e-12)).sum()

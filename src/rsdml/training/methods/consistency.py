@@ -32,7 +32,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 from rsdml.losses import BatchNuclearNormLoss, ViewContrastLoss
-from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold
+from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold, fairness_loss
 from rsdml.training.methods.margin_softmax import NSMMargin
 from rsdml.training.methods.params import FixMatchParams, FreeMatchParams, HRMatchParams
 
@@ -133,12 +133,17 @@ class FixMatch(NSMMargin):
             if self.params.distribution_alignment:
                 probs_w = self.align(probs_w)
         tau = self.current_threshold(probs_w)
-        loss_c, mask, target = self.pseudo(self.scaled_cosines(emb_u), probs_w, tau)
+        logits_s = self.scaled_cosines(emb_u)
+        loss_c, mask, target = self.pseudo(logits_s, probs_w, tau)
         with torch.no_grad():
             self.pl_hist += torch.bincount(target[mask], minlength=self.num_classes)
         w = self.ramp * self.params.consistency_weight
         terms = {"total": nsm + w * loss_c, "nsm": nsm, "consistency": loss_c,
                  "mask_rate": mask.float().mean()}
+        fair = self.fairness_term(logits_s, mask)
+        if fair is not None:
+            terms["total"] = terms["total"] + self.ramp * self.params.fairness_weight * fair
+            terms["fairness"] = fair
         if self.params.instance_weight:  # None (not resolved by the runner) counts as 0
             inst = self.contrast(emb_u, emb_w)
             terms["total"] = terms["total"] + self.ramp * self.params.instance_weight * inst
@@ -155,6 +160,10 @@ class FixMatch(NSMMargin):
         target, weight = self.lp_target[index_u], self.lp_weight[index_u]  # weight 0: no class
         ce = F.cross_entropy(self.scaled_cosines(emb_s), target.clamp_min(0), reduction="none")
         return (weight * ce).sum() / max(1, len(target))
+
+    def fairness_term(self, logits_s: Tensor, mask: Tensor) -> Tensor | None:
+        """FreeMatch's fairness term (None: the method has none)."""
+        return None
 
     def extra_terms(self, terms: dict[str, Tensor], emb_s: Tensor, emb_w: Tensor) -> dict[str, Tensor]:
         return terms
@@ -190,6 +199,11 @@ class FreeMatch(FixMatch):
 
     def _tau(self) -> float | Tensor:
         return self.adaptive.thresholds()
+
+    def fairness_term(self, logits_s: Tensor, mask: Tensor) -> Tensor | None:
+        if not self.params.fairness_weight:
+            return None
+        return fairness_loss(logits_s, mask, self.adaptive.p, self.adaptive.hist)
 
 
 class HRMatch(FixMatch):

@@ -66,6 +66,9 @@ class FreeMatchParams(ConsistencyParams):
         0.99, "freematch: momentum of the moving averages behind its self-adaptive thresholds "
         "(0.999 in the paper, for 2^20 steps; 0.99 lets them follow a run of thousands).",
         ge=0.0, lt=1.0)
+    fairness_weight: float = option(
+        0.0, "freematch: weight of FreeMatch's self-adaptive fairness term on the accepted "
+        "strong-view predictions (0.01 in USB; 0: off).", ge=0.0)
 
 
 @dataclass(frozen=True)
