@@ -278,9 +278,23 @@ def _is_main() -> bool:
     return is_main()
 
 
+#: The commands that run networks over many images: they keep freed memory for reuse
+#: (rsdml.allocator); the servers and the quick commands keep the system's allocator.
+COMPUTE_COMMANDS = frozenset({"train", "experiment", "tune", "evaluate", "embed", "index",
+                              "predict", "suggest", "demo", "tile"})
+
+
+def _command(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _setup_logging()
+    if _command(sys.argv[1:] if argv is None else argv) in COMPUTE_COMMANDS:
+        from rsdml.allocator import keep_freed_memory
+
+        keep_freed_memory()
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone
