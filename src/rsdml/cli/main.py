@@ -278,7 +278,7 @@ def _is_main() -> bool:
     return is_main()
 
 
-#: The commands that run networks over many images: they keep freed memory for reuse
+#: The commands that run networks over many images: their passes keep freed memory for reuse
 #: (rsdml.allocator); the servers and the quick commands keep the system's allocator.
 COMPUTE_COMMANDS = frozenset({"train", "experiment", "tune", "evaluate", "embed", "index",
                               "predict", "suggest", "demo", "tile"})
@@ -292,9 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
     _setup_logging()
     if _command(sys.argv[1:] if argv is None else argv) in COMPUTE_COMMANDS:
-        from rsdml.allocator import keep_freed_memory
+        from rsdml import allocator
 
-        keep_freed_memory()
+        allocator.enable()
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave signals alone

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rsdml.allocator import kept_memory
 from rsdml.config import TrainConfig
 from rsdml.data.augment import normalize
 from rsdml.data.cache import ImageCache, default_cache_dir
@@ -64,9 +65,11 @@ def compute_features(model: EmbeddingNet, cache: ImageCache, device: torch.devic
     # The input in the layout build_session gives the model.
     layout = torch.channels_last if uses_channels_last(device) else torch.contiguous_format
     norm = normalizer or normalize
-    out = [model.forward_features(
-               norm(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
-           for c in progress(chunks, total=len(chunks), desc="trunk features", enabled=show_progress)]
+    with kept_memory():
+        out = [model.forward_features(
+                   norm(cache.batch(c).to(device)).contiguous(memory_format=layout)).float().cpu()
+               for c in progress(chunks, total=len(chunks), desc="trunk features",
+                                 enabled=show_progress)]
     return torch.cat(out)
 
 

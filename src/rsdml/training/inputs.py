@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rsdml.allocator import kept_memory
 from rsdml.data.activation_views import strong_activation, symmetries
 from rsdml.data.augment import TrainAugment, normalize
 from rsdml.data.bands import gather
@@ -221,14 +222,15 @@ def embed_batches(forward: Callable[[Tensor], Tensor], inputs: ImageInputs | Fea
     ``rsdml evaluate`` and ``rsdml embed``."""
     out, pending = [], []
     chunks = index.split(batch_size)
-    for chunk in progress(chunks, total=len(chunks), desc="embedding", enabled=show_progress):
-        with (torch.autocast(inputs.device.type, dtype=autocast) if autocast
-              else contextlib.nullcontext()):
-            pending.append(forward(inputs.eval(chunk)).float())
-        # Copy back in groups: a copy per batch would make the host wait for every batch.
-        if len(pending) == _EMBED_COPY_EVERY:
-            out.append(torch.cat(pending).cpu())
-            pending = []
+    with kept_memory():
+        for chunk in progress(chunks, total=len(chunks), desc="embedding", enabled=show_progress):
+            with (torch.autocast(inputs.device.type, dtype=autocast) if autocast
+                  else contextlib.nullcontext()):
+                pending.append(forward(inputs.eval(chunk)).float())
+            # Copy back in groups: a copy per batch would make the host wait for every batch.
+            if len(pending) == _EMBED_COPY_EVERY:
+                out.append(torch.cat(pending).cpu())
+                pending = []
     if pending:
         out.append(torch.cat(pending).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, dim), np.float32)

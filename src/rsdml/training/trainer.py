@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rsdml.allocator import kept_memory
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError, TrainingDivergedError
 from rsdml.models.embedding import EmbeddingNet
@@ -463,15 +464,33 @@ class Trainer:
         return distributed.agree_max(self._stop_signal or 0) or None
 
     def _run_epoch(self) -> None:
-        cfg, epoch = self.cfg, self.epoch
+        epoch = self.epoch
         if self.method.needs_propagation and (
                 self.global_step % self.steps_per_epoch == 0 or not self.method.has_propagated):
             self.propagate()
         end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         t0 = time.monotonic()
         todo = range(self.global_step, end)
+        with kept_memory():
+            self._steps(todo, epoch, end, t0)
+        self.flush_losses()
+        self.elapsed += time.monotonic() - t0
+        means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()
+                 if k not in self.method.stat_terms}
+        stats = {k: v / max(1, self.steps_in_sums) for k, v in self.sums.items()
+                 if k in self.method.stat_terms}
+        row: dict[str, Any] = {"epoch": self.epoch_done, "step": self.global_step, **means,
+                               **stats, **self.method.epoch_stats(),
+                               "lr": self.head_lr(), "trunk_lr": self.trunk_lr(),
+                               "reg_weight": self.method.reg_weight,
+                               "seconds": round(self.elapsed, 3)}
+        self.sums, self.steps_in_sums = {}, 0
+        self._epoch_end(EpochEnd(row, means))
+
+    def _steps(self, todo: range, epoch: int, end: int, t0: float) -> None:
+        """The steps ``todo`` of epoch ``epoch`` (a signal stops them after a step, saved)."""
         for s in progress(todo, total=len(todo), desc=f"epoch {epoch + 1}/{self.num_epochs}",
-                          enabled=not cfg.quiet):
+                          enabled=not self.cfg.quiet):
             self.run_step(self.labeled_batch(s), epoch, s)
             # At an epoch's last step the epoch ends first (logs, evaluation, checkpoint): the
             # position is the step, so a checkpoint there must not skip the epoch's end.
@@ -487,19 +506,6 @@ class Trainer:
                     f"to {self.run.last}; continue with `rsdml train --resume {self.run.root}`",
                     stop,
                 )
-        self.flush_losses()
-        self.elapsed += time.monotonic() - t0
-        means = {f"loss_{k}": v / max(1, self.steps_in_sums) for k, v in self.sums.items()
-                 if k not in self.method.stat_terms}
-        stats = {k: v / max(1, self.steps_in_sums) for k, v in self.sums.items()
-                 if k in self.method.stat_terms}
-        row: dict[str, Any] = {"epoch": self.epoch_done, "step": self.global_step, **means,
-                               **stats, **self.method.epoch_stats(),
-                               "lr": self.head_lr(), "trunk_lr": self.trunk_lr(),
-                               "reg_weight": self.method.reg_weight,
-                               "seconds": round(self.elapsed, 3)}
-        self.sums, self.steps_in_sums = {}, 0
-        self._epoch_end(EpochEnd(row, means))
 
     @property
     def epoch_done(self) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rsdml.allocator import kept_memory
 from rsdml.data.activation_views import strong_activation, symmetry
 from rsdml.data.cache import ImageCache
 from rsdml.errors import RsdmlError
@@ -125,13 +126,14 @@ def _build_into(arr: np.ndarray, done_chunks: int, model: EmbeddingNet, cache: I
                 on_chunk: Callable[[int], None]) -> None:
     model.eval()
     starts = list(range(0, len(cache), CHUNK))
-    for c in progress(range(done_chunks, len(starts)), total=len(starts) - done_chunks,
-                      desc=desc, enabled=show_progress):
-        start = starts[c]
-        index = torch.arange(start, min(start + CHUNK, len(cache)))
-        rows = fill(index, cache.batch(index))
-        arr[start:start + len(index)] = rows.float().cpu().numpy().astype(np.float16)
-        on_chunk(c + 1)
+    with kept_memory():
+        for c in progress(range(done_chunks, len(starts)), total=len(starts) - done_chunks,
+                          desc=desc, enabled=show_progress):
+            start = starts[c]
+            index = torch.arange(start, min(start + CHUNK, len(cache)))
+            rows = fill(index, cache.batch(index))
+            arr[start:start + len(index)] = rows.float().cpu().numpy().astype(np.float16)
+            on_chunk(c + 1)
 
 
 def view_features(key: str, folder: Path, plan: ViewPlan, model: EmbeddingNet,
