@@ -17,6 +17,15 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["RSDML_CACHE"] = str(tmp_path_factory.mktemp("rsdml-cache"))
 
 
+@pytest.fixture(autouse=True)
+def _allocator_per_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's compute commands enable rsdml.allocator for the process; in-process tests
+    get it back off after each test, so no test depends on which ran before it."""
+    from rsdml import allocator
+
+    monkeypatch.setattr(allocator, "_libc", None)
+
+
 @pytest.fixture(scope="session")
 def tiny_scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """4 synthetic classes x 16 images of 32 px (session-wide; treat as read-only)."""

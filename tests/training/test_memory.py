@@ -139,3 +139,15 @@ def test_the_memory_check_counts_the_images_the_method_runs_with_a_graph():
     assert counts[("hr-match", ("weak",))] == 8 + 2 * 16
     assert counts[("hr-match", ())] == counts[("fixmatch", ())] == 8 + 16
     assert counts[("hr-s2dml", ())] == 8 + 16
+
+
+def test_kept_memory_raises_the_estimate_on_a_cpu(monkeypatch):
+    """With the allocator keeping freed memory in the passes, activations count 1.25x."""
+    from rsdml import allocator
+
+    model = _model()
+    cfg = TrainConfig(backbone="resnet18", image_size=64, batch_size=4, unlabeled_batch_size=4)
+    plain = memory.estimate(cfg, model, CPU, None, True, 8, 0)
+    monkeypatch.setattr(allocator, "_libc", object())
+    kept = memory.estimate(cfg, model, CPU, None, True, 8, 0)
+    assert kept.per_image == pytest.approx(memory.KEPT_FACTOR * plain.per_image, abs=2)
