@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import torch
 from rsdml.config import TrainConfig
 from rsdml.training.checkpoint import load_checkpoint
 from rsdml.training.methods.registry import check_method, create_method
+from rsdml.training.runner import train
 from rsdml.training.trainer import Trainer, TrainingInterrupted
 
 
@@ -50,3 +53,23 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     return {**{f"model.{k}": v for k, v in state["model"].items()},
             **{f"method.{k}": v for k, v in state["method"].items()}}
+
+
+def fast_views_cfg(data: Path, out: Path, **params) -> TrainConfig:
+    """hr-match in fast mode on a few cached views, with ``params`` as method options."""
+    c = _cfg(data, out, method="hr-match", freeze_backbone=True, view_weak=4, view_strong=2,
+             view_stages=1)
+    return c.replace(method_params={**c.method_params, **params})
+
+
+def straight_and_resumed(monkeypatch, tmp_path: Path,
+                         cfg: Callable[[Path], TrainConfig]) -> tuple[Path, Path, list[dict]]:
+    """A run straight through, and the same run stopped in the middle of epoch 2 and resumed:
+    (straight, resumed, the straight run's log rows)."""
+    straight = tmp_path / "straight"
+    train(cfg(straight))
+    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
+    resumed = tmp_path / "resumed"
+    interrupted_at(monkeypatch, log[0]["step"] + 1, lambda: train(cfg(resumed)))
+    train(TrainConfig(), resume=resumed, overrides={})
+    return straight, resumed, log

@@ -3,16 +3,13 @@ the term a consistency method adds, and a fast-mode run that uses it and resumes
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from consistencyhelp import _cfg, _method, _params, interrupted_at
+from consistencyhelp import _method, _params, fast_views_cfg, straight_and_resumed
 
 from rsdml.training.propagation import propagate
-from rsdml.training.runner import train
 
 
 def _dense(x: np.ndarray, labeled: np.ndarray, labels: np.ndarray, c: int, k: int,
@@ -86,22 +83,9 @@ def test_the_propagation_term_by_hand():
 
 def test_fast_mode_with_propagation_logs_its_term_and_resumes_exactly(tiny_scenes, tmp_path,
                                                                         monkeypatch):
-    kw = dict(method="hr-match", freeze_backbone=True, view_weak=4, view_strong=2, view_stages=1)
-
-    def cfg(out):
-        c = _cfg(tiny_scenes, out, **kw)
-        return c.replace(method_params={**c.method_params, "propagation_weight": 1.0})
-
-    straight = tmp_path / "straight"
-    train(cfg(straight))
-    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
-    assert all(row["loss_propagation"] > 0 for row in log)
-    resumed = tmp_path / "resumed"
-    # stopped in the middle of epoch 2, after a refresh
-    interrupted_at(monkeypatch, log[0]["step"] + 1, lambda: train(cfg(resumed)))
-    from rsdml.config import TrainConfig
-
-    train(TrainConfig(), resume=resumed, overrides={})
+    straight, resumed, log = straight_and_resumed(
+        monkeypatch, tmp_path, lambda out: fast_views_cfg(tiny_scenes, out, propagation_weight=1.0))
+    assert all(row["loss_propagation"] > 0 for row in log)  # stopped after a refresh
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys() and "method.lp_target" in a
     for k in a:

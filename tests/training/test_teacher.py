@@ -3,17 +3,13 @@ view's pseudo-labels from the teacher, and a run that resumes exactly."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
-from consistencyhelp import _cfg, _method, _params, interrupted_at
+from consistencyhelp import _method, _params, fast_views_cfg, straight_and_resumed
 
-from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 from rsdml.training.checkpoint import load_checkpoint
-from rsdml.training.runner import train
 from rsdml.training.teacher import EmaTeacher
 
 
@@ -58,24 +54,14 @@ def test_a_teacher_with_the_weak_view_under_a_graph_is_refused():
 
 
 def test_fast_mode_with_a_teacher_resumes_exactly(tiny_scenes, tmp_path, monkeypatch):
-    kw = dict(method="hr-match", freeze_backbone=True, view_weak=4, view_strong=2, view_stages=1)
-
-    def cfg(out):
-        c = _cfg(tiny_scenes, out, **kw)
-        return c.replace(method_params={**c.method_params, "teacher_ema": 0.9})
-
-    straight = tmp_path / "straight"
-    train(cfg(straight))
+    straight, resumed, _ = straight_and_resumed(
+        monkeypatch, tmp_path, lambda out: fast_views_cfg(tiny_scenes, out, teacher_ema=0.9))
     state = load_checkpoint(straight / "checkpoints" / "last.pt")
     teacher, student = state["teacher"], state["model"]
     assert teacher.keys() == student.keys()
     moved = [k for k in student if student[k].is_floating_point()
              and not torch.equal(student[k], teacher[k])]
     assert moved and all(k.startswith("head") for k in moved), moved  # the trunk is frozen
-    log = [json.loads(line) for line in (straight / "train_log.jsonl").read_text().splitlines()]
-    resumed = tmp_path / "resumed"
-    interrupted_at(monkeypatch, log[0]["step"] + 1, lambda: train(cfg(resumed)))
-    train(TrainConfig(), resume=resumed, overrides={})
     a, b = _params(straight), _params(resumed)
     assert "method.teacher_weight" in a
     for k in a:
