@@ -60,20 +60,16 @@ def kept_memory() -> Iterator[None]:
     """Network passes inside keep freed memory for reuse (nothing without :func:`enable`;
     nested uses act once, at the outermost)."""
     global _depth
-    if _libc is None or _depth:
-        _depth += 1
-        try:
-            yield
-        finally:
-            _depth -= 1
-        return
-    _depth = 1
-    _libc.mallopt(_M_MMAP_MAX, 0)
-    _libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+    outermost = _libc is not None and _depth == 0
+    if outermost:
+        _libc.mallopt(_M_MMAP_MAX, 0)
+        _libc.mallopt(_M_TRIM_THRESHOLD, _KEEP)
+    _depth += 1
     try:
         yield
     finally:
-        _depth = 0
-        for option, value in _AFTER.items():
-            _libc.mallopt(option, value)
-        _libc.malloc_trim(0)
+        _depth -= 1
+        if outermost:
+            for option, value in _AFTER.items():
+                _libc.mallopt(option, value)
+            _libc.malloc_trim(0)

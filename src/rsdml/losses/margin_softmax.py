@@ -69,8 +69,9 @@ class MarginSoftmaxLoss(nn.Module):
             f"margin={self.margin}, temperature={self.temperature}"
         )
 
-    def cosines(self, emb: Tensor) -> Tensor:
-        """(B, C) cosines between embeddings and class weights, margin-free, in [-1, 1].
+    def cosines(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
+        """(B, C) cosines between embeddings and class weights, margin-free, in [-1, 1]
+        (``weight``: other class weights of the same shape, e.g. an EMA teacher's).
 
         Computed in float32 (or float64) even for half inputs, so unlabelled predictions
         softmax(s * cos) are not quantised under mixed precision.
@@ -79,10 +80,11 @@ class MarginSoftmaxLoss(nn.Module):
             raise ValueError(
                 f"embeddings must have shape (B, {self.embedding_dim}), got {tuple(emb.shape)}"
             )
-        dtype = _working_dtype(emb, self.weight)
+        weight = self.weight if weight is None else weight
+        dtype = _working_dtype(emb, weight)
         with torch.autocast(device_type=emb.device.type, enabled=False):
             e = F.normalize(emb.to(dtype), dim=1)
-            w = F.normalize(self.weight.to(dtype), dim=1)
+            w = F.normalize(weight.to(dtype), dim=1)
             return (e @ w.t()).clamp(-1.0, 1.0)
 
     def logits(self, emb: Tensor, labels: Tensor) -> Tensor:

@@ -213,8 +213,6 @@ def host_names(bound: str, extra: Sequence[str] = ()) -> list[str]:
     return [str(ip), socket.gethostname(), socket.getfqdn(), *extra]
 
 
-
-
 class ThumbnailCache:
     """JPEG thumbnails of a page's images in a bounded LRU (a page shows the same ones again);
     one for ``rsdml serve`` and ``rsdml label``, which say which file an id is (``file_of``,

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rsdml import allocator
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 
@@ -144,8 +145,6 @@ def estimate(cfg: TrainConfig, model: nn.Module, device: torch.device,
              images: int, trainable_bytes: int) -> MemoryEstimate:
     """The measured estimate for ``cfg``'s image size and batch on ``device``."""
     n = _PROBE_IMAGES
-    from rsdml import allocator
-
     kept = KEPT_FACTOR if allocator.enabled() and device.type == "cpu" else 1.0
     per_image = math.ceil(PEAK_FACTOR * kept * activation_bytes(
         model, cfg.image_size, device, autocast_dtype, channels_last, n) / n)

@@ -75,11 +75,8 @@ class FixMatch(NSMMargin):
 
     def weak_proba(self, emb_w: Tensor) -> Tensor:
         """The weak view's class probabilities: the teacher's classifier when there is one."""
-        if not self.teacher_momentum:
-            return self.predict_proba(emb_w)
-        e = F.normalize(emb_w.float(), dim=1)
-        w = F.normalize(self.teacher_weight.float(), dim=1)
-        return (self.cfg.logit_scale_u * (e @ w.t()).clamp(-1.0, 1.0)).softmax(dim=1)
+        teacher = self.teacher_weight if self.teacher_momentum else None
+        return self.scaled_cosines(emb_w, teacher).softmax(dim=1)
 
     @property
     def needs_propagation(self) -> bool:
@@ -107,8 +104,8 @@ class FixMatch(NSMMargin):
                 setattr(self, name, torch.empty_like(saved, device=self.p_model.device))
         super()._load_from_state_dict(state_dict, prefix, *args)
 
-    def scaled_cosines(self, emb: Tensor) -> Tensor:
-        return self.cfg.logit_scale_u * self.nsm.cosines(emb)
+    def scaled_cosines(self, emb: Tensor, weight: Tensor | None = None) -> Tensor:
+        return self.cfg.logit_scale_u * self.nsm.cosines(emb, weight)
 
     def current_threshold(self, probs_weak: Tensor | None = None) -> float | Tensor:
         """The threshold(s) for this step (FreeMatch first updates its averages with the batch)."""
