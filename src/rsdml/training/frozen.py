@@ -108,9 +108,10 @@ def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: 
 
 
 def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
-                 device: torch.device, preprocess: Preprocess) -> tuple[Tensor, bool]:
+                 device: torch.device, preprocess: Preprocess,
+                 announce: bool = True) -> tuple[Tensor, bool]:
     """(N, V, F) cached trunk features of every image's views (``rsdml.training.views``), and
-    whether they are memory-mapped."""
+    whether they are memory-mapped (``announce``: say what training does with them)."""
     from rsdml.training.views import ViewPlan, view_features
 
     assert cfg.view_stages is not None
@@ -118,7 +119,7 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
     spec = preprocess.spec
     band_norm = spec.normalizer() if spec is not None else None
     limit = cfg.cache_max_memory_bytes
-    if not cfg.quiet:
+    if announce and not cfg.quiet:
         import sys
 
         where = "at the pixels" if plan.stages == 0 else f"below the trunk's last {plan.stages} stages"

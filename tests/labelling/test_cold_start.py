@@ -1,0 +1,50 @@
+"""The cold start's features are fast-mode training's: the loop's first ``train --labels``
+reuses the views ``rsdml suggest`` built, and decodes nothing again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clihelp import run_cli
+
+from rsdml.errors import RsdmlError
+from rsdml.training.archive_vectors import trunk_vectors
+
+
+def test_first_training_round_reuses_the_cold_start_views(tiny_scenes, tmp_path, capsys,
+                                                          monkeypatch):
+    import rsdml.data.cache as image_cache
+    import rsdml.training.views as views
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RSDML_CACHE", str(cache))
+    vec = trunk_vectors(tiny_scenes, device="cpu", quiet=True)
+    assert vec.source == "trunk:efficientnet_lite0@150"  # fast mode's size on a CPU
+    assert vec.vectors.shape == (64, 1280)
+    np.testing.assert_allclose(np.linalg.norm(vec.vectors, axis=1), 1.0, rtol=1e-5)
+    assert len(list(cache.glob(views.VIEWS_GLOB))) == 1
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("training built a cache that the cold start had built")
+
+    monkeypatch.setattr(views, "_build", no_rebuild)
+    monkeypatch.setattr(image_cache._Build, "_decode_all", no_rebuild)
+    labels = tmp_path / "labels.csv"
+    picks = {p: p.split("/")[0] for p in vec.paths[::16]}  # one image of each class
+    labels.write_text("path,class\n" + "".join(f"{p},{c}\n" for p, c in picks.items()))
+    code, _, err = run_cli(["train", "--data", str(tiny_scenes), "--labels", str(labels),
+                            "--out", str(tmp_path / "run"), "--backbone", "efficientnet_lite0",
+                            "--device", "cpu", "--epochs", "1", "--quiet"], capsys)
+    assert code == 0, err
+    assert len(list(cache.glob(views.VIEWS_GLOB))) == 1
+    assert len(list(cache.glob("images-*.rsdml-images"))) == 1
+
+
+def test_a_size_fast_mode_cannot_use_is_refused_before_any_work(tiny_scenes, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("RSDML_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RsdmlError, match="image"):
+        trunk_vectors(tiny_scenes, image_size=8, device="cpu", quiet=True)
+    assert not list(Path(tmp_path / "cache").glob("views-*"))
