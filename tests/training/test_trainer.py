@@ -272,6 +272,25 @@ def test_autocast_is_bf16_on_cuda_by_default_and_on_cpu_only_when_asked(monkeypa
     assert autocast_dtype("off", cuda) is None and autocast_dtype("bf16", cuda) is torch.bfloat16
 
 
+def test_the_start_line_says_when_bf16_is_emulated_on_this_cpu(monkeypatch):
+    """--amp bf16 on a CPU without AMX / AVX512-BF16 runs, but slower than float32: the run's
+    first line says so, and where the CPU has the units it says nothing of the kind."""
+    from types import SimpleNamespace
+
+    import rsdml.training.runner as runner
+
+    def line(amp: str, native: bool) -> str:
+        monkeypatch.setattr(runner, "cpu_has_native_bf16", lambda: native)
+        dtype = torch.bfloat16 if amp == "bf16" else None
+        return runner._precision(SimpleNamespace(autocast_dtype=dtype, device=torch.device("cpu"),
+                                                 cfg=SimpleNamespace(amp=amp), inputs=None))
+
+    assert "emulated" in line("bf16", False) and "--amp auto" in line("bf16", False)
+    assert line("bf16", True) == "bf16 autocast"
+    assert line("auto", False) == "float32"
+    assert "runs bf16 natively" in line("auto", True)
+
+
 def _trunk_state(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     return {k: v for k, v in state.items() if k.startswith("trunk.")}

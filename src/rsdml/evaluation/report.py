@@ -255,7 +255,7 @@ def _section_metrics(inputs: _Inputs) -> str:
                        f"<td>{pred[i] if i < len(pred) else ''}</td></tr>"
                        for i, c in enumerate(names))
         parts.append("<table><tr><th>class</th><th>labelled</th><th>unlabelled images "
-                     f"predicted (kNN, K=10)</th></tr>{rows}</table>")
+                     f"predicted (nearest class mean, as <code>rsdml predict</code>)</th></tr>{rows}</table>")
     counts = m.get("counts") or {}
     if counts:
         parts.append("<p>Images per role: " + _e(_counts_text(counts, inputs.protocol)) + "</p>")

@@ -105,7 +105,8 @@ NO_TEST_LABELS = (
 
 
 def _evaluate_without_test_labels(x, y, r, ref, test, seed: int) -> dict[str, Any]:
-    """The label-free part of the evaluation: the kNN predictions of the unlabelled images."""
+    """The label-free part of the evaluation: the unlabelled images' classes per class, as
+    ``rsdml predict`` gives them (nearest class mean)."""
     from rsdml.evaluation.prototypes import prototypes
 
     x = l2_normalize(x)

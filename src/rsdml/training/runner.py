@@ -482,7 +482,11 @@ def _split_without(split: Split, bad: set[str], cfg: TrainConfig) -> Split:
 def _precision(trainer: Trainer) -> str:
     """What the run computes in: the user sees it, since ``--amp auto`` depends on the hardware."""
     if trainer.autocast_dtype == torch.bfloat16:
-        parts = ["bf16 autocast" + (" (--amp off for float32)" if trainer.cfg.amp == "auto" else "")]
+        if trainer.device.type == "cpu" and not cpu_has_native_bf16():
+            parts = ["bf16 autocast, emulated: this CPU has no AMX / AVX512-BF16, so bf16 runs "
+                     "slower than float32 here (--amp auto for float32)"]
+        else:
+            parts = ["bf16 autocast" + (" (--amp off for float32)" if trainer.cfg.amp == "auto" else "")]
     elif trainer.device.type == "cpu" and trainer.cfg.amp == "auto" and cpu_has_native_bf16():
         parts = ["float32 (this CPU runs bf16 natively: --amp bf16 is 1.5-1.9x faster)"]
     else:
