@@ -48,3 +48,21 @@ def test_a_size_fast_mode_cannot_use_is_refused_before_any_work(tiny_scenes, tmp
     with pytest.raises(RsdmlError, match="image"):
         trunk_vectors(tiny_scenes, image_size=8, device="cpu", quiet=True)
     assert not list(Path(tmp_path / "cache").glob("views-*"))
+
+
+def test_where_training_would_fine_tune_the_cold_start_builds_no_views(tiny_scenes, tmp_path,
+                                                                       monkeypatch):
+    """On a GPU `rsdml train` fine-tunes by default and would never read the views: the cold
+    start then caches the plain trunk features only."""
+    import rsdml.training.runner as runner
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RSDML_CACHE", str(cache))
+    monkeypatch.setattr(runner, "default_fast_mode", lambda cfg: False)
+    plain = trunk_vectors(tiny_scenes, device="cpu", quiet=True)
+    assert plain.vectors.shape == (64, 1280)
+    assert not list(cache.glob("views-*")) and len(list(cache.glob("features-*.pt"))) == 1
+    monkeypatch.undo()  # fast mode again: the views' first is the same feature, in float16
+    monkeypatch.setenv("RSDML_CACHE", str(tmp_path / "cache2"))
+    viewed = trunk_vectors(tiny_scenes, device="cpu", quiet=True)
+    assert (plain.vectors * viewed.vectors).sum(axis=1).min() > 0.9999

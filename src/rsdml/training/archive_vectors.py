@@ -3,8 +3,10 @@
 Cold start (no run yet): the pretrained trunk's pooled features, computed as fast-mode training
 computes them (its default image size for the device; for its consistency methods, view 0 of
 the cached views) and cached under the same key, so the loop's first ``rsdml train --labels``
-reuses them instead of decoding and running the trunk a second time. With a trained run: the run's embeddings, read from ``RUN/eval/embeddings.npz``
-when that holds exactly these images, else embedded with the run's model.
+reuses them instead of decoding and running the trunk a second time. Where training with its
+defaults fine-tunes (a GPU), no views: the plain features. With a trained run: the run's
+embeddings, read from ``RUN/eval/embeddings.npz`` when that holds exactly these images, else
+embedded with the run's model.
 """
 
 from __future__ import annotations
@@ -64,14 +66,14 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     from rsdml.training.frozen import frozen_features, frozen_views
     from rsdml.training.inputs import place_model
     from rsdml.training.methods.registry import METHODS
-    from rsdml.training.runner import load_cache, validate_config
+    from rsdml.training.runner import default_fast_mode, load_cache, validate_config
     from rsdml.vectors import l2_normalize
 
     root, paths = archive_images(data)
     # The config fast-mode training resolves from the same flags: its size, method and views.
-    cfg = validate_config(TrainConfig(data=str(root.resolve()), backbone=backbone,
-                                      image_size=image_size, freeze_backbone=True,
-                                      device=device, quiet=quiet))
+    base = TrainConfig(data=str(root.resolve()), backbone=backbone, image_size=image_size,
+                       device=device, quiet=quiet)
+    cfg = validate_config(base.replace(freeze_backbone=True))
     split = Split("transductive", ["archive"], paths, np.zeros(len(paths), np.int64),
                   np.full(len(paths), "test"))
     dev = resolve_device(device)
@@ -79,7 +81,8 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     torch.manual_seed(0)
     model = place_model(build_model(cfg).to(dev), dev)
     preprocess = Preprocess(int(cfg.image_size))
-    uses_views = METHODS[cfg.method].uses_views
+    # The views only where `rsdml train` with its defaults will use them (a GPU fine-tunes).
+    uses_views = METHODS[cfg.method].uses_views and default_fast_mode(base)
     if not quiet:
         import sys
 
