@@ -32,6 +32,24 @@ def test_ema_teacher_update_by_hand():
         EmaTeacher(student, 1.0)
 
 
+def test_batchnorm_statistics_follow_the_student_where_it_trains_them():
+    """A module in training mode updates its statistics: the teacher copies them. One in eval
+    mode (a frozen trunk) keeps its own, and the teacher's stay equal without a copy."""
+    student = torch.nn.Sequential(torch.nn.BatchNorm1d(3), torch.nn.BatchNorm1d(3))
+    teacher = EmaTeacher(student, 0.9)
+    student.train()
+    student[1].eval()
+    student(torch.randn(8, 3) + 4.0)
+    teacher.update(student)
+    assert torch.equal(teacher.network[0].running_mean, student[0].running_mean)
+    assert teacher.network[0].running_mean.abs().sum() > 0  # it did change
+    assert torch.equal(teacher.network[1].running_mean, student[1].running_mean)
+    with torch.no_grad():  # changed outside training: not the teacher's business
+        student[1].running_mean.fill_(7.0)
+    teacher.update(student)
+    assert not teacher.network[1].running_mean.any()
+
+
 def test_the_weak_view_is_scored_by_the_teacher_classifier():
     m = _method("fixmatch", teacher_ema=0.5)
     emb = F.normalize(torch.randn(5, 8), dim=1)

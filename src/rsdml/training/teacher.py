@@ -18,7 +18,8 @@ from torch import nn
 class EmaTeacher:
     """teacher <- m * teacher + (1 - m) * student after every optimiser step, over the
     student's trainable parameters (frozen ones do not move, so the teacher's copy stays
-    equal); buffers (BatchNorm statistics) are copied."""
+    equal); the buffers (BatchNorm statistics) of modules in training mode are copied (a
+    module in eval mode, such as a frozen trunk, does not change its own)."""
 
     def __init__(self, student: nn.Module, momentum: float) -> None:
         if not 0.0 < momentum < 1.0:
@@ -33,8 +34,10 @@ class EmaTeacher:
         for t, s in zip(self.network.parameters(), student.parameters(), strict=True):
             if s.requires_grad:
                 t.lerp_(s.detach(), 1.0 - self.momentum)
-        for t, s in zip(self.network.buffers(), student.buffers(), strict=True):
-            t.copy_(s)
+        for tm, sm in zip(self.network.modules(), student.modules(), strict=True):
+            if sm.training:
+                for t, s in zip(tm.buffers(recurse=False), sm.buffers(recurse=False), strict=True):
+                    t.copy_(s)
 
     def state_dict(self) -> dict[str, Any]:
         return self.network.state_dict()
