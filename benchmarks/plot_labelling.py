@@ -73,6 +73,7 @@ def main() -> None:
                        s=8, alpha=0.5, color=ax.lines[-1].get_color())
     ax.set_xscale("log")
     ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("labels per class (x 30 classes, chosen by the arm)")
     ax.set_ylabel(f"{SCORES[score]} on the unlabelled images")
     ax.set_title("AID, fast mode (lines: mean of seeds; dots: each seed)", fontsize=10)
