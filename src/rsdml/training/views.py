@@ -248,9 +248,10 @@ def _build(path: Path, shape: tuple[int, ...], nbytes: int, model: EmbeddingNet,
     state.unlink(missing_ok=True)
 
 
-#: ``--view-stages`` when not given: few enough stages that 12 views cost about a fifth of
-#: a trunk pass (efficientnet_lite0: its last block and head convolution, 1.8 % of the trunk
-#: at 150 px; the last 3 stages are 11.6 %, so 12 views cost 1.4 passes).
+#: ``--view-stages`` when not given: efficientnet_lite0's last block and head convolution, so
+#: 12 views cost about 1.7 trunk passes at 150 px (``benchmarks/bench_views.py``); its last stage
+#: alone (1.3 passes) is a 1x1 convolution, where a symmetry of the map no longer changes the
+#: pooled feature, and 3 stages cost 3.4 passes.
 DEFAULT_VIEW_STAGES = {"efficientnet_lite0": 2, "resnet18": 1}
 
 
