@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 #: What each score is, in the table and on the axis.
 SCORES = {"predict": "rsdml predict's accuracy", "knn1": "kNN accuracy (K=1)",
           "knn": "kNN accuracy (K=10)"}

@@ -37,5 +37,16 @@ def progress(
         at_mark = bool(total) and (done % step == 0 or done == total)
         if (at_mark and (now - last >= 5 or (printed and done == total))) or now - last >= 30:
             shown = f"{done}/{total}" if total else str(done)
-            print(f"{desc}: {shown} ({now - start:.0f}s)", file=sys.stderr, flush=True)
+            left = ""
+            if total and done < total:  # at the rate so far, as tqdm's bar says on a terminal
+                left = f", about {_short((now - start) / done * (total - done))} left"
+            print(f"{desc}: {shown} ({now - start:.0f}s{left})", file=sys.stderr, flush=True)
             last, printed = now, True
+
+
+def _short(seconds: float) -> str:
+    """45s, 3m, 1h05m: a remaining time to the precision it has."""
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    minutes = round(seconds / 60)
+    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
