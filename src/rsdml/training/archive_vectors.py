@@ -86,9 +86,9 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     if not quiet:
         import sys
 
-        also = "; the views fast-mode training uses are built with them" if uses_views else ""
+        also = ", with the views `rsdml train` reuses" if uses_views else ""
         print(f"rsdml: the pretrained trunk's features of every image ({backbone}, "
-              f"{cfg.image_size} px{also}): computed once, then cached", file=sys.stderr,
+              f"{cfg.image_size} px{also}; cached after the first time)", file=sys.stderr,
               flush=True)
     if uses_views:  # view 0 is the image itself
         views, _ = frozen_views(cfg, split, model, cache, dev, preprocess, announce=False)
