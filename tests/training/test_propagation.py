@@ -90,3 +90,32 @@ def test_fast_mode_with_propagation_logs_its_term_and_resumes_exactly(tiny_scene
     assert a.keys() == b.keys() and "method.lp_target" in a
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_propagation_every_n_epochs_runs_at_those_epochs_and_resumes_exactly(
+        tiny_scenes, tmp_path, monkeypatch):
+    """--propagation-every 2 over 4 epochs: the labels are diffused at the start of epochs 0
+    and 2 only; a run stopped in epoch 1 and resumed keeps epoch 0's and matches the straight
+    run bit for bit."""
+    from rsdml.training.trainer import Trainer
+
+    epochs: list[int] = []
+    original = Trainer.propagate
+
+    def counted(self):
+        epochs.append(self.epoch)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "propagate", counted)
+
+    def cfg(out):
+        return fast_views_cfg(tiny_scenes, out, propagation_weight=1.0,
+                              propagation_every=2).replace(epochs=4)
+
+    straight, resumed, log = straight_and_resumed(monkeypatch, tmp_path, cfg)
+    assert epochs == [0, 2, 0, 2]  # straight; stopped in epoch 1, resumed: no refresh before 2
+    assert len(log) == 4 and all(row["loss_propagation"] > 0 for row in log)
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys() and "method.lp_target" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

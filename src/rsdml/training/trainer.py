@@ -465,8 +465,10 @@ class Trainer:
 
     def _run_epoch(self) -> None:
         epoch = self.epoch
+        at_start = self.global_step % self.steps_per_epoch == 0
         if self.method.needs_propagation and (
-                self.global_step % self.steps_per_epoch == 0 or not self.method.has_propagated):
+                (at_start and epoch % self.method.propagation_every == 0)
+                or not self.method.has_propagated):
             self.propagate()
         end = min((epoch + 1) * self.steps_per_epoch, self.total_steps)
         t0 = time.monotonic()

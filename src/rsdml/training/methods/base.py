@@ -85,8 +85,13 @@ class Method(nn.Module):
 
     @property
     def needs_propagation(self) -> bool:
-        """Whether the trainer refreshes label propagation each epoch (``set_propagated``)."""
+        """Whether the trainer refreshes label propagation (``set_propagated``), at the start
+        of every ``propagation_every``-th epoch."""
         return False
+
+    @property
+    def propagation_every(self) -> int:
+        return 1
 
     @property
     def has_propagated(self) -> bool:

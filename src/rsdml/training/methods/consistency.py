@@ -83,6 +83,10 @@ class FixMatch(NSMMargin):
         return bool(self.params.propagation_weight)  # None (not resolved) counts as 0
 
     @property
+    def propagation_every(self) -> int:
+        return int(self.params.propagation_every)
+
+    @property
     def has_propagated(self) -> bool:
         return len(self.lp_target) > 0
 
