@@ -84,7 +84,7 @@ class FixMatch(NSMMargin):
 
     @property
     def propagation_every(self) -> int:
-        return int(self.params.propagation_every)
+        return int(self.params.propagation_every or 1)  # None: not resolved (every epoch)
 
     @property
     def has_propagated(self) -> bool:
