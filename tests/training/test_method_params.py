@@ -206,12 +206,9 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
                                       train_stages=stages, backbone="efficientnet_lite0"))
     assert cfg.method_params["instance_weight"] == expected
     assert cfg.method_params["propagation_weight"] == expected
-    assert cfg.method_params["propagation_every"] == (2 if expected else 1)
     # a value the user gives is kept, in either mode
     given = validate_config(TrainConfig(data="x", method="fixmatch", freeze_backbone=frozen,
                                         train_stages=stages, backbone="efficientnet_lite0")
-                            .replace(method_params={"instance_weight": 0.5,
-                                                    "propagation_every": 3}))
+                            .replace(method_params={"instance_weight": 0.5}))
     assert given.method_params["instance_weight"] == 0.5
     assert given.method_params["propagation_weight"] == expected
-    assert given.method_params["propagation_every"] == 3

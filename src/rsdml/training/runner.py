@@ -111,21 +111,17 @@ def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
     return {}
 
 
-#: The consistency methods' options that fast mode on cached views sets when the user does
-#: not say, as (fast mode's value, the value when the trunk trains): chosen on held-out
-#: labelled images (``configs/tune_aid150_propagation3.yaml``,
-#: ``configs/tune_aid150_propagation_every.yaml``; docs/results.md, "Levers"). Fine-tuning was
-#: not measured with them: the terms are off there.
-FAST_VIEW_TERMS = {"instance_weight": (1.0, 0.0), "propagation_weight": (1.0, 0.0),
-                   "propagation_every": (2, 1)}
+#: The consistency methods' terms that fast mode on cached views turns on when the user does
+#: not say: chosen on held-out labelled images (``configs/tune_aid150_propagation3.yaml``,
+#: docs/results.md, "Levers"). Fine-tuning was not measured with them: 0 there.
+FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
 
 
 def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
-    """``--instance-weight`` / ``--propagation-weight`` / ``--propagation-every`` filled in
-    where the user left them out (None): ``FAST_VIEW_TERMS``' first value in fast mode on
-    cached views, else its second."""
+    """``--instance-weight`` / ``--propagation-weight`` filled in where the user left them out
+    (None): ``FAST_VIEW_TERMS`` in fast mode on cached views, else 0."""
     cached = bool(cfg.freeze_backbone) and not cfg.train_stages
-    fill = {k: (fast if cached else other) for k, (fast, other) in FAST_VIEW_TERMS.items()
+    fill = {k: (v if cached else 0.0) for k, v in FAST_VIEW_TERMS.items()
             if k in cfg.method_params and cfg.method_params[k] is None}
     return cfg.replace(method_params={**cfg.method_params, **fill}) if fill else cfg
 

@@ -84,7 +84,7 @@ class FixMatch(NSMMargin):
 
     @property
     def propagation_every(self) -> int:
-        return int(self.params.propagation_every or 1)  # None: not resolved (every epoch)
+        return int(self.params.propagation_every)
 
     @property
     def has_propagated(self) -> bool:

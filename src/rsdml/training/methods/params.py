@@ -43,12 +43,10 @@ class ConsistencyParams:
         "embeddings), and the strong view learns each unlabelled image's propagated class, "
         "weighted by its certainty. Default: 1 in fast mode on cached views (chosen on "
         "held-out labelled images, docs/results.md), 0 when the trunk trains.", ge=0.0)
-    propagation_every: int | None = option(
-        None, "fixmatch / freematch / hr-match with --propagation-weight: run the label "
+    propagation_every: int = option(
+        1, "fixmatch / freematch / hr-match with --propagation-weight: run the label "
         "propagation every N epochs (between runs the classes of the last one stay); each "
-        "run costs a neighbour search and a solve over every training image. Default: 2 in "
-        "fast mode on cached views (a fifth less time a run, held-out kNN within noise: "
-        "docs/results.md), 1 when the trunk trains.", ge=1)
+        "run costs a neighbour search and a solve over every training image.", ge=1)
     teacher_ema: float = option(
         0.0, "fixmatch / freematch / hr-match: momentum of an EMA teacher (mean teacher): a "
         "moving average of the network and the class weights gives the weak view's "
