@@ -24,32 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
-def views_of(root: Path, paths: list[str], size: int, device: str) -> np.ndarray:
-    """(N, V, F) float32 cached views, as the cold start and fast-mode training build them."""
-    import torch
-
-    from rsdml.config import TrainConfig
-    from rsdml.data.preprocess import Preprocess
-    from rsdml.data.split import Split
-    from rsdml.models.embedding import build_model
-    from rsdml.training.distributed import resolve_device
-    from rsdml.training.frozen import frozen_views
-    from rsdml.training.inputs import place_model
-    from rsdml.training.runner import load_cache, validate_config
-
-    cfg = validate_config(TrainConfig(data=str(root.resolve()), backbone="efficientnet_lite0",
-                                      image_size=size, freeze_backbone=True, device=device,
-                                      quiet=True))
-    split = Split("transductive", ["archive"], paths, np.zeros(len(paths), np.int64),
-                  np.full(len(paths), "test"))
-    dev = resolve_device(device)
-    torch.manual_seed(0)
-    model = place_model(build_model(cfg).to(dev), dev)
-    views, _ = frozen_views(cfg, split, model, load_cache(cfg, split), dev,
-                            Preprocess(size), announce=False)
-    return np.asarray(views, np.float32)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(C.DEFAULT_DATA))
@@ -60,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rsdml.labelling.suggest import suggest
-    from rsdml.training.archive_vectors import archive_images
+    from rsdml.training.archive_vectors import archive_images, trunk_pass
     from rsdml.vectors import l2_normalize
 
     root, paths = archive_images(args.data)
@@ -69,7 +43,9 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         t0 = time.monotonic()
-        v = views_of(root, paths, size, args.device)
+        # the views as the cold start and fast-mode training build them
+        v = np.asarray(trunk_pass(root, paths, image_size=size, device=args.device,
+                                  quiet=True).views(), np.float32)
         C.log(f"{size} px: views ready in {time.monotonic() - t0:.0f} s")
         kinds = {"image": l2_normalize(v[:, 0]), "symmetries": l2_normalize(v[:, :8].mean(1))}
         for kind, x in kinds.items():

@@ -39,14 +39,19 @@ def progress(
             shown = f"{done}/{total}" if total else str(done)
             left = ""
             if total and done < total:  # at the rate so far, as tqdm's bar says on a terminal
-                left = f", about {_short((now - start) / done * (total - done))} left"
+                left = f", about {duration((now - start) / done * (total - done), eta=True)} left"
             print(f"{desc}: {shown} ({now - start:.0f}s{left})", file=sys.stderr, flush=True)
             last, printed = now, True
 
 
-def _short(seconds: float) -> str:
-    """45s, 3m, 1h05m: a remaining time to the precision it has."""
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    minutes = round(seconds / 60)
-    return f"{minutes}m" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+def duration(seconds: float, eta: bool = False) -> str:
+    """4m10s for elapsed times; an ETA above a minute rounds to the minute (9m, 1h05m)."""
+    s = max(0, int(round(seconds)))
+    if s < 60:
+        return f"{s}s"
+    if eta:
+        h, m = divmod(int(round(s / 60)), 60)
+        return f"{h}h{m:02d}m" if h else f"{m}m"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -14,10 +14,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rsdml.errors import DatasetNotFoundError
+
+if TYPE_CHECKING:  # imported where used: suggest and label start without torch until then
+    import torch
+
+    from rsdml.config import TrainConfig
+    from rsdml.data.cache import ImageCache
+    from rsdml.data.preprocess import Preprocess
+    from rsdml.data.split import Split
+    from rsdml.models.embedding import EmbeddingNet
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +61,43 @@ def archive_images(data: str | Path) -> tuple[Path, list[str]]:
     return root, paths
 
 
-def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
-                  image_size: int | None = None, device: str = "auto",
-                  quiet: bool = False) -> ArchiveVectors:
-    """The pretrained trunk's features of every image below ``data`` (cached on disk), at
-    ``image_size`` (default: fast mode's on this device, so training reuses them)."""
+@dataclass
+class TrunkPass:
+    """The frozen pretrained trunk over a folder's images, set up as fast-mode training would
+    (its config resolved from the same flags: size, method, view plan; the same caches)."""
+
+    cfg: TrainConfig
+    split: Split
+    model: EmbeddingNet
+    cache: ImageCache
+    device: torch.device
+    preprocess: Preprocess
+    #: Whether `rsdml train` with its defaults reads the views (not where it fine-tunes: a GPU).
+    uses_views: bool
+
+    def views(self) -> torch.Tensor:
+        """(N, V, F) float16 cached views, built now if missing."""
+        from rsdml.training.frozen import frozen_views
+
+        return frozen_views(self.cfg, self.split, self.model, self.cache, self.device,
+                            self.preprocess, announce=False)[0]
+
+    def features(self) -> np.ndarray:
+        """(N, F) float32 features of the images themselves: view 0 where training uses the
+        views (so they are built for it), else the plain cached features."""
+        from rsdml.training.frozen import frozen_features
+
+        if self.uses_views:
+            return self.views()[:, 0].float().numpy()
+        return frozen_features(self.cfg, self.split, self.model, self.cache, self.device,
+                               self.preprocess).float().numpy()
+
+
+def trunk_pass(root: Path, paths: list[str], *, backbone: str = COLD_BACKBONE,
+               image_size: int | None = None, device: str = "auto",
+               quiet: bool = False) -> TrunkPass:
+    """:class:`TrunkPass` for ``paths`` under ``root`` (decodes the images, or reads their
+    cache); ``image_size`` None: fast mode's on this device."""
     import torch
 
     from rsdml.config import TrainConfig
@@ -63,14 +105,10 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     from rsdml.data.split import Split
     from rsdml.models.embedding import build_model
     from rsdml.training.distributed import resolve_device
-    from rsdml.training.frozen import frozen_features, frozen_views
     from rsdml.training.inputs import place_model
     from rsdml.training.methods.registry import METHODS
     from rsdml.training.runner import default_fast_mode, load_cache, validate_config
-    from rsdml.vectors import l2_normalize
 
-    root, paths = archive_images(data)
-    # The config fast-mode training resolves from the same flags: its size, method and views.
     base = TrainConfig(data=str(root.resolve()), backbone=backbone, image_size=image_size,
                        device=device, quiet=quiet)
     cfg = validate_config(base.replace(freeze_backbone=True))
@@ -80,23 +118,29 @@ def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
     cache = load_cache(cfg, split)
     torch.manual_seed(0)
     model = place_model(build_model(cfg).to(dev), dev)
-    preprocess = Preprocess(int(cfg.image_size))
-    # The views only where `rsdml train` with its defaults will use them (a GPU fine-tunes).
     uses_views = METHODS[cfg.method].uses_views and default_fast_mode(base)
+    return TrunkPass(cfg, split, model, cache, dev, Preprocess(int(cfg.image_size)), uses_views)
+
+
+def trunk_vectors(data: str | Path, *, backbone: str = COLD_BACKBONE,
+                  image_size: int | None = None, device: str = "auto",
+                  quiet: bool = False) -> ArchiveVectors:
+    """The pretrained trunk's features of every image below ``data`` (cached on disk), at
+    ``image_size`` (default: fast mode's on this device, so training reuses them)."""
+    from rsdml.vectors import l2_normalize
+
+    root, paths = archive_images(data)
+    trunk = trunk_pass(root, paths, backbone=backbone, image_size=image_size, device=device,
+                       quiet=quiet)
+    size = trunk.cfg.image_size
     if not quiet:
         import sys
 
-        also = ", with the views `rsdml train` reuses" if uses_views else ""
-        print(f"rsdml: the pretrained trunk's features of every image ({backbone}, "
-              f"{cfg.image_size} px{also}; cached after the first time)", file=sys.stderr,
-              flush=True)
-    if uses_views:  # view 0 is the image itself
-        views, _ = frozen_views(cfg, split, model, cache, dev, preprocess, announce=False)
-        feats = views[:, 0].float().numpy()
-    else:
-        feats = frozen_features(cfg, split, model, cache, dev, preprocess).numpy()
-    return ArchiveVectors(root, paths, l2_normalize(feats.astype(np.float32)),
-                          f"trunk:{backbone}@{cfg.image_size}")
+        also = ", with the views `rsdml train` reuses" if trunk.uses_views else ""
+        print(f"rsdml: the pretrained trunk's features of every image ({backbone}, {size} px"
+              f"{also}; cached after the first time)", file=sys.stderr, flush=True)
+    return ArchiveVectors(root, paths, l2_normalize(trunk.features()),
+                          f"trunk:{backbone}@{size}")
 
 
 def run_vectors(run_dir: str | Path, data: str | Path, *, device: str | None = None,

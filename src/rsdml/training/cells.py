@@ -142,16 +142,3 @@ def run_cell(cell: Cell, train: TrainFn, runtime: dict[str, Any]) -> dict[str, A
     if state == "restart":
         remove_unfinished(cell.run_dir)
     return train(cell.config)
-
-
-def duration(seconds: float, eta: bool = False) -> str:
-    """4m10s for elapsed times; an ETA above a minute rounds to the minute (9m, 1h05m)."""
-    s = max(0, int(round(seconds)))
-    if s < 60:
-        return f"{s}s"
-    if eta:
-        h, m = divmod(int(round(s / 60)), 60)
-        return f"{h}h{m:02d}m" if h else f"{m}m"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"

@@ -31,12 +31,12 @@ from typing import Any
 from rsdml.config import TrainConfig, convert_value, load_yaml, option_name
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import write_json
+from rsdml.progress import duration
 from rsdml.training.cells import (
     RESERVED_KEYS,
     RUNTIME_KEYS,
     Cell,
     check_same_config,
-    duration,
     is_interrupt,
     run_cell,
     text,

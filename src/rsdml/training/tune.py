@@ -41,12 +41,12 @@ import yaml
 
 from rsdml.data.split import Split, read_split_csv, write_split_csv
 from rsdml.errors import RsdmlError
+from rsdml.progress import duration
 from rsdml.training import experiment as ex
 from rsdml.training.cells import (
     RUNTIME_KEYS,
     Cell,
     check_same_config,
-    duration,
     fingerprint,
     run_cell,
     text,
