@@ -206,9 +206,40 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
                                       train_stages=stages, backbone="efficientnet_lite0"))
     assert cfg.method_params["instance_weight"] == expected
     assert cfg.method_params["propagation_weight"] == expected
+    assert cfg.method_params["propagation_margin"] is None  # set once the split is made
     # a value the user gives is kept, in either mode
     given = validate_config(TrainConfig(data="x", method="fixmatch", freeze_backbone=frozen,
                                         train_stages=stages, backbone="efficientnet_lite0")
                             .replace(method_params={"instance_weight": 0.5}))
     assert given.method_params["instance_weight"] == 0.5
     assert given.method_params["propagation_weight"] == expected
+
+
+@pytest.mark.parametrize("per_class, frozen, stages, given, expected", [
+    ([1, 2, 1], True, 0, None, 0.5),     # the labelling loop's regime: few labels a class
+    ([5, 5, 4], True, 0, None, 0.5),     # median 5: still few
+    ([6, 9, 12], True, 0, None, 0.0),    # enough labels a class: no margin
+    ([1, 2, 1], False, 0, None, 0.0),    # the trunk trains: not measured there
+    ([1, 2, 1], True, 1, None, 0.0),     # partial fine-tuning: neither
+    ([1, 2, 1], True, 0, 0.2, 0.2),      # what the user says is kept
+    ([6, 9, 12], True, 0, 0.3, 0.3),
+])
+def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, frozen, stages,
+                                                                    given, expected):
+    import numpy as np
+
+    from rsdml.data.split import Split
+    from rsdml.training.runner import split_defaults, validate_config
+
+    cfg = validate_config(TrainConfig(data="x", method="hr-match", freeze_backbone=frozen,
+                                      train_stages=stages, backbone="efficientnet_lite0")
+                          .replace(method_params={"propagation_weight": 1.0,
+                                                  "propagation_margin": given}))
+    labels = np.concatenate([np.full(n + 20, c) for c, n in enumerate(per_class)])
+    roles = np.concatenate([["labeled"] * n + ["unlabeled"] * 20 for n in per_class])
+    split = Split("transductive", ["a", "b", "c"], [f"{i}.png" for i in range(len(labels))],
+                  labels, roles)
+    assert split_defaults(cfg, split).method_params["propagation_margin"] == expected
+    # without label propagation there is no term to take a margin
+    off = cfg.replace(method_params={**cfg.method_params, "propagation_weight": 0.0})
+    assert split_defaults(off, split).method_params["propagation_margin"] == (given or 0.0)

@@ -81,6 +81,27 @@ def test_the_propagation_term_by_hand():
     assert torch.equal(fresh.lp_target, m.lp_target) and torch.equal(fresh.lp_weight, m.lp_weight)
 
 
+def test_the_propagation_margin_by_hand():
+    """--propagation-margin m: the propagated class's logit is s cos(theta + m), written out
+    with acos here; the other classes keep s cos(theta_j)."""
+    m = _method("hr-match", propagation_weight=1.0, propagation_margin=0.4)
+    m.set_ramp(1.0)
+    m.set_propagated(torch.tensor([0, 1]), torch.tensor([2, 0]), torch.tensor([1.0, 0.5]))
+    s = F.normalize(torch.randn(2, 8, dtype=torch.float64), dim=1)
+    cos = (s @ F.normalize(m.nsm.weight.detach().double(), dim=1).T).clamp(-1, 1)
+    scale = m.cfg.logit_scale_u
+    expected = 0.0
+    for row, (cls, weight) in enumerate([(2, 1.0), (0, 0.5)]):
+        logits = scale * cos[row].clone()
+        logits[cls] = scale * torch.cos(torch.acos(cos[row, cls]) + 0.4)
+        expected += weight * F.cross_entropy(logits, torch.tensor(cls)).item()
+    got = m.propagation_term(s, torch.tensor([0, 1])).item()
+    assert got == pytest.approx(expected / 2, rel=1e-6)
+    plain = _method("hr-match", propagation_weight=1.0)
+    plain.load_state_dict(m.state_dict())
+    assert plain.propagation_term(s, torch.tensor([0, 1])).item() < got  # the margin costs
+
+
 def test_fast_mode_with_propagation_logs_its_term_and_resumes_exactly(tiny_scenes, tmp_path,
                                                                         monkeypatch):
     straight, resumed, log = straight_and_resumed(

@@ -31,6 +31,21 @@ def _safe_sin(cos: Tensor) -> Tensor:
     return torch.where(ok, torch.sqrt(torch.where(ok, sin2, torch.ones_like(sin2))), 0.0)
 
 
+def margin_cosines(cos: Tensor, labels: Tensor, margin: float) -> Tensor:
+    """(B, C) cosines with the target's replaced by cos(theta_y + m), or by
+    cos(theta_y) - m sin(m) where theta_y >= pi - m (there cos(theta + m) would stop
+    decreasing in theta); the other classes keep cos(theta_j)."""
+    if labels.shape != (cos.shape[0],):
+        raise ValueError(f"labels must have shape ({cos.shape[0]},), got {tuple(labels.shape)}")
+    m = float(margin)
+    cos_y = cos.gather(1, labels.long().view(-1, 1))
+    # cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m), sin(theta) >= 0 on [0, pi].
+    shifted = cos_y * math.cos(m) - _safe_sin(cos_y) * math.sin(m)
+    fallback = cos_y - m * math.sin(m)
+    target = torch.where(cos_y > math.cos(math.pi - m), shifted, fallback)
+    return cos.scatter(1, labels.long().view(-1, 1), target)
+
+
 class MarginSoftmaxLoss(nn.Module):
     """Normalised softmax with additive angular margin; owns the class weights W (C x D).
 
@@ -89,18 +104,7 @@ class MarginSoftmaxLoss(nn.Module):
 
     def logits(self, emb: Tensor, labels: Tensor) -> Tensor:
         """(B, C) margin-applied logits divided by the temperature."""
-        cos = self.cosines(emb)
-        if labels.shape != (cos.shape[0],):
-            raise ValueError(
-                f"labels must have shape ({cos.shape[0]},), got {tuple(labels.shape)}"
-            )
-        m = self.margin
-        cos_y = cos.gather(1, labels.long().view(-1, 1))
-        # cos(theta + m) = cos(theta) cos(m) - sin(theta) sin(m), sin(theta) >= 0 on [0, pi].
-        shifted = cos_y * math.cos(m) - _safe_sin(cos_y) * math.sin(m)
-        fallback = cos_y - m * math.sin(m)
-        target = torch.where(cos_y > math.cos(math.pi - m), shifted, fallback)
-        out = cos.scatter(1, labels.long().view(-1, 1), target)
+        out = margin_cosines(self.cosines(emb), labels, self.margin)
         return out / self.temperature
 
     def forward(self, emb: Tensor, labels: Tensor) -> Tensor:

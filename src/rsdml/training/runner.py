@@ -116,6 +116,13 @@ def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
 #: docs/results.md, "Levers"). Fine-tuning was not measured with them: 0 there.
 FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
 
+#: ``--propagation-margin`` where the user does not say, in fast mode on cached views with label
+#: propagation on: this margin when the labelled images a class are few (median at most
+#: ``FEW_LABELS``), else 0. Chosen on held-out labelled images at 1-2, about 5 and about 13
+#: labels a class (``configs/tune_aid150_propagation_margin*.yaml``, docs/results.md "Levers").
+PROPAGATION_MARGIN = 0.5
+FEW_LABELS = 5
+
 
 def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
     """``--instance-weight`` / ``--propagation-weight`` filled in where the user left them out
@@ -124,6 +131,21 @@ def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
     fill = {k: (v if cached else 0.0) for k, v in FAST_VIEW_TERMS.items()
             if k in cfg.method_params and cfg.method_params[k] is None}
     return cfg.replace(method_params={**cfg.method_params, **fill}) if fill else cfg
+
+
+def split_defaults(cfg: TrainConfig, split: Split) -> TrainConfig:
+    """Defaults that depend on the labelled images, filled in once a new run's split is made
+    (so config.yaml records them): ``--propagation-margin``, ``PROPAGATION_MARGIN`` where the
+    labels a class are few (the labelling loop's regime), else 0."""
+    params = cfg.method_params
+    if "propagation_margin" not in params or params["propagation_margin"] is not None:
+        return cfg  # the method does not read it, or the user said
+    counts = np.bincount(split.labels[split.index("labeled")], minlength=split.num_classes)
+    few = bool(counts.any()) and float(np.median(counts[counts > 0])) <= FEW_LABELS
+    cached = bool(cfg.freeze_backbone) and not cfg.train_stages
+    on = cached and few and bool(params.get("propagation_weight"))
+    return cfg.replace(method_params={**params,
+                                      "propagation_margin": PROPAGATION_MARGIN if on else 0.0})
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
@@ -420,6 +442,7 @@ def _claim(cfg: TrainConfig, resumed: RunFolder | None,
         if not cfg.data:
             raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
         split = build_split(cfg)
+        cfg = split_defaults(cfg, split)
         run = RunFolder.create(cfg.out)
         held.enter_context(run.lock())
     if distributed.current().enabled:  # what rank 0 prints and writes, as the others see it

@@ -32,6 +32,7 @@ from torch import Tensor
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
 from rsdml.losses import BatchNuclearNormLoss, ViewContrastLoss
+from rsdml.losses.margin_softmax import margin_cosines
 from rsdml.losses.pseudo_label import PseudoLabelLoss, SelfAdaptiveThreshold, fairness_loss
 from rsdml.training.methods.margin_softmax import NSMMargin
 from rsdml.training.methods.params import FixMatchParams, FreeMatchParams, HRMatchParams
@@ -156,10 +157,15 @@ class FixMatch(NSMMargin):
         return self.extra_terms(terms, emb_u, emb_w)
 
     def propagation_term(self, emb_s: Tensor, index_u: Tensor) -> Tensor:
-        """sum_i w_i CE(strong view_i, propagated class_i) / batch (Iscen et al.'s eq. 9)."""
+        """sum_i w_i CE(strong view_i, propagated class_i) / batch (Iscen et al.'s eq. 9), with
+        ``--propagation-margin`` on the propagated class's cosine."""
         index_u = index_u.to(self.lp_target.device)
         target, weight = self.lp_target[index_u], self.lp_weight[index_u]  # weight 0: no class
-        ce = F.cross_entropy(self.scaled_cosines(emb_s), target.clamp_min(0), reduction="none")
+        target = target.clamp_min(0)
+        cos = self.nsm.cosines(emb_s)
+        if self.params.propagation_margin:
+            cos = margin_cosines(cos, target, self.params.propagation_margin)
+        ce = F.cross_entropy(self.cfg.logit_scale_u * cos, target, reduction="none")
         return (weight * ce).sum() / max(1, len(target))
 
     def fairness_term(self, logits_s: Tensor, mask: Tensor) -> Tensor | None:

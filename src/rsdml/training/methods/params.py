@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from rsdml.config import TrainConfig, option
+from rsdml.config import HALF_PI, TrainConfig, option
 
 HR_VIEWS = ("strong", "weak")
 
@@ -43,6 +43,14 @@ class ConsistencyParams:
         "embeddings), and the strong view learns each unlabelled image's propagated class, "
         "weighted by its certainty. Default: 1 in fast mode on cached views (chosen on "
         "held-out labelled images, docs/results.md), 0 when the trunk trains.", ge=0.0)
+    propagation_margin: float | None = option(
+        None, "fixmatch / freematch / hr-match with --propagation-weight: additive angular "
+        "margin on each image's propagated class in the propagation term, so an unlabelled "
+        "image is pulled as close to its class as a labelled one, not only until the class is "
+        "the likeliest. Default: 0.5 in fast mode on cached views when the labelled images "
+        "a class are few (median at most 5: the labelling loop's regime), else 0 (chosen on "
+        "held-out labelled images, docs/results.md).", ge=0.0, lt=HALF_PI,
+        unit="radians", example="0.5")
     propagation_every: int = option(
         1, "fixmatch / freematch / hr-match with --propagation-weight: run the label "
         "propagation every N epochs (between runs the classes of the last one stay); each "
