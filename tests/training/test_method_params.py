@@ -243,3 +243,27 @@ def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, f
     # without label propagation there is no term to take a margin
     off = cfg.replace(method_params={**cfg.method_params, "propagation_weight": 0.0})
     assert split_defaults(off, split).method_params["propagation_margin"] == (given or 0.0)
+
+
+def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_path):
+    """A grid cell leaves --propagation-margin unset (its split decides); the run wrote the
+    value it got into config.yaml. Running the grid again must take that run as the cell's,
+    and a value the grid does name must still be compared."""
+    from rsdml.errors import RsdmlError
+    from rsdml.training.cells import Cell, check_same_config
+    from rsdml.training.methods.params import param_classes
+    from rsdml.training.runner import validate_config
+
+    cell_cfg = validate_config(TrainConfig(data=str(tmp_path), method="hr-match",
+                                           freeze_backbone=True, backbone="efficientnet_lite0"))
+    assert cell_cfg.method_params["propagation_margin"] is None
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    ran = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.5})
+    ran.save_yaml(run_dir / "config.yaml")
+    check_same_config(Cell(1, {}, cell_cfg, run_dir, tmp_path / "s.csv"), "grid.yaml",
+                      param_classes())
+    named = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.25})
+    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.5 -> 0\.25"):
+        check_same_config(Cell(1, {}, named, run_dir, tmp_path / "s.csv"), "grid.yaml",
+                          param_classes())

@@ -20,6 +20,7 @@ from typing import Any
 from rsdml.config import RUNTIME_KEYS as CONFIG_RUNTIME_KEYS
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
+from rsdml.training.methods.params import SPLIT_DEFAULTS
 from rsdml.training.run_folder import RunFolder
 
 #: Options that cannot change a run's numbers (``runtime=True`` on their fields): they may
@@ -99,6 +100,8 @@ def check_same_config(cell: Cell, source: str, params: tuple[type, ...]) -> None
         if name in RUNTIME_KEYS or name in RESERVED_KEYS:
             continue
         old, new = saved.value(name), cell.config.value(name)
+        if new is None and name in SPLIT_DEFAULTS:
+            continue  # the run filled it in from its split
         if name == "data" and old and new:
             same = Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
         else:
