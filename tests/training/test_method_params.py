@@ -225,7 +225,7 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
     ([6, 9, 12], True, 0, 0.3, 0.3),
 ])
 def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, frozen, stages,
-                                                                    given, expected):
+                                                                    given, expected, caplog):
     import numpy as np
 
     from rsdml.data.split import Split
@@ -239,7 +239,10 @@ def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, f
     roles = np.concatenate([["labeled"] * n + ["unlabeled"] * 20 for n in per_class])
     split = Split("transductive", ["a", "b", "c"], [f"{i}.png" for i in range(len(labels))],
                   labels, roles)
-    assert split_defaults(cfg, split).method_params["propagation_margin"] == expected
+    with caplog.at_level("INFO", logger="rsdml.training.runner"):
+        assert split_defaults(cfg, split).method_params["propagation_margin"] == expected
+    said = "--propagation-margin 0 turns it off" in caplog.text
+    assert said == (given is None and expected > 0)  # the user hears of a default, once
     # without label propagation there is no term to take a margin
     off = cfg.replace(method_params={**cfg.method_params, "propagation_weight": 0.0})
     assert split_defaults(off, split).method_params["propagation_margin"] == (given or 0.0)
