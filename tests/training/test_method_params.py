@@ -241,6 +241,9 @@ def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, f
                   labels, roles)
     with caplog.at_level("INFO", logger="rsdml.training.runner"):
         assert split_defaults(cfg, split).method_params["propagation_margin"] == expected
+        assert not caplog.text  # only a new run announces it
+        assert split_defaults(cfg, split, announce=True).method_params["propagation_margin"] \
+            == expected
     said = "--propagation-margin 0 turns it off" in caplog.text
     assert said == (given is None and expected > 0)  # the user hears of a default, once
     # without label propagation there is no term to take a margin
@@ -250,23 +253,37 @@ def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, f
 
 def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_path):
     """A grid cell leaves --propagation-margin unset (its split decides); the run wrote the
-    value it got into config.yaml. Running the grid again must take that run as the cell's,
-    and a value the grid does name must still be compared."""
+    value it got into config.yaml. Running the grid again must take that run as the cell's;
+    a value the grid does name, or a recorded value its split no longer gives (a changed
+    default), must still be told apart."""
+    import numpy as np
+
+    from rsdml.data.split import Split
     from rsdml.errors import RsdmlError
     from rsdml.training.cells import Cell, check_same_config
     from rsdml.training.methods.params import param_classes
+    from rsdml.training.run_folder import RunFolder
     from rsdml.training.runner import validate_config
 
     cell_cfg = validate_config(TrainConfig(data=str(tmp_path), method="hr-match",
                                            freeze_backbone=True, backbone="efficientnet_lite0"))
     assert cell_cfg.method_params["propagation_margin"] is None
+    split = Split("transductive", ["a", "b"], [f"{i}.png" for i in range(10)],
+                  np.repeat([0, 1], 5), np.array((["labeled"] * 2 + ["test"] * 3) * 2))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    ran = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.5})
-    ran.save_yaml(run_dir / "config.yaml")
-    check_same_config(Cell(1, {}, cell_cfg, run_dir, tmp_path / "s.csv"), "grid.yaml",
-                      param_classes())
+
+    def check(cfg, recorded):
+        ran = cell_cfg.replace(method_params={**cell_cfg.method_params,
+                                              "propagation_margin": recorded})
+        RunFolder(run_dir).write_start(ran, split)
+        check_same_config(Cell(1, {}, cfg, run_dir, tmp_path / "s.csv"), "grid.yaml",
+                          param_classes())
+
+    check(cell_cfg, 0.5)  # 2 labels a class: the margin the split gives
+    check(cell_cfg, None)  # made before the option existed: none recorded, none compared
     named = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.25})
     with pytest.raises(RsdmlError, match=r"propagation_margin 0\.5 -> 0\.25"):
-        check_same_config(Cell(1, {}, named, run_dir, tmp_path / "s.csv"), "grid.yaml",
-                          param_classes())
+        check(named, 0.5)
+    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.0 -> 0\.5"):
+        check(cell_cfg, 0.0)

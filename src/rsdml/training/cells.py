@@ -20,7 +20,6 @@ from typing import Any
 from rsdml.config import RUNTIME_KEYS as CONFIG_RUNTIME_KEYS
 from rsdml.config import TrainConfig
 from rsdml.errors import RsdmlError
-from rsdml.training.methods.params import SPLIT_DEFAULTS
 from rsdml.training.run_folder import RunFolder
 
 #: Options that cannot change a run's numbers (``runtime=True`` on their fields): they may
@@ -84,24 +83,29 @@ def fingerprint(cfg: TrainConfig, *parts: Any) -> str:
 
 def check_same_config(cell: Cell, source: str, params: tuple[type, ...]) -> None:
     """A run folder made earlier must have been made with this cell's result options."""
-    saved_path = RunFolder(cell.run_dir).config
+    run = RunFolder(cell.run_dir)
+    saved_path = run.config
     if not saved_path.is_file():
         raise RsdmlError(
             f"{cell.run_dir} has a checkpoint but no config.yaml; delete that folder to run the "
             "cell again"
         )
     from rsdml.training.methods.registry import check_method
+    from rsdml.training.runner import split_defaults, unset_split_defaults
 
     # The saved options as run (the method's parameters with their defaults, others dropped).
     saved = check_method(TrainConfig.from_yaml(saved_path, params=params))
+    cfg = cell.config
+    # What the run filled in from its split, the cell fills in from the same split (a run made
+    # before such an option existed recorded none: compared as unset, as it was then).
+    if unset_split_defaults(cfg) and not unset_split_defaults(saved) and run.split.is_file():
+        cfg = split_defaults(cfg, run.read_split(saved.protocol))
     diffs = []
-    names = dict.fromkeys([*saved.to_dict(), *cell.config.to_dict()])
+    names = dict.fromkeys([*saved.to_dict(), *cfg.to_dict()])
     for name in names:
         if name in RUNTIME_KEYS or name in RESERVED_KEYS:
             continue
-        old, new = saved.value(name), cell.config.value(name)
-        if new is None and name in SPLIT_DEFAULTS:
-            continue  # the run filled it in from its split
+        old, new = saved.value(name), cfg.value(name)
         if name == "data" and old and new:
             same = Path(old).expanduser().resolve() == Path(new).expanduser().resolve()
         else:

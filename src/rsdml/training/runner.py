@@ -124,31 +124,40 @@ PROPAGATION_MARGIN = 0.5
 FEW_LABELS = 5
 
 
+def _on_cached_views(cfg: TrainConfig) -> bool:
+    """Fast mode on cached views: the trunk frozen and none of its stages training."""
+    return bool(cfg.freeze_backbone) and not cfg.train_stages
+
+
 def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
     """``--instance-weight`` / ``--propagation-weight`` filled in where the user left them out
     (None): ``FAST_VIEW_TERMS`` in fast mode on cached views, else 0."""
-    cached = bool(cfg.freeze_backbone) and not cfg.train_stages
+    cached = _on_cached_views(cfg)
     fill = {k: (v if cached else 0.0) for k, v in FAST_VIEW_TERMS.items()
             if k in cfg.method_params and cfg.method_params[k] is None}
     return cfg.replace(method_params={**cfg.method_params, **fill}) if fill else cfg
 
 
-def split_defaults(cfg: TrainConfig, split: Split) -> TrainConfig:
+def unset_split_defaults(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` leaves an option to :func:`split_defaults` (the user did not set it)."""
+    return cfg.method_params.get("propagation_margin", 0.0) is None
+
+
+def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> TrainConfig:
     """Defaults that depend on the labelled images, filled in once a new run's split is made
     (so config.yaml records them): ``--propagation-margin``, ``PROPAGATION_MARGIN`` where the
-    labels a class are few (the labelling loop's regime), else 0."""
-    params = cfg.method_params
-    if "propagation_margin" not in params or params["propagation_margin"] is not None:
-        return cfg  # the method does not read it, or the user said
+    labels a class are few (the labelling loop's regime), else 0. ``announce``: say so when
+    the margin is on."""
+    if not unset_split_defaults(cfg):
+        return cfg
     counts = np.bincount(split.labels[split.index("labeled")], minlength=split.num_classes)
-    few = bool(counts.any()) and float(np.median(counts[counts > 0])) <= FEW_LABELS
-    cached = bool(cfg.freeze_backbone) and not cfg.train_stages
-    on = cached and few and bool(params.get("propagation_weight"))
-    if on:
+    median = float(np.median(counts[counts > 0])) if counts.any() else math.inf
+    on = (_on_cached_views(cfg) and median <= FEW_LABELS
+          and bool(cfg.method_params.get("propagation_weight")))
+    if on and announce:
         log.info("%g labelled images a class (median): label propagation pulls with an angular "
-                 "margin of %g (--propagation-margin 0 turns it off)",
-                 float(np.median(counts[counts > 0])), PROPAGATION_MARGIN)
-    return cfg.replace(method_params={**params,
+                 "margin of %g (--propagation-margin 0 turns it off)", median, PROPAGATION_MARGIN)
+    return cfg.replace(method_params={**cfg.method_params,
                                       "propagation_margin": PROPAGATION_MARGIN if on else 0.0})
 
 
@@ -446,7 +455,7 @@ def _claim(cfg: TrainConfig, resumed: RunFolder | None,
         if not cfg.data:
             raise RsdmlError("no data folder given: add --data DIR (one sub-folder per class)")
         split = build_split(cfg)
-        cfg = split_defaults(cfg, split)
+        cfg = split_defaults(cfg, split, announce=True)
         run = RunFolder.create(cfg.out)
         held.enter_context(run.lock())
     if distributed.current().enabled:  # what rank 0 prints and writes, as the others see it

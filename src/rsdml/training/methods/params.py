@@ -16,11 +16,6 @@ from rsdml.config import HALF_PI, TrainConfig, option
 
 HR_VIEWS = ("strong", "weak")
 
-#: Options whose default is filled in only once a new run's split is made (it depends on the
-#: labels a class: :func:`rsdml.training.runner.split_defaults`). A grid cell leaves them None
-#: (unset), so a finished cell's config.yaml holds the value its split gave.
-SPLIT_DEFAULTS = frozenset({"propagation_margin"})
-
 
 @dataclass(frozen=True)
 class ConsistencyParams:
