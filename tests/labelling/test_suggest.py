@@ -101,3 +101,25 @@ def test_predict_calibrates_on_labelled_images_it_did_not_train_on():
     assert ece < 0.05 < ece_fixed
     assert (pred.predicted == fixed.predicted).all()  # the order of classes is kept
     assert predict(x, paths, lab).calibration.held_out == 0  # nothing held out: not fitted
+
+
+def test_uncertain_spreads_the_picks_over_classes_not_only_clusters():
+    """Class a is split into two groups (a1 with its two labels, a2 large and unlabelled),
+    class b too (b1 with one label, b2 smaller, unlabelled). Plain TypiClust takes the largest
+    cluster without a label, a2: a third label for a, b still at one. With the classes, b2
+    goes first: its class has fewer labels."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 16)) * 4  # a1, a2, b1, b2
+    sizes = [30, 60, 30, 40]
+    group = np.repeat(np.arange(4), sizes)
+    x = l2_normalize(centres[group] + rng.normal(size=(len(group), 16)) * 0.3)
+    classes = np.asarray([0, 0, 1, 1])[group]  # a: 0, b: 1 (labels, or predictions)
+    labelled = np.asarray([0, 1, 90])  # two in a1, one in b1
+    margin = np.ones(len(x))
+    plain = suggest(x, labelled, 1, strategy="uncertain", margin=margin)
+    spread = suggest(x, labelled, 1, strategy="uncertain", margin=margin, classes=classes)
+    assert group[plain[0]] == 1
+    assert group[spread[0]] == 3
+    # two picks: one for each class's unlabelled group, b's first
+    assert group[suggest(x, labelled, 2, strategy="uncertain", margin=margin,
+                         classes=classes)].tolist() == [3, 1]
