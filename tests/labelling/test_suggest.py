@@ -3,6 +3,8 @@ well-separated groups, where random choice leaves some out."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,46 @@ def test_uncertain_spreads_the_picks_over_classes_not_only_clusters():
     # two picks: one for each class's unlabelled group, b's first
     assert group[suggest(x, labelled, 2, strategy="uncertain", margin=margin,
                          classes=classes)].tolist() == [3, 1]
+
+
+def _vectors(source: str):
+    from rsdml.training.archive_vectors import ArchiveVectors
+
+    x, y = _blobs(n_groups=3, per=20)
+    paths = [f"{'abc'[g]}/{i}.png" for i, g in enumerate(y)]
+    return ArchiveVectors(Path("."), paths, x, source), y
+
+
+def test_choose_uses_a_runs_predictions_and_the_trunk_without_them():
+    """`rsdml suggest` and the labelling page's own queue choose in one place: with a run's
+    vectors and labels of 2+ classes, `auto` is `uncertain` and says what it predicts; with
+    the trunk's, or labels of one class, TypiClust and no predictions."""
+    from rsdml.labelling.suggest import choose
+
+    run, y = _vectors("run:runs/r1")
+    labels = {run.paths[0]: "a", run.paths[20]: "b"}
+    picks, used, predicted = choose(run, labels, 5)
+    assert used == "uncertain" and len(picks) == 5
+    assert set(predicted) == set(range(len(run.paths))) - {0, 20}
+    assert {c for c, _ in predicted.values()} <= {"a", "b"}
+    trunk, _ = _vectors("trunk:efficientnet_lite0@150")
+    assert choose(trunk, labels, 5)[1:] == ("typiclust", {})
+    assert choose(run, {run.paths[0]: "a"}, 5)[1] == "typiclust"
+
+
+def test_the_label_page_queues_what_suggest_would(tmp_path, monkeypatch):
+    """Defect: without --suggestions the page queued plain TypiClust even with --run and
+    labels, where `rsdml suggest --run` chooses uncertain images spread over the classes."""
+    import rsdml.training.archive_vectors as av
+    from rsdml.labelling.page import open_session
+    from rsdml.labelling.suggest import choose
+
+    run, _ = _vectors("run:runs/r1")
+    monkeypatch.setattr(av, "run_vectors", lambda *a, **k: run)
+    (tmp_path / "labels.csv").write_text(f"path,class\n{run.paths[0]},a\n{run.paths[20]},b\n")
+    session = open_session(tmp_path, tmp_path / "labels.csv", run="runs/r1", quiet=True,
+                           log=lambda m: None)
+    labels = {run.paths[0]: "a", run.paths[20]: "b"}
+    picks, used, _ = choose(run, labels, len(run.paths) - 2)
+    assert used == "uncertain"
+    assert session.suggestions[:10] == [run.paths[i] for i in picks][:10]

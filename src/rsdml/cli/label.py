@@ -86,7 +86,8 @@ def predict(run_dir: str, data: str, out_file: str, labels_file: str | None, dev
               help="The labels file to write (path,class); created if missing, every label "
                    "saved at once (a journal beside it survives a killed server).")
 @click.option("--suggestions", type=click.Path(dir_okay=False), default=None,
-              help="`rsdml suggest` CSV: the order to label in (default: TypiClust's choice).")
+              help="`rsdml suggest` CSV: the order to label in (default: 200 images chosen as "
+                   "`rsdml suggest` would).")
 @click.option("--predictions", type=click.Path(dir_okay=False), default=None,
               help="`rsdml predict` CSV: the review view (accept or correct the least certain).")
 @run_option("Run folder whose embeddings the search uses (default: the pretrained trunk's).")

@@ -1,7 +1,8 @@
 """``rsdml label``: a labelling page over an image folder (FastAPI on uvicorn, like ``rsdml serve``).
 
-The page shows the images to label next (a suggestions CSV, else TypiClust's choice computed at
-start), takes a class typed or picked (a new name makes a new class), labels many at once by
+The page shows the images to label next (a suggestions CSV, else ``rsdml suggest``'s default
+choice computed at start: TypiClust, or with ``--run`` and labels the uncertain images spread
+over the classes), takes a class typed or picked (a new name makes a new class), labels many at once by
 searching with an image and ticking results, skips and undoes. The search re-ranks with Rocchio
 relevance feedback over the whole folder, so a re-rank brings in images that were not among the
 first results. With ``--predictions`` (``rsdml predict``), a review view lists the least
@@ -260,7 +261,7 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
                  log: Callable[[str], None] = print) -> LabelSession:
     """Everything ``rsdml label`` needs before it listens (one-line errors come now)."""
     from rsdml.labelling.labels import check_under_data
-    from rsdml.labelling.suggest import read_suggestions, suggest
+    from rsdml.labelling.suggest import choose, read_suggestions
     from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
 
     order = read_suggestions(suggestions) if suggestions else []  # bad files fail before
@@ -275,14 +276,13 @@ def open_session(data: str | Path, labels_file: str | Path, *, run: str | Path |
         if run is not None else trunk_vectors(data, device=device, quiet=quiet)
     review = read_review(predictions, set(vec.paths)) if predictions else []
     store = LabelStore(labels_file, vec.paths)
-    if not order:  # nothing given: TypiClust's choice among the unlabelled images
+    if not order:  # nothing given: `rsdml suggest`'s default choice among the unlabelled images
         labels = store.snapshot()
-        lab = np.asarray([i for i, p in enumerate(vec.paths) if p in labels], np.int64)
-        n = min(200, len(vec.paths) - len(lab))
+        n = min(200, len(vec.paths) - sum(p in labels for p in vec.paths))
         if n > 0:
-            log(f"rsdml: choosing {n} images to label first (typiclust; `rsdml suggest` "
-                "for other choices)")
-            order = [vec.paths[i] for i in suggest(vec.vectors, lab, n, strategy="typiclust")]
+            log(f"rsdml: choosing {n} images to label first, as `rsdml suggest` would "
+                "(`rsdml suggest --strategy` for other choices)")
+            order = [vec.paths[i] for i in choose(vec, labels, n)[0]]
     return LabelSession(vec.root, vec.paths, vec.vectors, store, order, review)
 
 

@@ -28,12 +28,16 @@ import csv
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from rsdml.errors import RsdmlError
 from rsdml.fsutil import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from rsdml.training.archive_vectors import ArchiveVectors
 
 STRATEGIES = ("auto", "typiclust", "kcentre", "uncertain", "random")
 SUGGEST_COLUMNS = ("rank", "path", "strategy", "predicted", "probability")
@@ -248,25 +252,16 @@ def write_suggestions(path: str | Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
-def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = None,
-                       labels_file: str | Path | None = None, strategy: str = "auto",
-                       seed: int = 0, device: str = "auto", quiet: bool = False,
-                       ) -> tuple[bytes, list[str], str]:
-    """What ``rsdml suggest`` computes: (CSV bytes, suggested paths, the strategy used)."""
-    from rsdml.labelling.labels import read_labels
+def choose(vec: ArchiveVectors, labels: dict[str, str], n: int, *, strategy: str = "auto",
+           seed: int = 0) -> tuple[list[int], str, dict[int, tuple[str, float]]]:
+    """Rows of ``vec`` to label next, the strategy used and, with a run's vectors and labels of
+    at least 2 classes, the predicted (class, probability) of each row: ``auto`` is then
+    ``uncertain``, spread over the classes. ``rsdml suggest`` and the labelling page's own
+    queue both choose here."""
     from rsdml.labelling.predict import predict
-    from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
 
-    root, images = archive_images(data)
-    # a --labels file that does not exist is refused, as `train` and `predict` refuse it
-    labels = read_labels(labels_file, images, allow_empty=True) if labels_file else {}
-    has_pred = run is not None and len(set(labels.values())) >= 2
-    if run is not None and not has_pred and strategy in ("auto", "uncertain"):
-        raise RsdmlError("--run needs --labels FILE.csv with labelled images of at least 2 "
-                         "classes (the run's predictions use them); without labels drop --run")
+    has_pred = vec.source.startswith("run:") and len(set(labels.values())) >= 2
     strategy = resolve_strategy(strategy, has_pred)
-    vec = run_vectors(run, root, device=None if device == "auto" else device, quiet=quiet) \
-        if run is not None else trunk_vectors(root, device=device, quiet=quiet)
     where = {p: i for i, p in enumerate(vec.paths)}
     labelled = np.asarray(sorted(where[p] for p in labels if p in where), np.int64)
     margin = classes = None
@@ -284,5 +279,27 @@ def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = Non
             predicted[int(r)] = (pred.classes[c], float(pr))
     picks = suggest(vec.vectors, labelled, n, strategy=strategy, seed=seed, margin=margin,
                     classes=classes)
+    return picks, strategy, predicted
+
+
+def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = None,
+                       labels_file: str | Path | None = None, strategy: str = "auto",
+                       seed: int = 0, device: str = "auto", quiet: bool = False,
+                       ) -> tuple[bytes, list[str], str]:
+    """What ``rsdml suggest`` computes: (CSV bytes, suggested paths, the strategy used)."""
+    from rsdml.labelling.labels import read_labels
+    from rsdml.training.archive_vectors import archive_images, run_vectors, trunk_vectors
+
+    root, images = archive_images(data)
+    # a --labels file that does not exist is refused, as `train` and `predict` refuse it
+    labels = read_labels(labels_file, images, allow_empty=True) if labels_file else {}
+    has_pred = run is not None and len(set(labels.values())) >= 2
+    if run is not None and not has_pred and strategy in ("auto", "uncertain"):
+        raise RsdmlError("--run needs --labels FILE.csv with labelled images of at least 2 "
+                         "classes (the run's predictions use them); without labels drop --run")
+    resolve_strategy(strategy, has_pred)  # a wrong --strategy fails before the vectors
+    vec = run_vectors(run, root, device=None if device == "auto" else device, quiet=quiet) \
+        if run is not None else trunk_vectors(root, device=device, quiet=quiet)
+    picks, strategy, predicted = choose(vec, labels, n, strategy=strategy, seed=seed)
     return (suggestions_csv(vec.paths, picks, strategy, predicted),
             [vec.paths[i] for i in picks], strategy)
