@@ -252,6 +252,11 @@ def write_suggestions(path: str | Path, data: bytes) -> None:
     atomic_write_bytes(path, data)
 
 
+def has_predictions(from_run: bool, labels: dict[str, str]) -> bool:
+    """Whether ``uncertain`` can run: a trained run's vectors and labels of 2+ classes."""
+    return from_run and len(set(labels.values())) >= 2
+
+
 def choose(vec: ArchiveVectors, labels: dict[str, str], n: int, *, strategy: str = "auto",
            seed: int = 0) -> tuple[list[int], str, dict[int, tuple[str, float]]]:
     """Rows of ``vec`` to label next, the strategy used and, with a run's vectors and labels of
@@ -260,7 +265,7 @@ def choose(vec: ArchiveVectors, labels: dict[str, str], n: int, *, strategy: str
     queue both choose here."""
     from rsdml.labelling.predict import predict
 
-    has_pred = vec.source.startswith("run:") and len(set(labels.values())) >= 2
+    has_pred = has_predictions(vec.from_run, labels)
     strategy = resolve_strategy(strategy, has_pred)
     where = {p: i for i, p in enumerate(vec.paths)}
     labelled = np.asarray(sorted(where[p] for p in labels if p in where), np.int64)
@@ -293,7 +298,7 @@ def suggest_for_folder(data: str | Path, n: int, *, run: str | Path | None = Non
     root, images = archive_images(data)
     # a --labels file that does not exist is refused, as `train` and `predict` refuse it
     labels = read_labels(labels_file, images, allow_empty=True) if labels_file else {}
-    has_pred = run is not None and len(set(labels.values())) >= 2
+    has_pred = has_predictions(run is not None, labels)
     if run is not None and not has_pred and strategy in ("auto", "uncertain"):
         raise RsdmlError("--run needs --labels FILE.csv with labelled images of at least 2 "
                          "classes (the run's predictions use them); without labels drop --run")

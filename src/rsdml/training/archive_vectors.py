@@ -44,6 +44,11 @@ class ArchiveVectors:
     vectors: np.ndarray
     source: str  # "trunk:<backbone>@<size>" or "run:<folder>"
 
+    @property
+    def from_run(self) -> bool:
+        """A trained run's embeddings (its predictions can rank), not the pretrained trunk's."""
+        return self.source.startswith("run:")
+
 
 def archive_images(data: str | Path) -> tuple[Path, list[str]]:
     """Every image below ``data`` (any folder tree), sorted; unreadable ones skipped, said once."""
