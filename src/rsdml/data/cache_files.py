@@ -19,8 +19,10 @@ try:
 except ImportError:  # pragma: no cover - not POSIX: nothing is locked, nothing is skipped
     fcntl = None  # type: ignore[assignment]
 
-# features: training/frozen.py; views: training/views.py (and an interrupted build's parts)
-_PATTERNS = (IMAGE_CACHE_GLOB, "features-*.pt", "views-*.npy", "views-*.npy.partial")
+# features and copies: training/frozen.py; views: training/views.py (and an interrupted
+# build's parts)
+_PATTERNS = (IMAGE_CACHE_GLOB, "features-*.pt", "copies-*.npz", "views-*.npy",
+             "views-*.npy.partial")
 
 
 @dataclass(frozen=True)

@@ -294,6 +294,9 @@ class Session:
     #: runs the whole network on altered copies of them).
     cache: ImageCache | None = None
     normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None
+    #: Fast mode's trunk-feature key (``rsdml.training.frozen.feature_key``) where the trunk
+    #: never trains, so the copies' trunk features can be cached too; else None.
+    feature_key: str | None = None
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -311,8 +314,9 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
     model = place_model(build_model(cfg, spec).to(device), device)
     if cfg.sync_bn and distributed.current().world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # type: ignore[assignment]
+    key = None
     if cfg.freeze_backbone:
-        from rsdml.training.frozen import frozen_features
+        from rsdml.training.frozen import feature_key, frozen_features
 
         for p in model.trunk.parameters():
             p.requires_grad_(False)
@@ -332,6 +336,8 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
         else:
             feats = frozen_features(cfg, split, model, cache, device, preprocess)
             inputs = FeatureInputs(feats, device)
+        if not cfg.train_stages:  # the trunk never trains: the copies' features can be cached
+            key = feature_key(cfg, split, preprocess)
     else:
         augment = train_augment(cfg, spec) if train else None
         views = None
@@ -342,7 +348,7 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
             band_norm = spec.normalizer() if spec is not None else None
             views = (ViewAugment(False, band_norm), ViewAugment(True, band_norm))
         inputs = image_inputs(cache, device, cfg.device_cache, augment, normalizer, views)
-    return Session(cfg, run, split, device, model, inputs, cache, normalizer)
+    return Session(cfg, run, split, device, model, inputs, cache, normalizer, key)
 
 
 def train(cfg: TrainConfig, resume: str | Path | None = None,
@@ -626,11 +632,25 @@ def copy_metrics(s: Session, emb: np.ndarray) -> dict[str, Any]:
     queries = copy_queries(len(test), s.cfg.seed)
     s.model.eval()
     layout = torch.channels_last if uses_channels_last(s.device) else torch.contiguous_format
-    out = []
-    for chunk in torch.as_tensor(test[queries]).split(s.cfg.eval_batch_size):
-        x = s.normalizer(altered_copy(s.cache.batch(chunk)).to(s.device))
-        out.append(s.model(x.contiguous(memory_format=layout)).float().cpu())
-    copies = torch.cat(out).numpy()
+    bs = s.cfg.eval_batch_size
+    cache, normalizer = s.cache, s.normalizer
+
+    def trunk(rows: np.ndarray) -> torch.Tensor:
+        out = []
+        for chunk in torch.as_tensor(rows).split(bs):
+            x = normalizer(altered_copy(cache.batch(chunk)).to(s.device))
+            out.append(s.model.forward_features(x.contiguous(memory_format=layout)).float().cpu())
+        return torch.cat(out)
+
+    rows = test[queries]
+    if s.feature_key is not None:  # a frozen trunk: each image's copy is computed once
+        from rsdml.training.frozen import cache_folder, copy_features
+
+        feats = copy_features(s.feature_key, cache_folder(s.cfg), rows, trunk)
+    else:
+        feats = trunk(rows)
+    copies = torch.cat([s.model.embed_features(f.to(s.device)).cpu()
+                        for f in feats.split(bs)]).numpy()
     return {"copies": {**copy_detection(copies, emb[test], queries), "queries": len(queries)}}
 
 
