@@ -80,9 +80,11 @@ def cache_folder(cfg: TrainConfig) -> Path:
 
 
 def frozen_features(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
-                    device: torch.device, preprocess: Preprocess) -> Tensor:
+                    device: torch.device, preprocess: Preprocess,
+                    key: str | None = None) -> Tensor:
+    """``key``: :func:`feature_key`, where the caller has it already (it stats every file)."""
     folder = cache_folder(cfg)
-    path = folder / f"features-{feature_key(cfg, split, preprocess)}.pt"
+    path = folder / f"features-{key or feature_key(cfg, split, preprocess)}.pt"
     if path.is_file():
         try:
             feats = torch.load(path, weights_only=True)
@@ -156,9 +158,10 @@ def copy_features(key: str, folder: Path, rows: np.ndarray,
 
 def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: ImageCache,
                  device: torch.device, preprocess: Preprocess,
-                 announce: bool = True) -> tuple[Tensor, bool]:
+                 announce: bool = True, key: str | None = None) -> tuple[Tensor, bool]:
     """(N, V, F) cached trunk features of every image's views (``rsdml.training.views``), and
-    whether they are memory-mapped (``announce``: say what training does with them)."""
+    whether they are memory-mapped (``announce``: say what training does with them; ``key``:
+    as for :func:`frozen_features`)."""
     from rsdml.training.views import ViewPlan, view_features
 
     assert cfg.view_stages is not None
@@ -173,8 +176,9 @@ def frozen_views(cfg: TrainConfig, split: Split, model: EmbeddingNet, cache: Ima
         print(f"rsdml: fast mode (trunk frozen): {cfg.method} on {plan.count} cached views an image "
               f"({plan.weak} symmetries + {plan.strong} strong, made {where}); built once, reused by "
               "every run on these images", file=sys.stderr, flush=True)
-    feats = view_features(feature_key(cfg, split, preprocess), cache_folder(cfg), plan, model, cache, device,
-                          preprocess.normalizer(), band_norm, limit, not cfg.quiet)
+    feats = view_features(key or feature_key(cfg, split, preprocess), cache_folder(cfg), plan,
+                          model, cache, device, preprocess.normalizer(), band_norm, limit,
+                          not cfg.quiet)
     return feats, feats.numel() * 2 > limit
 
 

@@ -318,6 +318,8 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
     if cfg.freeze_backbone:
         from rsdml.training.frozen import feature_key, frozen_features
 
+        if _on_cached_views(cfg):  # the trunk never trains: the copies' features are cached too
+            key = feature_key(cfg, split, preprocess)
         for p in model.trunk.parameters():
             p.requires_grad_(False)
         if cfg.train_stages:  # partial fine-tuning: the last stages train on cached activations
@@ -331,13 +333,11 @@ def build_session(cfg: TrainConfig, run: RunFolder, split: Split, *, train: bool
         elif METHODS[cfg.method].uses_views:  # evaluation too: view 0 is the image itself
             from rsdml.training.frozen import frozen_views
 
-            feats, mapped = frozen_views(cfg, split, model, cache, device, preprocess)
+            feats, mapped = frozen_views(cfg, split, model, cache, device, preprocess, key=key)
             inputs = FeatureInputs(feats, device, weak=cfg.view_weak, mapped=mapped)
         else:
-            feats = frozen_features(cfg, split, model, cache, device, preprocess)
+            feats = frozen_features(cfg, split, model, cache, device, preprocess, key=key)
             inputs = FeatureInputs(feats, device)
-        if not cfg.train_stages:  # the trunk never trains: the copies' features can be cached
-            key = feature_key(cfg, split, preprocess)
     else:
         augment = train_augment(cfg, spec) if train else None
         views = None
