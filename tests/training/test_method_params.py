@@ -204,7 +204,8 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
 
     cfg = validate_config(TrainConfig(data="x", method="hr-match", freeze_backbone=frozen,
                                       train_stages=stages, backbone="efficientnet_lite0"))
-    assert cfg.method_params["instance_weight"] == expected
+    # on cached views the instance weight depends on the labels a class: set with the split
+    assert cfg.method_params["instance_weight"] == (None if expected else 0.0)
     assert cfg.method_params["propagation_weight"] == expected
     assert cfg.method_params["propagation_margin"] is None  # set once the split is made
     # a value the user gives is kept, in either mode
@@ -215,17 +216,19 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
     assert given.method_params["propagation_weight"] == expected
 
 
-@pytest.mark.parametrize("per_class, frozen, stages, given, expected", [
-    ([1, 2, 1], True, 0, None, 0.5),     # the labelling loop's regime: few labels a class
-    ([5, 5, 4], True, 0, None, 0.5),     # median 5: still few
-    ([6, 9, 12], True, 0, None, 0.0),    # enough labels a class: no margin
-    ([1, 2, 1], False, 0, None, 0.0),    # the trunk trains: not measured there
-    ([1, 2, 1], True, 1, None, 0.0),     # partial fine-tuning: neither
-    ([1, 2, 1], True, 0, 0.2, 0.2),      # what the user says is kept
-    ([6, 9, 12], True, 0, 0.3, 0.3),
+@pytest.mark.parametrize("per_class, frozen, stages, given, expected, weight", [
+    ([1, 2, 1], True, 0, None, 0.75, 2.0),  # the labelling loop's first rounds: 1-2 a class
+    ([2, 2, 3], True, 0, None, 0.75, 2.0),  # median 2: still the fewest
+    ([3, 5, 4], True, 0, None, 0.5, 1.0),   # 3-5 a class: the smaller margin, instance 1
+    ([5, 5, 4], True, 0, None, 0.5, 1.0),   # median 5: still few
+    ([6, 9, 12], True, 0, None, 0.0, 1.0),  # enough labels a class: no margin, instance 1
+    ([1, 2, 1], False, 0, None, 0.0, 0.0),  # the trunk trains: not measured there
+    ([1, 2, 1], True, 1, None, 0.0, 0.0),   # partial fine-tuning: neither
+    ([1, 2, 1], True, 0, 0.2, 0.2, 2.0),    # what the user says is kept, the rest filled in
+    ([6, 9, 12], True, 0, 0.3, 0.3, 1.0),
 ])
-def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, frozen, stages,
-                                                                    given, expected, caplog):
+def test_the_few_label_terms_default_on_with_few_labels_a_class(per_class, frozen, stages, given,
+                                                                expected, weight, caplog):
     import numpy as np
 
     from rsdml.data.split import Split
@@ -240,20 +243,31 @@ def test_the_propagation_margin_defaults_on_with_few_labels_a_class(per_class, f
     split = Split("transductive", ["a", "b", "c"], [f"{i}.png" for i in range(len(labels))],
                   labels, roles)
     with caplog.at_level("INFO", logger="rsdml.training.runner"):
-        assert split_defaults(cfg, split).method_params["propagation_margin"] == expected
+        filled = split_defaults(cfg, split).method_params
+        assert (filled["propagation_margin"], filled["instance_weight"]) == (expected, weight)
         assert not caplog.text  # only a new run announces it
-        assert split_defaults(cfg, split, announce=True).method_params["propagation_margin"] \
-            == expected
-    said = "--propagation-margin 0 turns it off" in caplog.text
-    assert said == (given is None and expected > 0)  # the user hears of a default, once
-    # without label propagation there is no term to take a margin
-    off = cfg.replace(method_params={**cfg.method_params, "propagation_weight": 0.0})
-    assert split_defaults(off, split).method_params["propagation_margin"] == (given or 0.0)
+        again = split_defaults(cfg, split, announce=True).method_params
+        assert (again["propagation_margin"], again["instance_weight"]) == (expected, weight)
+    # the user hears of a default that differs from fast mode's with more labels
+    assert ("(--instance-weight 2)" in caplog.text) == (weight == 2.0)
+    assert ("(--instance-weight 1)" not in caplog.text)
+    assert (f"(--propagation-margin {expected:g})" in caplog.text) == (given is None
+                                                                        and expected > 0)
+    assert split_defaults(split_defaults(cfg, split), split) == split_defaults(cfg, split)
+    # a weight the user gives is kept too
+    mine = cfg.replace(method_params={**cfg.method_params, "instance_weight": 0.5})
+    assert split_defaults(mine, split).method_params["instance_weight"] == 0.5
+    # without label propagation there is no term to take a margin, and the instance term
+    # keeps fast mode's weight
+    off = split_defaults(cfg.replace(method_params={**cfg.method_params,
+                                                    "propagation_weight": 0.0}), split)
+    assert off.method_params["propagation_margin"] == (given or 0.0)
+    assert off.method_params["instance_weight"] == (1.0 if frozen and not stages else 0.0)
 
 
 def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_path):
-    """A grid cell leaves --propagation-margin unset (its split decides); the run wrote the
-    value it got into config.yaml. Running the grid again must take that run as the cell's;
+    """A grid cell leaves --propagation-margin and --instance-weight unset (its split decides);
+    the run wrote the values it got into config.yaml. Running the grid again must take that run as the cell's;
     a value the grid does name, or a recorded value its split no longer gives (a changed
     default), must still be told apart."""
     import numpy as np
@@ -273,17 +287,21 @@ def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_p
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
-    def check(cfg, recorded):
+    def check(cfg, margin, weight):
         ran = cell_cfg.replace(method_params={**cell_cfg.method_params,
-                                              "propagation_margin": recorded})
+                                              "propagation_margin": margin,
+                                              "instance_weight": weight})
         RunFolder(run_dir).write_start(ran, split)
         check_same_config(Cell(1, {}, cfg, run_dir, tmp_path / "s.csv"), "grid.yaml",
                           param_classes())
 
-    check(cell_cfg, 0.5)  # 2 labels a class: the margin the split gives
-    check(cell_cfg, None)  # made before the option existed: none recorded, none compared
+    check(cell_cfg, 0.75, 2.0)  # 2 labels a class: the terms the split gives
+    check(cell_cfg, None, None)  # made before the options existed: none recorded, none compared
     named = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.25})
-    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.5 -> 0\.25"):
-        check(named, 0.5)
-    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.0 -> 0\.5"):
-        check(cell_cfg, 0.0)
+    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.75 -> 0\.25"):
+        check(named, 0.75, 2.0)
+    with pytest.raises(RsdmlError, match=r"propagation_margin 0\.0 -> 0\.75"):
+        check(cell_cfg, 0.0, 2.0)
+    # made before the instance weight depended on the split: 1 recorded, 2 now
+    with pytest.raises(RsdmlError, match=r"instance_weight 1\.0 -> 2\.0"):
+        check(cell_cfg, None, 1.0)

@@ -98,8 +98,10 @@ def check_same_config(cell: Cell, source: str, params: tuple[type, ...]) -> None
     cfg = cell.config
     # What the run filled in from its split, the cell fills in from the same split (a run made
     # before such an option existed recorded none: compared as unset, as it was then).
-    if unset_split_defaults(cfg) and not unset_split_defaults(saved) and run.split.is_file():
-        cfg = split_defaults(cfg, run.read_split(saved.protocol))
+    recorded = [k for k in unset_split_defaults(cfg) if saved.method_params.get(k) is not None]
+    if recorded and run.split.is_file():
+        filled = split_defaults(cfg, run.read_split(saved.protocol)).method_params
+        cfg = cfg.replace(method_params={**cfg.method_params, **{k: filled[k] for k in recorded}})
     diffs = []
     names = dict.fromkeys([*saved.to_dict(), *cfg.to_dict()])
     for name in names:

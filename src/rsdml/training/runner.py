@@ -113,15 +113,21 @@ def cached_view_defaults(cfg: TrainConfig) -> dict[str, Any]:
 
 #: The consistency methods' terms that fast mode on cached views turns on when the user does
 #: not say: chosen on held-out labelled images (``configs/tune_aid150_propagation3.yaml``,
-#: docs/results.md, "Levers"). Fine-tuning was not measured with them: 0 there.
+#: docs/results.md, "Levers"). Fine-tuning was not measured with them: 0 there. The instance
+#: weight is filled in with the split (:func:`split_defaults`): heavier where labels are few.
 FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
 
-#: ``--propagation-margin`` where the user does not say, in fast mode on cached views with label
-#: propagation on: this margin when the labelled images a class are few (median at most
-#: ``FEW_LABELS``), else 0. Chosen on held-out labelled images at 1-2, about 5 and about 13
-#: labels a class (``configs/tune_aid150_propagation_margin*.yaml``, docs/results.md "Levers").
-PROPAGATION_MARGIN = 0.5
-FEW_LABELS = 5
+#: Fast mode's terms on cached views by the labelled images a class (their median over the
+#: classes with labels), with label propagation on: (at most this median, terms). Few labels
+#: get an angular margin on the propagated class (``--propagation-margin``); the fewest a larger
+#: one, and a heavier instance term that keeps the altered copies the margin would cost. Chosen
+#: on held-out labelled images at 1, 2, 5 and 13 labels a class and in the labelling loop's
+#: first round (``configs/tune_aid150_propagation_margin*.yaml``,
+#: ``configs/tune_aid150_margin_instance.yaml``, docs/results.md "Levers").
+FEW_LABEL_TERMS = ((2, {"propagation_margin": 0.75, "instance_weight": 2.0}),
+                   (5, {"propagation_margin": 0.5, "instance_weight": 1.0}))
+#: The options :func:`split_defaults` fills in, once a new run's split is made.
+SPLIT_TERMS = tuple(FEW_LABEL_TERMS[0][1])
 
 
 def _on_cached_views(cfg: TrainConfig) -> bool:
@@ -130,35 +136,48 @@ def _on_cached_views(cfg: TrainConfig) -> bool:
 
 
 def view_term_defaults(cfg: TrainConfig) -> TrainConfig:
-    """``--instance-weight`` / ``--propagation-weight`` filled in where the user left them out
-    (None): ``FAST_VIEW_TERMS`` in fast mode on cached views, else 0."""
+    """``--propagation-weight`` (and, when the trunk trains, ``--instance-weight``) filled in
+    where the user left them out (None): ``FAST_VIEW_TERMS`` in fast mode on cached views, else
+    0. On cached views the instance weight waits for the split (:func:`split_defaults`)."""
     cached = _on_cached_views(cfg)
     fill = {k: (v if cached else 0.0) for k, v in FAST_VIEW_TERMS.items()
-            if k in cfg.method_params and cfg.method_params[k] is None}
+            if k in cfg.method_params and cfg.method_params[k] is None
+            and not (cached and k in SPLIT_TERMS)}
     return cfg.replace(method_params={**cfg.method_params, **fill}) if fill else cfg
 
 
-def unset_split_defaults(cfg: TrainConfig) -> bool:
-    """Whether ``cfg`` leaves an option to :func:`split_defaults` (the user did not set it)."""
-    return cfg.method_params.get("propagation_margin", 0.0) is None
+def unset_split_defaults(cfg: TrainConfig) -> list[str]:
+    """The options ``cfg`` leaves to :func:`split_defaults` (the user did not set them)."""
+    return [k for k in SPLIT_TERMS if k in cfg.method_params and cfg.method_params[k] is None]
 
 
 def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> TrainConfig:
     """Defaults that depend on the labelled images, filled in once a new run's split is made
-    (so config.yaml records them): ``--propagation-margin``, ``PROPAGATION_MARGIN`` where the
-    labels a class are few (the labelling loop's regime), else 0. ``announce``: say so when
-    the margin is on."""
-    if not unset_split_defaults(cfg):
+    (so config.yaml records them): in fast mode on cached views with label propagation on,
+    ``FEW_LABEL_TERMS`` where the labels a class are few (the labelling loop's regime), else
+    no margin and ``FAST_VIEW_TERMS``' instance weight; when the trunk trains, 0. Each option
+    the user set is kept. ``announce``: say so when the few-label terms are on."""
+    unset = unset_split_defaults(cfg)
+    if not unset:
         return cfg
     counts = np.bincount(split.labels[split.index("labeled")], minlength=split.num_classes)
     median = float(np.median(counts[counts > 0])) if counts.any() else math.inf
-    on = (_on_cached_views(cfg) and median <= FEW_LABELS
-          and bool(cfg.method_params.get("propagation_weight")))
-    if on and announce:
-        log.info("%g labelled images a class (median): label propagation pulls with an angular "
-                 "margin of %g (--propagation-margin 0 turns it off)", median, PROPAGATION_MARGIN)
-    return cfg.replace(method_params={**cfg.method_params,
-                                      "propagation_margin": PROPAGATION_MARGIN if on else 0.0})
+    cached = _on_cached_views(cfg)
+    few = [terms for most, terms in FEW_LABEL_TERMS if median <= most]
+    few = few[:1] if cached and cfg.method_params.get("propagation_weight") else []
+    values = few[0] if few else {
+        "propagation_margin": 0.0,
+        "instance_weight": FAST_VIEW_TERMS["instance_weight"] if cached else 0.0}
+    fill = {k: values[k] for k in unset}
+    said = {k: v for k, v in fill.items()
+            if few and v != FAST_VIEW_TERMS.get(k, 0.0)}  # what differs from more labels
+    if said and announce:
+        what = {"propagation_margin": "label propagation pulls with an angular margin",
+                "instance_weight": "the instance term weighs"}
+        log.info("%g labelled images a class (median): %s (set to override)", median,
+                 "; ".join(f"{what[k]} {v:g} (--{k.replace('_', '-')} {v:g})"
+                           for k, v in said.items()))
+    return cfg.replace(method_params={**cfg.method_params, **fill})
 
 
 def validate_config(cfg: TrainConfig) -> TrainConfig:
