@@ -40,11 +40,12 @@ def test_first_training_round_reuses_the_cold_start_views(tiny_scenes, tmp_path,
     assert code == 0, err
     assert len(list(cache.glob(views.VIEWS_GLOB))) == 1
     assert len(list(cache.glob("images-*.rsdml-images"))) == 1
-    # one label a class: the run took the propagation margin, and config.yaml says so
+    # one label a class: the run took the fewest labels' terms, and config.yaml says so
     import yaml
 
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert saved["method"] == "hr-match" and saved["propagation_margin"] == 0.5
+    assert saved["method"] == "hr-match"
+    assert (saved["propagation_margin"], saved["instance_weight"]) == (0.75, 2.0)
 
 
 def test_a_size_fast_mode_cannot_use_is_refused_before_any_work(tiny_scenes, tmp_path,
