@@ -163,11 +163,10 @@ def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> Tr
     counts = np.bincount(split.labels[split.index("labeled")], minlength=split.num_classes)
     median = float(np.median(counts[counts > 0])) if counts.any() else math.inf
     cached = _on_cached_views(cfg)
-    few = [terms for most, terms in FEW_LABEL_TERMS if median <= most]
-    few = few[:1] if cached and cfg.method_params.get("propagation_weight") else []
-    values = few[0] if few else {
-        "propagation_margin": 0.0,
-        "instance_weight": FAST_VIEW_TERMS["instance_weight"] if cached else 0.0}
+    tier = next((terms for most, terms in FEW_LABEL_TERMS if median <= most), None)
+    few = tier if cached and cfg.method_params.get("propagation_weight") else None
+    values = few or {"propagation_margin": 0.0,
+                     "instance_weight": FAST_VIEW_TERMS["instance_weight"] if cached else 0.0}
     fill = {k: values[k] for k in unset}
     said = {k: v for k, v in fill.items()
             if few and v != FAST_VIEW_TERMS.get(k, 0.0)}  # what differs from more labels
