@@ -217,9 +217,9 @@ def test_the_view_terms_default_on_in_fast_mode_only(frozen, stages, expected):
 
 
 @pytest.mark.parametrize("per_class, frozen, stages, given, expected, weight", [
-    ([1, 2, 1], True, 0, None, 0.75, 2.0),  # the labelling loop's first rounds: 1-2 a class
-    ([2, 2, 3], True, 0, None, 0.75, 2.0),  # median 2: still the fewest
-    ([3, 5, 4], True, 0, None, 0.5, 1.0),   # 3-5 a class: the smaller margin, instance 1
+    ([1, 2, 1], True, 0, None, 0.75, 2.0),  # the labelling loop's first round: 1 a class
+    ([2, 2, 1], True, 0, None, 0.5, 1.0),   # median 2: the smaller margin, instance 1
+    ([3, 5, 4], True, 0, None, 0.5, 1.0),   # 3-5 a class: the same
     ([5, 5, 4], True, 0, None, 0.5, 1.0),   # median 5: still few
     ([6, 9, 12], True, 0, None, 0.0, 1.0),  # enough labels a class: no margin, instance 1
     ([1, 2, 1], False, 0, None, 0.0, 0.0),  # the trunk trains: not measured there
@@ -283,7 +283,7 @@ def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_p
                                            freeze_backbone=True, backbone="efficientnet_lite0"))
     assert cell_cfg.method_params["propagation_margin"] is None
     split = Split("transductive", ["a", "b"], [f"{i}.png" for i in range(10)],
-                  np.repeat([0, 1], 5), np.array((["labeled"] * 2 + ["test"] * 3) * 2))
+                  np.repeat([0, 1], 5), np.array((["labeled"] + ["test"] * 4) * 2))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
 
@@ -295,7 +295,7 @@ def test_a_finished_cell_whose_split_set_the_margin_still_matches_its_grid(tmp_p
         check_same_config(Cell(1, {}, cfg, run_dir, tmp_path / "s.csv"), "grid.yaml",
                           param_classes())
 
-    check(cell_cfg, 0.75, 2.0)  # 2 labels a class: the terms the split gives
+    check(cell_cfg, 0.75, 2.0)  # 1 label a class: the terms the split gives
     check(cell_cfg, None, None)  # made before the options existed: none recorded, none compared
     named = cell_cfg.replace(method_params={**cell_cfg.method_params, "propagation_margin": 0.25})
     with pytest.raises(RsdmlError, match=r"propagation_margin 0\.75 -> 0\.25"):

@@ -119,12 +119,13 @@ FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
 
 #: Fast mode's terms on cached views by the labelled images a class (their median over the
 #: classes with labels), with label propagation on: (at most this median, terms). Few labels
-#: get an angular margin on the propagated class (``--propagation-margin``); the fewest a larger
-#: one, and a heavier instance term that keeps the altered copies the margin would cost. Chosen
-#: on held-out labelled images at 1, 2, 5 and 13 labels a class and in the labelling loop's
-#: first round (``configs/tune_aid150_propagation_margin*.yaml``,
+#: get an angular margin on the propagated class (``--propagation-margin``); one label a class
+#: a larger one, and a heavier instance term that keeps the altered copies the margin would
+#: cost. Chosen on held-out labelled images at 1, 2, 5 and 13 labels a class and in the
+#: labelling loop's first round of 30 and 60 labels (``benchmarks/bench_first_round.py``,
+#: ``configs/tune_aid150_propagation_margin*.yaml``,
 #: ``configs/tune_aid150_margin_instance.yaml``, docs/results.md "Levers").
-FEW_LABEL_TERMS = ((2, {"propagation_margin": 0.75, "instance_weight": 2.0}),
+FEW_LABEL_TERMS = ((1, {"propagation_margin": 0.75, "instance_weight": 2.0}),
                    (5, {"propagation_margin": 0.5, "instance_weight": 1.0}))
 #: The options :func:`split_defaults` fills in, once a new run's split is made.
 SPLIT_TERMS = tuple(FEW_LABEL_TERMS[0][1])

@@ -34,10 +34,10 @@ class ConsistencyParams:
         None, "fixmatch / freematch / hr-match: weight of an instance-discrimination term "
         "(InfoNCE, temperature 0.1) between each unlabelled image's strong and weak views, "
         "which keeps images of one class apart (copy detection); ramped like the others. "
-        "Default in fast mode on cached views: 2 when the labelled images a class are fewest "
-        "(median at most 2, label propagation on: it keeps the copies the larger "
-        "--propagation-margin there costs), else 1 (chosen on held-out labelled images, "
-        "docs/results.md); 0 when the trunk trains.", ge=0.0)
+        "Default in fast mode on cached views: 2 with one labelled image a class (median; "
+        "label propagation on: it keeps the copies the larger --propagation-margin there "
+        "costs), else 1 (chosen on held-out labelled images, docs/results.md); 0 when the "
+        "trunk trains.", ge=0.0)
     propagation_weight: float | None = option(
         None, "fixmatch / freematch / hr-match: weight of a label-propagation term (Iscen et al. "
         "2019): each epoch the labels are diffused over the nearest-neighbour graph of every "
@@ -50,7 +50,7 @@ class ConsistencyParams:
         "margin on each image's propagated class in the propagation term, so an unlabelled "
         "image is pulled as close to its class as a labelled one, not only until the class is "
         "the likeliest. Default in fast mode on cached views, by the labelled images a class "
-        "(median; the labelling loop's regime): 0.75 at 1-2, 0.5 at 3-5, else 0 (chosen on "
+        "(median; the labelling loop's regime): 0.75 at 1, 0.5 at 2-5, else 0 (chosen on "
         "held-out labelled images, docs/results.md).", ge=0.0, lt=HALF_PI,
         unit="radians", example="0.5")
     propagation_every: int = option(
