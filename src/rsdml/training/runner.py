@@ -174,7 +174,7 @@ def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> Tr
     if said and announce:
         what = {"propagation_margin": "label propagation pulls with an angular margin",
                 "instance_weight": "the instance term weighs more"}
-        log.info("%g labelled images a class (median): %s; set %s to override", median,
+        log.info("labelled images a class, median %g: %s; set %s to override", median,
                  " and ".join(f"{what[k]} (--{k.replace('_', '-')} {v:g})"
                               for k, v in said.items()), "either" if len(said) > 1 else "it")
     return cfg.replace(method_params={**cfg.method_params, **fill})
