@@ -38,6 +38,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_write_npz(path: Path, **arrays: Any) -> None:
+    """:func:`atomic_write_bytes` of ``numpy.savez(**arrays)`` (uncompressed, no pickles)."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """:func:`atomic_write_text`, with a failed write (disk full, read-only) as a one-line
     :class:`RsdmlError`."""

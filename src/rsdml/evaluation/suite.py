@@ -7,7 +7,6 @@ but the query itself. Definitions: docs/metrics.md.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -22,7 +21,7 @@ from rsdml.errors import RsdmlError
 from rsdml.evaluation.clustering import clustering_metrics
 from rsdml.evaluation.knn import knn_predict_many
 from rsdml.evaluation.retrieval_metrics import KS, retrieval_metrics
-from rsdml.fsutil import atomic_write_bytes, atomic_write_text
+from rsdml.fsutil import atomic_write_npz, atomic_write_text
 from rsdml.vectors import l2_normalize
 
 KNN_KS = (1, 5, 10)
@@ -159,10 +158,8 @@ def save_embeddings(
         raise RsdmlError(f"{len(x)} embeddings but {len(p)} paths; pass one path per image")
     path = Path(path)
 
-    buf = io.BytesIO()
-    np.savez(buf, embeddings=x, labels=y, roles=r, paths=p)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_npz(path, embeddings=x, labels=y, roles=r, paths=p)
 
 
 def load_embeddings(path: str | Path) -> EmbeddingSet:

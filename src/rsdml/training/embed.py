@@ -19,7 +19,7 @@ from rsdml.data.imageio import IMAGE_EXTENSIONS
 from rsdml.data.preprocess import Preprocess
 from rsdml.data.scan import list_images  # noqa: F401  (re-exported)
 from rsdml.errors import DatasetNotFoundError, RsdmlError
-from rsdml.fsutil import atomic_write_bytes
+from rsdml.fsutil import atomic_write_npz
 from rsdml.models.embedding import build_model
 from rsdml.retrieval.identity import ModelIdentity
 from rsdml.training import distributed
@@ -164,16 +164,13 @@ def _embed_folder(root: Path, run_dir: str | Path, out_path: Path, checkpoint: s
     emb, paths = embed_paths_sharded(loaded, root, paths, quiet=quiet)
     if not d.is_main:  # rank 0 writes the file
         return len(paths)
-    import io
-
-    buf = io.BytesIO()
     # The model's identity and the image folder travel with the vectors, so `rsdml index` can
     # refuse them for another model's index and find the images' files.
     identity = ModelIdentity.of_run(run_dir, loaded.checkpoint, loaded.cfg)
-    np.savez(buf, embeddings=emb, paths=np.asarray(paths),
-             model=np.asarray(json.dumps(identity.to_dict())), root=np.asarray(str(root.resolve())))
     try:
-        atomic_write_bytes(out_path, buf.getvalue())
+        atomic_write_npz(out_path, embeddings=emb, paths=np.asarray(paths),
+                         model=np.asarray(json.dumps(identity.to_dict())),
+                         root=np.asarray(str(root.resolve())))
     except OSError as e:
         raise RsdmlError(f"could not write {out_path} ({e.strerror or e}); choose another --out") from None
     return len(paths)

@@ -141,14 +141,10 @@ def copy_features(key: str, folder: Path, rows: np.ndarray,
         saved_rows = merged[order]
         saved = (np.concatenate([saved, new]) if len(saved) else new)[order]
         try:
-            import io
-
-            from rsdml.fsutil import atomic_write_bytes
+            from rsdml.fsutil import atomic_write_npz
 
             folder.mkdir(parents=True, exist_ok=True)
-            buf = io.BytesIO()
-            np.savez(buf, rows=saved_rows, features=saved)
-            atomic_write_bytes(path, buf.getvalue())
+            atomic_write_npz(path, rows=saved_rows, features=saved)
         except OSError as e:
             log.warning("could not cache the copies' features in %s (%s)", folder, e)
     else:

@@ -127,6 +127,9 @@ FAST_VIEW_TERMS = {"instance_weight": 1.0, "propagation_weight": 1.0}
 #: ``configs/tune_aid150_margin_instance.yaml``, docs/results.md "Levers").
 FEW_LABEL_TERMS = ((1, {"propagation_margin": 0.75, "instance_weight": 2.0}),
                    (5, {"propagation_margin": 0.5, "instance_weight": 1.0}))
+#: The same options with more labels a class (or label propagation off) on cached views.
+MORE_LABEL_TERMS = {"propagation_margin": 0.0,
+                    "instance_weight": FAST_VIEW_TERMS["instance_weight"]}
 #: The options :func:`split_defaults` fills in, once a new run's split is made.
 SPLIT_TERMS = tuple(FEW_LABEL_TERMS[0][1])
 
@@ -156,7 +159,7 @@ def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> Tr
     """Defaults that depend on the labelled images, filled in once a new run's split is made
     (so config.yaml records them): in fast mode on cached views with label propagation on,
     ``FEW_LABEL_TERMS`` where the labels a class are few (the labelling loop's regime), else
-    no margin and ``FAST_VIEW_TERMS``' instance weight; when the trunk trains, 0. Each option
+    ``MORE_LABEL_TERMS``; when the trunk trains, 0. Each option
     the user set is kept. ``announce``: say so when the few-label terms are on."""
     unset = unset_split_defaults(cfg)
     if not unset:
@@ -166,11 +169,9 @@ def split_defaults(cfg: TrainConfig, split: Split, announce: bool = False) -> Tr
     cached = _on_cached_views(cfg)
     tier = next((terms for most, terms in FEW_LABEL_TERMS if median <= most), None)
     few = tier if cached and cfg.method_params.get("propagation_weight") else None
-    values = few or {"propagation_margin": 0.0,
-                     "instance_weight": FAST_VIEW_TERMS["instance_weight"] if cached else 0.0}
+    values = few or (MORE_LABEL_TERMS if cached else dict.fromkeys(SPLIT_TERMS, 0.0))
     fill = {k: values[k] for k in unset}
-    said = {k: v for k, v in fill.items()
-            if few and v != FAST_VIEW_TERMS.get(k, 0.0)}  # what differs from more labels
+    said = {k: v for k, v in fill.items() if few and v != MORE_LABEL_TERMS[k]}
     if said and announce:
         what = {"propagation_margin": "label propagation pulls with an angular margin",
                 "instance_weight": "the instance term weighs more"}
